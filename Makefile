@@ -1,0 +1,53 @@
+# The two set-up commands from the README: `make demo` and `make test`.
+# Each one installs what it needs (SoftHSM2 from the distribution, the venv) and is safe to rerun.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lint screenshots softhsm venv clean
+
+demo: softhsm $(STAMP)
+	$(BIN)/kmtui demo $(ARGS)
+
+test: softhsm $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: softhsm $(STAMP)
+	$(BIN)/python -m pytest tests/bench -m bench -s -p no:randomly $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check kmtui tests
+	$(BIN)/ruff format --check kmtui tests
+	$(BIN)/mypy
+
+screenshots: softhsm $(STAMP)
+	$(BIN)/python -m tests.ui.make_screenshots screenshots
+
+venv: $(STAMP)
+
+# SoftHSM2 is the demo's and the tests' token. Installed from the distribution when missing.
+softhsm:
+	@if command -v softhsm2-util >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "kmtui needs SoftHSM2 (the 'softhsm2' package; 'softhsm' on Fedora/Homebrew)." >&2; \
+	  echo "This system has no apt-get: install it with your package manager, then rerun make." >&2; \
+	  exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "Installing softhsm2 needs root: run 'apt-get install softhsm2' as root, then rerun make." >&2; exit 1; fi; \
+	echo "Installing softhsm2 from the distribution..."; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null \
+	  || { echo "apt-get could not install softhsm2; install it by hand and rerun make." >&2; exit 1; }
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

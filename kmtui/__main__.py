@@ -1,0 +1,5 @@
+"""Allow `python -m kmtui`."""
+
+from kmtui.cli import main
+
+raise SystemExit(main())

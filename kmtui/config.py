@@ -1,0 +1,135 @@
+"""Settings from config.toml: which PKCS#11 module and token, the theme, the idle lock."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kmtui.core.errors import ConfigError
+
+DEFAULT_IDLE_LOCK_MINUTES = 15
+
+EXAMPLE = """\
+# kmtui configuration. Name the token by label or serial, never by slot number:
+# slot numbers change when tokens are added or re-initialised.
+
+[token]
+module = "/usr/lib/softhsm/libsofthsm2.so"   # the vendor's PKCS#11 library
+label = "kmtui"                              # or: serial = "0123456789abcdef"
+# softhsm2_conf = "/etc/softhsm/softhsm2.conf"  # SoftHSM2 only
+
+[ui]
+theme = "kmtui-dark"
+idle_lock_minutes = 15
+"""
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    module: str = ""
+    label: str = ""
+    serial: str = ""
+    softhsm2_conf: str = ""
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    theme: str = "kmtui-dark"
+    idle_lock_minutes: int = DEFAULT_IDLE_LOCK_MINUTES
+    bindings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    token: TokenConfig = field(default_factory=TokenConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
+    source: Path | None = None
+    demo: bool = False
+
+
+def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path}: [{name}] must be a table.", "See `kmtui locate` and the README."
+        )
+    return value
+
+
+def _str(table: dict[str, Any], key: str, where: str) -> str:
+    value = table.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string, not {type(value).__name__}.")
+    return value
+
+
+def load(path: Path, *, demo: bool = False) -> Config:
+    """Read config.toml; a missing file gives the defaults, a broken one a ConfigError."""
+    if not path.exists():
+        return Config(source=None, demo=demo)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid TOML: {exc}.", "Fix the file or move it away."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror}.") from None
+
+    tok = _table(data, "token", path)
+    ui = _table(data, "ui", path)
+    where = f"{path} [token]"
+    token = TokenConfig(
+        module=_str(tok, "module", where),
+        label=_str(tok, "label", where),
+        serial=_str(tok, "serial", where),
+        softhsm2_conf=_str(tok, "softhsm2_conf", where),
+    )
+    if "slot" in tok:
+        raise ConfigError(
+            f"{where}: tokens are chosen by label or serial, not slot.",
+            'Replace `slot = ...` with `label = "..."` (see `kmtui locate`).',
+        )
+    minutes = ui.get("idle_lock_minutes", DEFAULT_IDLE_LOCK_MINUTES)
+    if not isinstance(minutes, int) or isinstance(minutes, bool) or not 1 <= minutes <= 240:
+        raise ConfigError(f"{path} [ui]: idle_lock_minutes must be a whole number from 1 to 240.")
+    bindings = _table(ui, "bindings", path) if "bindings" in ui else {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in bindings.items()):
+        raise ConfigError(f"{path} [ui.bindings]: each binding id maps to a key string.")
+    return Config(
+        token=token,
+        ui=UiConfig(
+            theme=_str(ui, "theme", f"{path} [ui]") or "kmtui-dark",
+            idle_lock_minutes=minutes,
+            bindings=dict(bindings),
+        ),
+        source=path,
+        demo=demo,
+    )
+
+
+def write(path: Path, token: TokenConfig, ui: UiConfig | None = None) -> None:
+    """Write a config.toml (used by the demo); values are quoted as TOML basic strings."""
+    ui = ui or UiConfig()
+
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["[token]", f"module = {q(token.module)}"]
+    if token.label:
+        lines.append(f"label = {q(token.label)}")
+    if token.serial:
+        lines.append(f"serial = {q(token.serial)}")
+    if token.softhsm2_conf:
+        lines.append(f"softhsm2_conf = {q(token.softhsm2_conf)}")
+    lines += [
+        "",
+        "[ui]",
+        f"theme = {q(ui.theme)}",
+        f"idle_lock_minutes = {ui.idle_lock_minutes}",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")

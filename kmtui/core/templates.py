@@ -1,0 +1,269 @@
+"""The ONLY place PKCS#11 key templates are built: one builder per purpose, every boolean explicit.
+
+Nothing here relies on python-pkcs11's or the token's defaults, which differ between tokens and
+have let a sensitive key be recovered in the clear (wrap with the public key, decrypt with the
+private one). The invariants of DESIGN.md section 4 are checked by `violations()`, used both before
+a template is sent and on the attributes read back from the token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from kmtui.core.errors import UsageError
+
+
+class Purpose(StrEnum):
+    ENCRYPT = "encrypt"
+    WRAP = "wrap"
+    SIGN = "sign"
+    MAC = "mac"
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    key_type: KeyType
+    bits: int
+    purposes: tuple[Purpose, ...]
+    curve_oid: str = ""
+
+    @property
+    def symmetric(self) -> bool:
+        return self.key_type in (KeyType.AES, KeyType.GENERIC_SECRET)
+
+    @property
+    def default_purpose(self) -> Purpose:
+        return self.purposes[0]
+
+
+_AES = (Purpose.ENCRYPT, Purpose.WRAP)
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    spec.name: spec
+    for spec in (
+        AlgorithmSpec("AES-128", KeyType.AES, 128, _AES),
+        AlgorithmSpec("AES-192", KeyType.AES, 192, _AES),
+        AlgorithmSpec("AES-256", KeyType.AES, 256, _AES),
+        AlgorithmSpec("HMAC-SHA256", KeyType.GENERIC_SECRET, 256, (Purpose.MAC,)),
+        AlgorithmSpec("RSA-2048", KeyType.RSA, 2048, (Purpose.SIGN,)),
+        AlgorithmSpec("RSA-3072", KeyType.RSA, 3072, (Purpose.SIGN,)),
+        AlgorithmSpec("RSA-4096", KeyType.RSA, 4096, (Purpose.SIGN,)),
+        AlgorithmSpec("EC-P256", KeyType.EC, 256, (Purpose.SIGN,), "secp256r1"),
+        AlgorithmSpec("EC-P384", KeyType.EC, 384, (Purpose.SIGN,), "secp384r1"),
+    )
+}
+
+GENERATE_MECHANISM: dict[KeyType, Mechanism] = {
+    KeyType.AES: Mechanism.AES_KEY_GEN,
+    KeyType.GENERIC_SECRET: Mechanism.GENERIC_SECRET_KEY_GEN,
+    KeyType.RSA: Mechanism.RSA_PKCS_KEY_PAIR_GEN,
+    KeyType.EC: Mechanism.EC_KEY_PAIR_GEN,
+}
+
+# Every usage boolean, set explicitly on each key template.
+USAGE = (
+    Attribute.ENCRYPT,
+    Attribute.DECRYPT,
+    Attribute.WRAP,
+    Attribute.UNWRAP,
+    Attribute.SIGN,
+    Attribute.VERIFY,
+    Attribute.DERIVE,
+)
+# Usage attributes that exist on each object class (PKCS#11 v2.40 sections 4.8-4.10).
+_CLASS_USAGE: dict[ObjectClass, tuple[Attribute, ...]] = {
+    ObjectClass.SECRET_KEY: USAGE,
+    ObjectClass.PUBLIC_KEY: (Attribute.ENCRYPT, Attribute.WRAP, Attribute.VERIFY, Attribute.DERIVE),
+    ObjectClass.PRIVATE_KEY: (
+        Attribute.DECRYPT,
+        Attribute.UNWRAP,
+        Attribute.SIGN,
+        Attribute.DERIVE,
+    ),
+}
+_USAGE_FOR_PURPOSE: dict[Purpose, frozenset[Attribute]] = {
+    Purpose.ENCRYPT: frozenset({Attribute.ENCRYPT, Attribute.DECRYPT}),
+    Purpose.WRAP: frozenset({Attribute.WRAP, Attribute.UNWRAP}),
+    Purpose.SIGN: frozenset({Attribute.SIGN, Attribute.VERIFY}),
+    Purpose.MAC: frozenset({Attribute.SIGN, Attribute.VERIFY}),
+}
+# Attributes whose value the token sets itself; checked on read-back only.
+DERIVED = (Attribute.LOCAL, Attribute.ALWAYS_SENSITIVE, Attribute.NEVER_EXTRACTABLE)
+MAX_LABEL_BYTES = 128
+
+
+@dataclass(frozen=True)
+class KeyTemplate:
+    """What one key generation sends to the token, and what it must read back."""
+
+    algorithm: AlgorithmSpec
+    purpose: Purpose
+    exportable: bool
+    mechanism: Mechanism
+    cka_id: bytes
+    label: str
+    secret: dict[Attribute, Any] = field(default_factory=dict)
+    public: dict[Attribute, Any] = field(default_factory=dict)
+    private: dict[Attribute, Any] = field(default_factory=dict)
+
+    def expected(self, object_class: ObjectClass) -> dict[Attribute, Any]:
+        """The attributes the created object must carry, including the token-derived ones."""
+        if object_class == ObjectClass.PUBLIC_KEY:
+            return dict(self.public)
+        base = self.secret if object_class == ObjectClass.SECRET_KEY else self.private
+        expected = dict(base)
+        expected[Attribute.LOCAL] = True
+        expected[Attribute.ALWAYS_SENSITIVE] = True
+        expected[Attribute.NEVER_EXTRACTABLE] = not self.exportable
+        return expected
+
+
+def algorithm(name: str) -> AlgorithmSpec:
+    try:
+        return ALGORITHMS[name.upper()]
+    except KeyError:
+        raise UsageError(
+            f"Unknown algorithm {name!r}.", f"Choose one of: {', '.join(ALGORITHMS)}."
+        ) from None
+
+
+def _usage(cls: ObjectClass, purpose: Purpose) -> dict[Attribute, bool]:
+    wanted = _USAGE_FOR_PURPOSE[purpose]
+    return {attr: attr in wanted for attr in _CLASS_USAGE[cls]}
+
+
+def _protection(exportable: bool) -> dict[Attribute, bool]:
+    return {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: exportable,
+        Attribute.WRAP_WITH_TRUSTED: exportable,
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: True,
+    }
+
+
+def _check_label(label: str) -> None:
+    if not label.strip():
+        raise UsageError("A key needs a label.", "Give --label a short descriptive name.")
+    if len(label.encode("utf-8")) > MAX_LABEL_BYTES:
+        raise UsageError(f"The label is longer than {MAX_LABEL_BYTES} bytes.", "Shorten it.")
+
+
+def build(
+    algorithm_name: str,
+    purpose: Purpose | str | None,
+    *,
+    cka_id: bytes,
+    label: str,
+    exportable: bool = False,
+) -> KeyTemplate:
+    """One template per (algorithm, purpose); refuses combinations kmtui does not support."""
+    spec = algorithm(algorithm_name)
+    try:
+        chosen = Purpose(purpose) if purpose else spec.default_purpose
+    except ValueError:
+        raise UsageError(
+            f"Unknown purpose {purpose!r}.",
+            f"Choose one of: {', '.join(p.value for p in Purpose)}.",
+        ) from None
+    if chosen not in spec.purposes:
+        allowed = ", ".join(p.value for p in spec.purposes)
+        raise UsageError(f"{spec.name} keys cannot be used to {chosen.value}.", f"Use: {allowed}.")
+    _check_label(label)
+    common = {Attribute.ID: cka_id, Attribute.LABEL: label, Attribute.KEY_TYPE: spec.key_type}
+    mechanism = GENERATE_MECHANISM[spec.key_type]
+
+    if spec.symmetric:
+        secret = {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            **common,
+            **_protection(exportable),
+            **_usage(ObjectClass.SECRET_KEY, chosen),
+            Attribute.TRUSTED: False,
+            Attribute.VALUE_LEN: spec.bits // 8,
+        }
+        template = KeyTemplate(spec, chosen, exportable, mechanism, cka_id, label, secret=secret)
+    else:
+        public: dict[Attribute, Any] = {
+            Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+            **common,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.MODIFIABLE: False,
+            Attribute.COPYABLE: False,
+            Attribute.DESTROYABLE: True,
+            Attribute.TRUSTED: False,
+            **_usage(ObjectClass.PUBLIC_KEY, chosen),
+        }
+        if spec.key_type == KeyType.RSA:
+            public[Attribute.MODULUS_BITS] = spec.bits
+            public[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
+        else:
+            public[Attribute.EC_PARAMS] = encode_named_curve_parameters(spec.curve_oid)
+        private = {
+            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+            **common,
+            **_protection(exportable),
+            **_usage(ObjectClass.PRIVATE_KEY, chosen),
+        }
+        template = KeyTemplate(
+            spec, chosen, exportable, mechanism, cka_id, label, public=public, private=private
+        )
+    for cls, attrs in (
+        (ObjectClass.SECRET_KEY, template.secret),
+        (ObjectClass.PUBLIC_KEY, template.public),
+        (ObjectClass.PRIVATE_KEY, template.private),
+    ):
+        if attrs and (problems := violations(cls, attrs)):
+            raise AssertionError(f"template for {spec.name}/{chosen} breaks: {problems}")
+    return template
+
+
+def violations(cls: ObjectClass, attrs: Mapping[Attribute, Any]) -> list[str]:
+    """The DESIGN.md section 4 invariants that these attributes break (empty when none)."""
+    problems: list[str] = []
+    for attr in _CLASS_USAGE.get(cls, ()):
+        if attr not in attrs:
+            problems.append(f"{attr.name} not explicit")
+    if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
+        if attrs.get(Attribute.SENSITIVE) is not True:
+            problems.append("SENSITIVE is not true")
+        extractable = attrs.get(Attribute.EXTRACTABLE)
+        if extractable is not False and attrs.get(Attribute.WRAP_WITH_TRUSTED) is not True:
+            problems.append("EXTRACTABLE without WRAP_WITH_TRUSTED")
+    wraps = attrs.get(Attribute.WRAP) or attrs.get(Attribute.UNWRAP)
+    crypts = attrs.get(Attribute.ENCRYPT) or attrs.get(Attribute.DECRYPT)
+    if wraps and crypts:
+        problems.append("both wraps and encrypts")
+    if (
+        cls == ObjectClass.PRIVATE_KEY
+        and attrs.get(Attribute.SIGN)
+        and attrs.get(Attribute.DECRYPT)
+    ):
+        problems.append("private key both signs and decrypts")
+    return problems
+
+
+def cka_id(key_id: str, version: int) -> bytes:
+    """CKA_ID of one key version: readable, so any token object can be traced to the registry."""
+    return f"kmtui:{key_id}:{version}".encode("ascii")
+
+
+def parse_cka_id(value: bytes) -> tuple[str, int] | None:
+    """Inverse of `cka_id`; None for objects kmtui did not create."""
+    try:
+        prefix, key_id, version = value.decode("ascii").split(":")
+        if prefix != "kmtui" or not key_id or not version.isdigit():
+            return None
+        return key_id, int(version)
+    except (UnicodeDecodeError, ValueError):
+        return None
