@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
-from pkcs11.util.ec import encode_ec_public_key
+from pkcs11.util.ec import encode_named_curve_parameters
 
 from kmtui.core import errors
 from kmtui.core.templates import KeyTemplate, violations
@@ -245,6 +245,7 @@ class Hsm:
         self._session: Any = None
         self._mechanisms: frozenset[Mechanism] | None = None
         self._cdll: Any = None
+        self._handles: dict[tuple[bytes, ObjectClass], Any] = {}
 
     @property
     def name(self) -> str:
@@ -445,6 +446,7 @@ class Hsm:
 
     def _logout(self) -> None:
         session, self._session = self._session, None
+        self._handles.clear()
         if session is not None:
             with suppress(p11.PKCS11Error):
                 session.close()
@@ -477,11 +479,6 @@ class Hsm:
                 f"({template.mechanism.name} is not offered).",
                 "Choose another algorithm; the Token pane lists what this token supports.",
             )
-        if self._find(template.cka_id) is not None:
-            raise errors.HsmError(
-                f"An object with CKA_ID {template.cka_id!r} already exists on token {self.name}.",
-                "Run `kmtui reconcile`: the token and the registry disagree.",
-            )
         spec = template.algorithm
         if spec.symmetric:
             key = session.generate_key(
@@ -505,10 +502,18 @@ class Hsm:
 
         read_back: dict[str, dict[str, Any]] = {}
         differences: dict[str, tuple[object, object]] = {}
+        extra = {
+            ObjectClass.SECRET_KEY: [Attribute.CHECK_VALUE],
+            ObjectClass.PUBLIC_KEY: _PUBLIC_VALUE_ATTRS.get(spec.key_type, []),
+            ObjectClass.PRIVATE_KEY: [],
+        }
+        values: dict[ObjectClass, dict[Attribute, Any]] = {}
         for cls, obj in objects.items():
+            self._handles[(template.cka_id, cls)] = obj
             expected = template.expected(cls)
-            actual = self._read_attributes(obj, list(expected))
-            read_back[cls.name] = {a.name: v for a, v in actual.items()}
+            actual = self._read_attributes(obj, list(expected) + extra[cls])
+            values[cls] = actual
+            read_back[cls.name] = {a.name: actual.get(a) for a in expected}
             for attr, want in expected.items():
                 if actual.get(attr) != want:
                     differences[f"{cls.name}.{attr.name}"] = (want, actual.get(attr))
@@ -521,17 +526,24 @@ class Hsm:
                 "Do not use this key: it is quarantined. Report the token model to the vendor.",
                 differences,
             )
-        result = GeneratedKey(
-            cka_id=template.cka_id,
-            object_classes=tuple(c.name for c in objects),
+        if spec.symmetric:
+            secret = values[ObjectClass.SECRET_KEY]
+            check = secret.get(Attribute.CHECK_VALUE) or b""
+            kcv = (
+                bytes(check[:3]).hex().upper()
+                if check
+                else self._kcv(objects[ObjectClass.SECRET_KEY])
+            )
+            return GeneratedKey(
+                template.cka_id, (ObjectClass.SECRET_KEY.name,), kcv=kcv, attributes=read_back
+            )
+        public = values[ObjectClass.PUBLIC_KEY]
+        return GeneratedKey(
+            template.cka_id,
+            (ObjectClass.PUBLIC_KEY.name, ObjectClass.PRIVATE_KEY.name),
+            fingerprint=_fingerprint(spec.key_type, public),
             attributes=read_back,
         )
-        if spec.symmetric:
-            return GeneratedKey(
-                **{**result.__dict__, "kcv": self._kcv(objects[ObjectClass.SECRET_KEY])}
-            )
-        fp = _fingerprint(objects[ObjectClass.PUBLIC_KEY])
-        return GeneratedKey(**{**result.__dict__, "fingerprint": fp})
 
     def _read_attributes(self, obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
         """All attributes in one C_GetAttributeValue call (10x faster than one call each)."""
@@ -553,14 +565,28 @@ class Hsm:
             found.sort(key=lambda o: order.index(o.object_class) if o.object_class in order else 9)
         return found[0]
 
-    def _get_key(self, cka_id: bytes, object_class: ObjectClass | None = None) -> Any:
+    def _get_key(self, cka_id: bytes, object_class: ObjectClass) -> Any:
+        """The object for (CKA_ID, class), from the handle cache when this session has seen it."""
+        cached = self._handles.get((cka_id, object_class))
+        if cached is not None:
+            return cached
         obj = self._find(cka_id, object_class)
         if obj is None:
             raise errors.ObjectGone(
                 f"No object with CKA_ID {cka_id!r} on token {self.name}.",
                 "Run `kmtui reconcile` to see what changed.",
             )
+        self._handles[(cka_id, object_class)] = obj
         return obj
+
+    def _with_key(self, cka_id: bytes, object_class: ObjectClass, fn: Callable[[Any], T]) -> T:
+        """Run `fn(obj)`; a stale cached handle (object destroyed elsewhere) is looked up again."""
+        try:
+            return fn(self._get_key(cka_id, object_class))
+        except _GONE:
+            if self._handles.pop((cka_id, object_class), None) is None:
+                raise
+            return fn(self._get_key(cka_id, object_class))
 
     def objects(self) -> list[ObjectInfo]:
         """Every object the user can see, read defensively (foreign objects never stop the scan)."""
@@ -627,8 +653,7 @@ class Hsm:
             *_USAGE_ATTRS,
         ]
 
-        def read() -> dict[str, Any]:
-            obj = self._get_key(cka_id, object_class)
+        def read(obj: Any) -> dict[str, Any]:
             out: dict[str, Any] = {}
             for attr in wanted:
                 try:
@@ -640,17 +665,17 @@ class Hsm:
                 out[attr.name] = value
             return out
 
-        return self._run(read)
+        return self._run(lambda: self._with_key(cka_id, object_class, read))
 
     def kcv(self, cka_id: bytes) -> str:
         """Key check value of a symmetric key, as 6 hex digits."""
-        return self._run(lambda: self._kcv(self._get_key(cka_id, ObjectClass.SECRET_KEY)))
+        return self._run(lambda: self._with_key(cka_id, ObjectClass.SECRET_KEY, self._kcv))
 
     def _kcv(self, key: Any) -> str:
-        attrs = key.get_attributes([Attribute.CHECK_VALUE, Attribute.KEY_TYPE, Attribute.ENCRYPT])
-        value = attrs.get(Attribute.CHECK_VALUE) or b""
+        value = key[Attribute.CHECK_VALUE] or b""
         if value:
             return bytes(value[:3]).hex().upper()
+        attrs = key.get_attributes([Attribute.KEY_TYPE, Attribute.ENCRYPT])
         if attrs.get(Attribute.KEY_TYPE) == KeyType.AES and attrs.get(Attribute.ENCRYPT):
             # SoftHSM leaves CKA_CHECK_VALUE empty on unwrapped keys: compute the standard AES KCV.
             return bytes(key.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)[:3]).hex().upper()
@@ -661,7 +686,14 @@ class Hsm:
 
     def fingerprint(self, cka_id: bytes) -> str:
         """SHA-256 of the public key's DER SubjectPublicKeyInfo."""
-        return self._run(lambda: _fingerprint(self._get_key(cka_id, ObjectClass.PUBLIC_KEY)))
+
+        def read(public: Any) -> str:
+            key_type = public[Attribute.KEY_TYPE]
+            return _fingerprint(
+                key_type, self._read_attributes(public, _PUBLIC_VALUE_ATTRS[key_type])
+            )
+
+        return self._run(lambda: self._with_key(cka_id, ObjectClass.PUBLIC_KEY, read))
 
     def destroy(self, cka_id: bytes) -> int:
         """Destroy every object carrying this CKA_ID; returns how many went."""
@@ -671,6 +703,8 @@ class Hsm:
             for obj in list(self._require_session().get_objects({Attribute.ID: cka_id})):
                 obj.destroy()
                 count += 1
+            for cls in ObjectClass:
+                self._handles.pop((cka_id, cls), None)
             return count
 
         return self._run(run)
@@ -717,22 +751,37 @@ def _raw_attributes(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
     return out
 
 
-def _fingerprint(public: Any) -> str:
-    key_type = public[Attribute.KEY_TYPE]
+_PUBLIC_VALUE_ATTRS: dict[KeyType, list[Attribute]] = {
+    KeyType.RSA: [Attribute.MODULUS, Attribute.PUBLIC_EXPONENT],
+    KeyType.EC: [Attribute.EC_PARAMS, Attribute.EC_POINT],
+}
+
+
+def _fingerprint(key_type: KeyType, attrs: dict[Attribute, Any]) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo, built from the public key's attributes."""
     if key_type == KeyType.RSA:
-        attrs = public.get_attributes([Attribute.MODULUS, Attribute.PUBLIC_EXPONENT])
         numbers = rsa.RSAPublicNumbers(
             int.from_bytes(attrs[Attribute.PUBLIC_EXPONENT], "big"),
             int.from_bytes(attrs[Attribute.MODULUS], "big"),
         )
-        der = numbers.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        public: Any = numbers.public_key()
     elif key_type == KeyType.EC:
-        der = encode_ec_public_key(public)
-        ec_key = serialization.load_der_public_key(der)
-        if not isinstance(ec_key, ec.EllipticCurvePublicKey):
-            raise errors.HsmError("The token returned an EC public key that does not parse.")
+        curve = _CURVES.get(bytes(attrs[Attribute.EC_PARAMS]))
+        if curve is None:
+            raise errors.HsmError("The token returned an EC key on a curve kmtui does not know.")
+        point = bytes(attrs[Attribute.EC_POINT])
+        if len(point) == 3 + 2 * ((curve.key_size + 7) // 8):
+            point = point[2:]  # DER OCTET STRING around the point (PKCS#11 v2.40 convention)
+        public = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
     else:
         raise errors.HsmError(f"No fingerprint for key type {key_type!r}.")
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+_CURVES: dict[bytes, ec.EllipticCurve] = {
+    encode_named_curve_parameters("secp256r1"): ec.SECP256R1(),
+    encode_named_curve_parameters("secp384r1"): ec.SECP384R1(),
+}

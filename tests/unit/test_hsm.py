@@ -338,10 +338,20 @@ def test_find_by_id_and_class_and_destroy(hsm: Hsm) -> None:
         hsm.fingerprint(tpl.cka_id)
 
 
-def test_generating_over_an_existing_cka_id_is_refused(hsm: Hsm) -> None:
-    tpl, _ = make(hsm, "AES-128")
-    with pytest.raises(errors.HsmError, match="already exists"):
-        hsm.generate(tpl)
+def test_a_key_destroyed_behind_kmtuis_back_is_reported_gone(hsm: Hsm) -> None:
+    tpl, key = make(hsm, "AES-128")
+    assert hsm.kcv(tpl.cka_id) == key.kcv  # the handle is now cached
+
+    def destroy_elsewhere(session: Any) -> None:
+        fresh = session.token.open(rw=True)
+        try:
+            fresh.get_key(id=tpl.cka_id, object_class=ObjectClass.SECRET_KEY).destroy()
+        finally:
+            fresh.close()
+
+    hsm.call(destroy_elsewhere)
+    with pytest.raises(errors.ObjectGone):
+        hsm.kcv(tpl.cka_id)
 
 
 def test_token_info_and_slots(hsm: Hsm, softhsm_token: SoftHsm) -> None:
