@@ -12,6 +12,8 @@ import pytest
 
 from kmtui.core import softhsm
 from kmtui.core.hsm import Hsm, default_softhsm_module
+from kmtui.core.service import Workstation
+from kmtui.core.store import Store
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
 
 
 @pytest.fixture(scope="session")
-def hsm(softhsm_token: SoftHsm) -> Iterator[Hsm]:
+def shared_hsm(softhsm_token: SoftHsm) -> Iterator[Hsm]:
     token = Hsm(
         softhsm_token.module,
         token_label=softhsm_token.label,
@@ -50,3 +52,19 @@ def hsm(softhsm_token: SoftHsm) -> Iterator[Hsm]:
     token.login(softhsm_token.pin)
     yield token
     token.close()
+
+
+@pytest.fixture
+def hsm(shared_hsm: Hsm, softhsm_token: SoftHsm) -> Hsm:
+    """The suite's token, logged in again if an earlier test (or app) logged out."""
+    if not shared_hsm.logged_in:
+        shared_hsm.login(softhsm_token.pin)
+    return shared_hsm
+
+
+@pytest.fixture
+def workstation(hsm: Hsm, tmp_path: Path) -> Iterator[Workstation]:
+    """The suite's token with a fresh registry."""
+    store = Store.open(tmp_path / "kmtui.db")
+    yield Workstation.assemble(hsm, store)
+    store.close()

@@ -93,6 +93,10 @@ class Key:
     tags: list[str] = field(default_factory=list)
     updated_at: str = ""
     versions: list[KeyVersion] = field(default_factory=list)
+    activated_at: str = ""
+    deactivated_at: str = ""
+    rotation_due_at: str = ""
+    destroy_after: str = ""
 
 
 @dataclass

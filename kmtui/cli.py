@@ -1,0 +1,321 @@
+"""Command line: the TUI by default, headless subcommands for scripts and SSH (DESIGN.md section 5).
+
+Exit codes: 0 ok; 1 refused or failed (the message says why); 2 usage; 3 audit verification failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kmtui import __version__, config, demo, paths
+from kmtui.core import errors
+from kmtui.core.safetext import clean
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUDIT = 0, 1, 2, 3
+log = logging.getLogger("kmtui")
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations (`--pin` must not mean `--pin-file`), and usage errors exit 2 quietly."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:  # argparse's own usage errors: exit code 2, no trace
+        self.print_usage(sys.stderr)
+        raise errors.UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    def globals_parser(default: Any) -> argparse.ArgumentParser:
+        # Accepted before and after the subcommand; SUPPRESS keeps a subparser from resetting them.
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        parser.add_argument(
+            "--home", metavar="DIR", default=default, help="keep all state under DIR (KMTUI_HOME)"
+        )
+        parser.add_argument(
+            "--pin-file",
+            metavar="FILE",
+            type=Path,
+            default=default,
+            help="read the token PIN from FILE (first line)",
+        )
+        return parser
+
+    common = globals_parser(argparse.SUPPRESS)
+    as_json = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+
+    parser = _Parser(
+        prog="kmtui",
+        description="Operator workstation for HSM keys. With no command, opens the TUI.",
+        parents=[globals_parser(None)],
+    )
+    parser.add_argument("--version", action="version", version=f"kmtui {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("demo", parents=[common], help="open the TUI on a demo workstation")
+    p.add_argument(
+        "--reset", action="store_true", help="delete the demo workstation and start over"
+    )
+
+    p = sub.add_parser(
+        "locate", parents=[common, as_json], help="print where kmtui keeps its files"
+    )
+    p.add_argument("--example", action="store_true", help="print an example config.toml")
+
+    keys = sub.add_parser("keys", parents=[common], help="list and inspect keys")
+    ksub = keys.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
+    p = ksub.add_parser("list", parents=[common, as_json], help="list keys")
+    p.add_argument("--state", help="only keys in this state")
+    p = ksub.add_parser("show", parents=[common, as_json], help="show one key and its versions")
+    p.add_argument("key", metavar="KEY", help="key id, unique label or PKCS#11 URI")
+
+    audit = sub.add_parser("audit", parents=[common], help="verify and export the audit trail")
+    asub = audit.add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    asub.add_parser("verify", parents=[common, as_json], help="verify the hash chain")
+    p = asub.add_parser("export", parents=[common], help="print events, one per line")
+    p.add_argument("--format", choices=["jsonl"], default="jsonl")
+    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="events after SEQ")
+
+    token = sub.add_parser("token", parents=[common], help="the configured token")
+    tsub = token.add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    tsub.add_parser("info", parents=[common, as_json], help="token, slot and mechanisms")
+    return parser
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _pin_from_file(pin_file: Path) -> str:
+    """The PIN from --pin-file (first line); never argv, never the environment."""
+    try:
+        return pin_file.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, IndexError, UnicodeDecodeError):
+        raise errors.UsageError(
+            f"Cannot read a PIN from {pin_file}.", "Put the PIN on its first line."
+        ) from None
+
+
+def _context(args: argparse.Namespace) -> tuple[paths.Paths, config.Config]:
+    p = paths.resolve(args.home)
+    return p, config.load(p.config_file, demo=demo.is_demo(p))
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    if args.example:
+        print(config.EXAMPLE, end="")
+        return EXIT_OK
+    p = paths.resolve(args.home)
+    data = p.as_dict()
+    if args.json:
+        _print_json(data)
+    else:
+        width = max(map(len, data))
+        for name, value in data.items():
+            if value:
+                print(f"{name:<{width}}  {clean(value)}")
+    return EXIT_OK
+
+
+def _workstation(args: argparse.Namespace) -> Any:
+    from kmtui.launch import open_workstation
+
+    p, cfg = _context(args)
+    return open_workstation(p, cfg)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    ws = _workstation(args)
+    try:
+        if args.action == "show":
+            data = ws.describe(ws.get_key(args.key))
+            if args.json:
+                _print_json(data)
+            else:
+                _print_key(data)
+            return EXIT_OK
+        rows = []
+        after = None
+        while True:
+            page = ws.store.page_keys(after=after, limit=500, state=args.state)
+            if not page:
+                break
+            rows.extend(page)
+            after = (page[-1].label, page[-1].id)
+        listing = [ws.describe(k) for k in rows]
+        if args.json:
+            _print_json(listing)
+        else:
+            _print_table(
+                ["ID", "LABEL", "STATE", "ALGORITHM", "PURPOSE", "KCV/FINGERPRINT"],
+                [
+                    [
+                        k["id"],
+                        k["label"],
+                        k["state"],
+                        k["algorithm"],
+                        k["purpose"],
+                        k["kcv"]
+                        or (k["versions"][-1].get("fingerprint", "")[:23] if k["versions"] else ""),
+                    ]
+                    for k in listing
+                ],
+            )
+        return EXIT_OK
+    finally:
+        ws.close()
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    cells = [[clean(c, 40) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_key(data: dict[str, Any]) -> None:
+    for field in ("id", "label", "state", "algorithm", "purpose", "policy", "kcv", "created_at"):
+        if data.get(field):
+            print(f"{field:<11} {clean(data[field])}")
+    for v in data["versions"]:
+        check = v.get("kcv") or v.get("fingerprint", "")
+        print(f"version {v['version']:<3} {clean(v['state']):<12} {clean(check)}")
+        print(f"            {clean(v['pkcs11_uri'])}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from kmtui.core.audit import AuditLog
+    from kmtui.core.store import Store
+
+    p = paths.resolve(args.home)
+    if not p.database.exists():
+        raise errors.UsageError(f"No database at {p.database}.", "Check --home / KMTUI_HOME.")
+    store = Store.open(p.database)
+    try:
+        trail = AuditLog(store)
+        if args.action == "export":
+            trail.export_jsonl(sys.stdout, since=args.since)
+            return EXIT_OK
+        result = trail.verify()
+        if args.json:
+            _print_json(
+                {
+                    "ok": result.ok,
+                    "events": result.count,
+                    "first_bad_seq": result.first_bad_seq,
+                    "reason": result.reason,
+                    "head_seq": result.head_seq,
+                    "head_hash": result.head_hash,
+                    "database": str(p.database),
+                }
+            )
+        elif result.ok:
+            print(
+                f"audit trail OK: {result.count} events, head {result.head_seq} "
+                f"{result.head_hash[:16]}"
+            )
+        else:
+            print(f"AUDIT TRAIL BROKEN: {clean(result.reason)}", file=sys.stderr)
+        return EXIT_OK if result.ok else EXIT_AUDIT
+    finally:
+        store.close()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    p, cfg = _context(args)
+    from kmtui.launch import hsm_for
+
+    hsm = hsm_for(cfg, p)
+    info = hsm.open()
+    data = {
+        **info.__dict__,
+        "mechanisms": hsm.mechanisms(),
+        "slots": [s.__dict__ for s in hsm.slots()],
+    }
+    if args.json:
+        _print_json(data)
+    else:
+        for name in ("label", "serial", "manufacturer", "model", "slot_id", "library"):
+            print(f"{name:<13} {clean(data[name])}")
+        print(f"{'mechanisms':<13} {len(data['mechanisms'])}")
+    return EXIT_OK
+
+
+def cmd_tui(args: argparse.Namespace, *, demo_mode: bool) -> int:
+    base = paths.resolve(args.home)
+    p = demo.ensure(base, reset=bool(getattr(args, "reset", False))) if demo_mode else base
+    cfg = config.load(p.config_file, demo=demo_mode)
+    from kmtui.launch import open_workstation
+    from kmtui.ui.app import KmtuiApp
+
+    ws = open_workstation(p, cfg)
+    try:
+        pin = demo.pin_of(p) if demo_mode else None
+        if args.pin_file:
+            pin = _pin_from_file(args.pin_file)
+        app = KmtuiApp(ws, cfg, paths=p, pin=pin)
+        app.run()
+        return app.return_code or EXIT_OK
+    finally:
+        ws.close()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "locate": cmd_locate,
+    "keys": cmd_keys,
+    "audit": cmd_audit,
+    "token": cmd_token,
+    "demo": lambda a: cmd_tui(a, demo_mode=True),
+}
+
+
+def _log_crash(exc: BaseException) -> Path | None:
+    """Frames only (no locals, no exception text, which could hold a value) to the log dir."""
+    try:
+        log_dir = paths.resolve().ensure().log_dir
+        target = log_dir / "crash.log"
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        with target.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- {type(exc).__name__}\n{frames}")
+        return target
+    except OSError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.command is None:
+            return cmd_tui(args, demo_mode=False)
+        return COMMANDS[args.command](args)
+    except errors.KmtuiError as exc:
+        print(f"kmtui: {clean(exc.message)}", file=sys.stderr)
+        if exc.hint:
+            print(f"  {clean(exc.hint)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kmtui: interrupted; nothing further was done.", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        where = _log_crash(exc)
+        print(
+            f"kmtui: internal error ({type(exc).__name__}). No secret is shown here;"
+            f" the failing frames are in {where or 'the log directory'}.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED

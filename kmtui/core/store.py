@@ -1,0 +1,653 @@
+"""The registry: SQLite schema, migrations and the queries the UI and CLI page through."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from kmtui.core.errors import (
+    DatabaseCorrupt,
+    DatabaseLocked,
+    DatabaseMode,
+    DiskFull,
+    SchemaTooNew,
+    StoreError,
+)
+from kmtui.core.models import Key, KeyState, KeyVersion, Policy, iso, utcnow
+from kmtui.core.safetext import clean
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+_KEY_COLUMNS = (
+    "id, label, algorithm, purpose, policy, state, exportable, current_version, owner, notes, "
+    "tags, created_at, updated_at, activated_at, deactivated_at, rotation_due_at, destroy_after"
+)
+_VERSION_COLUMNS = "key_id, version, state, cka_id, token_serial, kcv, fingerprint, created_at"
+_KEY_ORDER = ("label COLLATE NOCASE", "id")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COLLATIONS = {"BINARY", "NOCASE", "RTRIM"}
+_IN_CHUNK = 500  # well under SQLite's bound-parameter limit
+_MESSAGE_LIMIT = 200
+
+
+def _plain(value: object) -> str:
+    """Paths and SQLite messages end up on a terminal: neutralise them and keep them short."""
+    return clean(value, _MESSAGE_LIMIT)
+
+
+def map_error(exc: sqlite3.Error, path: Path) -> StoreError:
+    """The one place a SQLite failure becomes a message a custodian can act on."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # primary code; absent on driver errors
+    where = _plain(path)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return DatabaseLocked(
+            f"The database {where} is locked.",
+            "Another kmtui or sqlite3 process holds it; close it and retry.",
+        )
+    if code == sqlite3.SQLITE_FULL:
+        return DiskFull(
+            f"The disk holding {where} is full.",
+            f"Free space on {_plain(path.parent)}; nothing was written.",
+        )
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return DatabaseCorrupt(
+            f"The database {where} is damaged ({_plain(exc)}).",
+            "Do not write to it; restore it from a backup made by kmtui.",
+        )
+    if code == sqlite3.SQLITE_READONLY:
+        return StoreError(
+            f"The database {where} is read-only for this user.",
+            "kmtui must write the file and the -wal and -shm files next to it: check the owner "
+            "and permissions of the file and its directory.",
+        )
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return StoreError(
+            f"The database {where} cannot be opened.",
+            "Check that its directory exists and that this user may read and write it.",
+        )
+    return StoreError(
+        f"The database {where} refused the operation ({_plain(exc)}).",
+        "Nothing was written. If this repeats, run `kmtui audit verify` and keep the file for "
+        "investigation.",
+    )
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    """The first schema: registry, policies, operators, approvals and the audit chain."""
+    for statement in _SCHEMA_1:
+        conn.execute(statement)
+
+
+_SCHEMA_1 = (
+    """CREATE TABLE policies (
+        name TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        rules TEXT NOT NULL DEFAULT '{}',
+        updated_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        policy TEXT REFERENCES policies(name),
+        state TEXT NOT NULL,
+        exportable INTEGER NOT NULL DEFAULT 0 CHECK (exportable IN (0, 1)),
+        current_version INTEGER NOT NULL DEFAULT 1,
+        owner TEXT NOT NULL DEFAULT '',
+        notes TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        activated_at TEXT,
+        deactivated_at TEXT,
+        rotation_due_at TEXT,
+        destroy_after TEXT
+    )""",
+    """CREATE TABLE key_versions (
+        key_id TEXT NOT NULL REFERENCES keys(id),
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        cka_id BLOB NOT NULL,
+        token_serial TEXT NOT NULL,
+        kcv TEXT NOT NULL DEFAULT '',
+        fingerprint TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (key_id, version),
+        UNIQUE (token_serial, cka_id)
+    )""",
+    """CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        state TEXT NOT NULL,
+        enrolled_at TEXT NOT NULL,
+        sealed_seed BLOB NOT NULL DEFAULT x'',
+        last_step INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE approvals (
+        id INTEGER PRIMARY KEY,
+        digest TEXT NOT NULL,
+        operator TEXT NOT NULL REFERENCES operators(name),
+        approved_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        executed_at TEXT
+    )""",
+    # No foreign key to keys: the trail outlives the keys it describes.
+    """CREATE TABLE audit_events (
+        seq INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        key_id TEXT NOT NULL DEFAULT '',
+        params TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    # Guards kmtui's own code; someone with the file can drop them, which the chain then detects.
+    """CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+    """CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+    "CREATE INDEX keys_by_state ON keys (state, label COLLATE NOCASE, id)",
+    "CREATE INDEX keys_by_label ON keys (label COLLATE NOCASE, id)",
+    "CREATE INDEX keys_by_policy ON keys (policy)",
+    "CREATE INDEX keys_by_rotation_due ON keys (rotation_due_at)",
+    "CREATE INDEX keys_by_destroy_after ON keys (destroy_after)",
+    "CREATE INDEX approvals_by_digest ON approvals (digest)",
+    "CREATE INDEX audit_by_ts ON audit_events (ts)",
+    "CREATE INDEX audit_by_key ON audit_events (key_id, seq)",
+    "CREATE INDEX audit_by_actor ON audit_events (actor, seq)",
+    "CREATE INDEX audit_by_action ON audit_events (action, seq)",
+)
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+
+
+def _read_version(conn: sqlite3.Connection) -> int:
+    """Schema version of an open database; 0 before the first migration."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone():
+        return 0
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def _single(conn: sqlite3.Connection, sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection in kmtui's durable mode, or a refusal that says what is wrong."""
+    # isolation_level=None: kmtui opens every transaction itself (see Store.transaction).
+    conn = sqlite3.connect(
+        str(path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
+    try:
+        _configure(conn, path, busy_timeout_ms)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_ms: int) -> None:
+    where = _plain(path)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    mode = str(_single(conn, "PRAGMA journal_mode")).lower()
+    if "schema_version" in tables:
+        if mode != "wal":
+            raise DatabaseMode(
+                f"The database {where} is in journal mode {_plain(mode)!r}, not WAL.",
+                "It was changed outside kmtui or copied without its -wal file. Restore it from a "
+                "backup made by kmtui, or, if you are sure it is complete, set it back with: "
+                f"sqlite3 {shlex.quote(where)} 'PRAGMA journal_mode=WAL'",
+            )
+    elif tables:
+        raise StoreError(
+            f"{where} is a SQLite database, but not kmtui's.",
+            "Point kmtui at its own database (--home or KMTUI_HOME), or move this file away.",
+        )
+    else:
+        mode = str(_single(conn, "PRAGMA journal_mode = WAL")).lower()
+        if mode != "wal":
+            raise DatabaseMode(
+                f"The database {where} could not be switched to WAL (it stayed {_plain(mode)!r}).",
+                "Put the database on a local file system that supports WAL (not a network share).",
+            )
+    conn.execute("PRAGMA synchronous = FULL")
+    if _single(conn, "PRAGMA synchronous") != 2:
+        raise DatabaseMode(
+            f"SQLite refused synchronous=FULL on {where}.",
+            "kmtui needs durable commits; use a standard SQLite build.",
+        )
+    conn.execute("PRAGMA foreign_keys = ON")
+    if _single(conn, "PRAGMA foreign_keys") != 1:
+        raise DatabaseMode(
+            f"SQLite refused foreign_keys=ON on {where}.",
+            "This SQLite build lacks foreign keys; use a standard SQLite build.",
+        )
+
+
+def _integrity_problem(conn: sqlite3.Connection) -> str:
+    """The first line integrity_check reports, or '' when the file is sound."""
+    rows = conn.execute("PRAGMA integrity_check").fetchmany(8)
+    lines = [line for (text,) in rows for line in str(text).splitlines()]
+    if lines == ["ok"]:
+        return ""
+    return next((ln for ln in lines if not ln.startswith("***")), lines[0] if lines else "?")
+
+
+def _create_private(path: Path, *, must_be_new: bool = False) -> None:
+    """Create the file owner-only before SQLite opens it; its -wal/-shm files follow suit."""
+    flags = os.O_CREAT | os.O_WRONLY | (os.O_EXCL if must_be_new else 0)  # never O_TRUNC
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"Cannot create the directory {_plain(path.parent)}: {_plain(exc.strerror)}.",
+            "Check the path and that this user may write there.",
+        ) from exc
+    try:
+        os.close(os.open(path, flags, 0o600))
+    except FileExistsError as exc:
+        raise StoreError(
+            f"{_plain(path)} already exists.",
+            "Choose a new file name; kmtui never overwrites a backup.",
+        ) from exc
+    except OSError as exc:
+        raise StoreError(
+            f"Cannot open {_plain(path)} for writing: {_plain(exc.strerror)}.",
+            f"Check that this user may read and write it and its directory {_plain(path.parent)}.",
+        ) from exc
+
+
+class Store:
+    """The SQLite registry; one connection per thread, as sqlite3 connections are thread-bound."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Store:
+        """Open or create the database; refuse one damaged, in the wrong mode or too new."""
+        path = Path(path)
+        _create_private(path)
+        store = cls(path, busy_timeout_ms)
+        try:
+            with store.sqlite_errors():
+                problem = _integrity_problem(store.conn)
+            if problem:
+                raise DatabaseCorrupt(
+                    f"The database {_plain(path)} failed its integrity check ({_plain(problem)}).",
+                    "Do not write to it; restore it from a backup made by kmtui.",
+                )
+            store._migrate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close every thread's connection; call once, after workers using the store stopped."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The calling thread's connection, opened on first use with kmtui's pragmas."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        with self.sqlite_errors():
+            conn = _connect(self.path, self.busy_timeout_ms)
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise RuntimeError("the store is closed")
+            self._connections.append(conn)
+        self._local.conn = conn
+        self._local.db = None
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the calling thread's connection, for scripts and the demo."""
+        conn = self.conn
+        db: sqlite_utils.Database | None = self._local.db
+        if db is None:
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def sqlite_errors(self, path: Path | None = None) -> Iterator[None]:
+        """Turn any sqlite3 error raised inside into the matching StoreError."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise map_error(exc, path or self.path) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE takes the write lock up front; nested calls become savepoints."""
+        conn = self.conn
+        nested = conn.in_transaction
+        with self.sqlite_errors():
+            conn.execute("SAVEPOINT kmtui_nested" if nested else "BEGIN IMMEDIATE")
+        try:
+            with self.sqlite_errors():
+                yield conn
+        except BaseException:
+            self._undo(conn, nested)
+            raise
+        try:
+            with self.sqlite_errors():
+                conn.execute("RELEASE kmtui_nested" if nested else "COMMIT")
+        except BaseException:
+            self._undo(conn, nested)
+            raise
+
+    def _undo(self, conn: sqlite3.Connection, nested: bool) -> None:
+        """Roll back what the failed block wrote (only its savepoint when nested)."""
+        if not conn.in_transaction:  # SQLite already rolled back (e.g. after SQLITE_FULL)
+            return
+        with self.sqlite_errors():
+            if nested:
+                conn.execute("ROLLBACK TO kmtui_nested")
+                conn.execute("RELEASE kmtui_nested")
+            else:
+                conn.execute("ROLLBACK")
+
+    def _migrate(self) -> None:
+        """Bring the schema up to date, one transaction per migration."""
+        with self.sqlite_errors():
+            version = _read_version(self.conn)
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"The database {_plain(self.path)} has schema version {version}; this kmtui "
+                f"knows only up to {len(MIGRATIONS)}.",
+                "Upgrade kmtui to open it; do not use this version on it.",
+            )
+        for target in range(version + 1, len(MIGRATIONS) + 1):
+            with self.transaction() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                if _read_version(conn) >= target:  # another kmtui process got there first
+                    continue
+                MIGRATIONS[target - 1](conn)
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+
+    def backup(self, dest: Path) -> None:
+        """A consistent copy through SQLite's backup API (a file copy could miss the -wal file)."""
+        dest = Path(dest)
+        _create_private(dest, must_be_new=True)
+        try:
+            with self.sqlite_errors(dest):
+                target = sqlite3.connect(str(dest), isolation_level=None)
+                try:
+                    self.conn.backup(target)
+                    mode = _single(target, "PRAGMA journal_mode = WAL")
+                finally:
+                    target.close()
+            if str(mode).lower() != "wal":
+                raise DatabaseMode(
+                    f"The backup {_plain(dest)} could not be put in WAL mode.",
+                    "Write backups to a local file system that supports WAL.",
+                )
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+
+    # -- generic queries ----------------------------------------------------------------------
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """All rows of a small query as dicts (use `stream` for big ones)."""
+        with self.sqlite_errors():
+            cursor = self.conn.execute(sql, tuple(params))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def stream(
+        self, sql: str, params: Sequence[Any] = (), batch: int = 1000
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows in batches from one cursor, so a million-row table never sits in memory."""
+        with self.sqlite_errors():
+            cursor = self.conn.execute(sql, tuple(params))
+            try:
+                while chunk := cursor.fetchmany(batch):
+                    yield chunk
+            finally:
+                cursor.close()  # ends the read snapshot now, even when the caller stops early
+
+    def keyset_page(
+        self,
+        table: str,
+        order_cols: Sequence[str],
+        after: Sequence[Any] | None,
+        limit: int,
+        where: str = "",
+        params: Sequence[Any] = (),
+        *,
+        descending: bool = False,
+    ) -> list[dict[str, Any]]:
+        """One page after a cursor row, seeking through an index instead of counting an OFFSET.
+
+        `order_cols` are column names, each optionally followed by `COLLATE NAME`; `table` and the
+        columns come from kmtui's code, never from a user.
+        """
+        columns: list[str] = []
+        placeholders: list[str] = []
+        for entry in order_cols:
+            column, _, collation = entry.partition(" COLLATE ")
+            if not _IDENTIFIER.fullmatch(column) or (collation and collation not in _COLLATIONS):
+                raise ValueError(f"not a plain column for keyset paging: {entry!r}")
+            columns.append(column)
+            placeholders.append(f"? COLLATE {collation}" if collation else "?")
+        if not _IDENTIFIER.fullmatch(table):
+            raise ValueError(f"not a plain table name: {table!r}")
+        conditions = [f"({where})"] if where else []
+        args = list(params)
+        if after is not None:
+            if len(after) != len(columns):
+                raise ValueError("the cursor needs one value per order column")
+            # The collation sits on the right-hand side so SQLite seeks the index by row value.
+            conditions.append(
+                f"({', '.join(columns)}) {'<' if descending else '>'} ({', '.join(placeholders)})"
+            )
+            args.extend(after)
+        direction = " DESC" if descending else ""
+        sql = (
+            f"SELECT * FROM {table}"  # noqa: S608 - identifiers checked above, values bound
+            + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+            + f" ORDER BY {', '.join(entry + direction for entry in order_cols)} LIMIT ?"
+        )
+        args.append(int(limit))
+        return self.rows(sql, args)
+
+    # -- policies -----------------------------------------------------------------------------
+
+    def add_policy(self, policy: Policy) -> None:
+        """Register a policy; keys may only name policies that exist (foreign key)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO policies (name, description, rules, updated_at) VALUES (?, ?, ?, ?)",
+                (
+                    policy.name,
+                    policy.description,
+                    json.dumps(policy.rules, sort_keys=True),
+                    policy.updated_at or iso(utcnow()),
+                ),
+            )
+
+    def policies(self) -> list[Policy]:
+        """Every policy, by name (there are few)."""
+        return [
+            Policy(r["name"], r["description"], json.loads(r["rules"]), r["updated_at"])
+            for r in self.rows("SELECT * FROM policies ORDER BY name")
+        ]
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def add_key(self, key: Key) -> None:
+        """Register a key and its versions in one transaction, so neither exists alone."""
+        for version in key.versions:
+            if version.key_id != key.id:
+                raise ValueError(f"version {version.version} belongs to {version.key_id!r}")
+        with self.transaction() as conn:
+            conn.execute(
+                f"INSERT INTO keys ({_KEY_COLUMNS}) "  # noqa: S608 - constant column list
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.label,
+                    key.algorithm,
+                    key.purpose,
+                    key.policy or None,
+                    str(key.state),
+                    int(key.exportable),
+                    key.current_version,
+                    key.owner,
+                    key.notes,
+                    json.dumps(key.tags),
+                    key.created_at,
+                    key.updated_at or key.created_at,
+                    # NULL, not '': an empty string would sort before every date and look due.
+                    key.activated_at or None,
+                    key.deactivated_at or None,
+                    key.rotation_due_at or None,
+                    key.destroy_after or None,
+                ),
+            )
+            for version in key.versions:
+                self.add_version(version)
+
+    def add_version(self, version: KeyVersion) -> None:
+        """Register one token object of a key; (token serial, CKA_ID) must be unique."""
+        with self.transaction() as conn:
+            conn.execute(
+                f"INSERT INTO key_versions ({_VERSION_COLUMNS}) "  # noqa: S608 - constant columns
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version.key_id,
+                    version.version,
+                    str(version.state),
+                    bytes(version.cka_id),
+                    version.token_serial,
+                    version.kcv,
+                    version.fingerprint,
+                    version.created_at,
+                ),
+            )
+
+    def get_key(self, key_id: str) -> Key | None:
+        """A key with its versions, or None."""
+        rows = self.rows("SELECT * FROM keys WHERE id = ?", (key_id,))
+        return self._with_versions(rows)[0] if rows else None
+
+    def find_keys(self, *, label: str) -> list[Key]:
+        """Keys whose label is exactly `label` (case matters, as in CKA_LABEL)."""
+        # The NOCASE term lets SQLite seek keys_by_label; the plain term keeps the match exact.
+        rows = self.rows(
+            "SELECT * FROM keys WHERE label = ? COLLATE NOCASE AND label = ? "
+            "ORDER BY label COLLATE NOCASE, id",
+            (label, label),
+        )
+        return self._with_versions(rows)
+
+    def count_keys(self) -> int:
+        with self.sqlite_errors():
+            return int(_single(self.conn, "SELECT count(*) FROM keys"))
+
+    def page_keys(
+        self,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+        state: str | None = None,
+        label_prefix: str | None = None,
+    ) -> list[Key]:
+        """Keys ordered by (label, case-insensitively; id); pass the last (label, id) to go on."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            conditions.append("state = ?")
+            params.append(str(state))
+        if label_prefix:
+            escaped = re.sub(r"([\\%_])", r"\\\1", label_prefix)
+            conditions.append("label LIKE ? ESCAPE '\\'")  # ASCII-case-insensitive, like NOCASE
+            params.append(escaped + "%")
+        rows = self.keyset_page("keys", _KEY_ORDER, after, limit, " AND ".join(conditions), params)
+        return self._with_versions(rows)
+
+    def _with_versions(self, rows: list[dict[str, Any]]) -> list[Key]:
+        """Keys from rows, their versions fetched in a few IN queries rather than one per key."""
+        keys = [_key_from_row(row) for row in rows]
+        by_id = {key.id: key for key in keys}
+        ids = list(by_id)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for r in self.rows(
+                f"SELECT {_VERSION_COLUMNS} FROM key_versions "  # noqa: S608 - only placeholders
+                f"WHERE key_id IN ({marks}) ORDER BY key_id, version",
+                chunk,
+            ):
+                by_id[r["key_id"]].versions.append(
+                    KeyVersion(
+                        key_id=r["key_id"],
+                        version=r["version"],
+                        state=KeyState(r["state"]),
+                        cka_id=bytes(r["cka_id"]),
+                        token_serial=r["token_serial"],
+                        created_at=r["created_at"],
+                        kcv=r["kcv"],
+                        fingerprint=r["fingerprint"],
+                    )
+                )
+        return keys
+
+
+def _key_from_row(row: dict[str, Any]) -> Key:
+    return Key(
+        id=row["id"],
+        label=row["label"],
+        algorithm=row["algorithm"],
+        purpose=row["purpose"],
+        policy=row["policy"] or "",
+        state=KeyState(row["state"]),
+        created_at=row["created_at"],
+        exportable=bool(row["exportable"]),
+        current_version=row["current_version"],
+        owner=row["owner"],
+        notes=row["notes"],
+        tags=list(json.loads(row["tags"])),
+        updated_at=row["updated_at"],
+        activated_at=row["activated_at"] or "",
+        deactivated_at=row["deactivated_at"] or "",
+        rotation_due_at=row["rotation_due_at"] or "",
+        destroy_after=row["destroy_after"] or "",
+    )

@@ -1,0 +1,34 @@
+"""Assemble a workstation (token + registry + audit) from paths and configuration."""
+
+from __future__ import annotations
+
+from kmtui import paths
+from kmtui.config import Config
+from kmtui.core.errors import ConfigError
+from kmtui.core.hsm import Hsm
+from kmtui.core.service import Workstation
+from kmtui.core.store import Store
+
+
+def hsm_for(cfg: Config, p: paths.Paths) -> Hsm:
+    if not cfg.token.module:
+        raise ConfigError(
+            f"No PKCS#11 module configured ({p.config_file} missing or without [token] module).",
+            "Try `kmtui demo` first, or write the file: `kmtui locate --example` prints one.",
+        )
+    return Hsm(
+        cfg.token.module,
+        token_label=cfg.token.label,
+        token_serial=cfg.token.serial,
+        softhsm2_conf=cfg.token.softhsm2_conf,
+    )
+
+
+def open_workstation(p: paths.Paths, cfg: Config) -> Workstation:
+    """Open the registry first (it refuses a corrupt database), then bind the token."""
+    store = Store.open(p.ensure().database)
+    try:
+        return Workstation.assemble(hsm_for(cfg, p), store, demo=cfg.demo)
+    except BaseException:
+        store.close()
+        raise

@@ -1,0 +1,1 @@
+"""Textual UI: collects intent, shows results; all work happens in kmtui.core."""

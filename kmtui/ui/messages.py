@@ -1,0 +1,34 @@
+"""Past-tense messages that workers post; widgets react to them on the UI thread."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from kmtui.core.hsm import TokenInfo
+from kmtui.core.models import Key
+
+
+class LoggedIn(Message):
+    def __init__(self, info: TokenInfo) -> None:
+        super().__init__()
+        self.info = info
+
+
+class LoginFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class KeysLoaded(Message):
+    def __init__(self, keys: list[Key], total: int) -> None:
+        super().__init__()
+        self.keys = keys
+        self.total = total
+
+
+class WorkFailed(Message):
+    def __init__(self, what: str, error: str) -> None:
+        super().__init__()
+        self.what = what
+        self.error = error

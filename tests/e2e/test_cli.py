@@ -1,0 +1,180 @@
+"""The command line as a script or an SSH admin uses it: real processes, a real demo workstation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kmtui import __version__
+from kmtui.demo import DEMO_KEYS
+
+
+def kmtui(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("KMTUI_HOME", "SOFTHSM2_CONF")}
+    return subprocess.run(
+        [sys.executable, "-m", "kmtui", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo workstation made by the same code `kmtui demo` runs, in a separate process."""
+    base = tmp_path_factory.mktemp("kmtui-home")
+    code = "from kmtui import demo, paths; print(demo.ensure(paths.resolve()).home)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"},
+            "KMTUI_HOME": str(base),
+        },
+    )
+    return Path(out.stdout.strip())
+
+
+def test_version() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmtui", "--version"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"kmtui {__version__}"
+
+
+def test_locate_puts_everything_under_home(tmp_path: Path) -> None:
+    proc = kmtui(tmp_path, "locate", "--json")
+    assert proc.returncode == 0
+    data = json.loads(proc.stdout)
+    for name in ("config_file", "database", "data_dir", "state_dir", "log_dir"):
+        assert Path(data[name]).is_relative_to(tmp_path), name
+
+
+def test_kmtui_home_environment_variable_is_honoured(tmp_path: Path) -> None:
+    env = {**os.environ, "KMTUI_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmtui", "locate", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert json.loads(proc.stdout)["database"] == str(tmp_path / "data" / "kmtui.db")
+
+
+def test_unconfigured_workstation_says_what_to_do(tmp_path: Path) -> None:
+    proc = kmtui(tmp_path, "token", "info")
+    assert proc.returncode == 1
+    assert "No PKCS#11 module configured" in proc.stderr
+    assert "kmtui demo" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    proc = kmtui(tmp_path, "keys", "frobnicate")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+
+
+def test_keys_list_json_has_the_contract_fields(demo_home: Path) -> None:
+    proc = kmtui(demo_home, "keys", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    keys = json.loads(proc.stdout)
+    assert sorted(k["label"] for k in keys) == sorted(label for label, _, _ in DEMO_KEYS)
+    for key in keys:
+        assert {"id", "label", "state", "algorithm", "policy", "kcv", "versions"} <= key.keys()
+        assert key["state"] == "active"
+        version = key["versions"][0]
+        assert version["version"] == 1
+        assert version["pkcs11_uri"].startswith("pkcs11:token=kmtui-demo;")
+        if key["algorithm"].startswith(("AES", "HMAC")):
+            assert len(key["kcv"]) == 6 and version["kcv"] == key["kcv"]
+        else:
+            assert version["fingerprint"].startswith("SHA256:")
+
+
+def test_keys_show_accepts_id_label_and_pkcs11_uri(demo_home: Path) -> None:
+    by_label = json.loads(kmtui(demo_home, "keys", "show", "payments-db-dek", "--json").stdout)
+    by_id = json.loads(kmtui(demo_home, "keys", "show", by_label["id"], "--json").stdout)
+    uri = by_label["versions"][0]["pkcs11_uri"]
+    by_uri = json.loads(kmtui(demo_home, "keys", "show", uri, "--json").stdout)
+    assert by_label == by_id == by_uri
+    missing = kmtui(demo_home, "keys", "show", "no-such-key")
+    assert missing.returncode == 2
+    assert "No key 'no-such-key'" in missing.stderr
+
+
+def test_token_info_reads_the_demo_token(demo_home: Path) -> None:
+    proc = kmtui(demo_home, "token", "info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["label"] == "kmtui-demo"
+    assert "AES_KEY_GEN" in info["mechanisms"]
+
+
+def test_audit_verify_passes_then_fails_with_exit_3_after_tampering(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    ok = kmtui(demo_home, "audit", "verify", "--json")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] and report["events"] >= 2 * len(DEMO_KEYS)
+
+    # Tamper with a copy, so the other tests keep their clean workstation.
+    copy = tmp_path / "copy"
+    src = sqlite3.connect(demo_home / "data" / "kmtui.db")
+    (copy / "data").mkdir(parents=True)
+    dst = sqlite3.connect(copy / "data" / "kmtui.db")
+    src.backup(dst)
+    src.close()
+    # An attacker with the file drops kmtui's append-only triggers first.
+    for (name,) in dst.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        dst.execute(f'DROP TRIGGER "{name}"')
+    dst.execute("UPDATE audit_events SET outcome = 'failure' WHERE seq = 3")
+    dst.commit()
+    dst.close()
+    bad = kmtui(copy, "audit", "verify")
+    assert bad.returncode == 3
+    assert "event 3" in bad.stderr
+
+
+def test_audit_export_prints_one_json_event_per_line(demo_home: Path) -> None:
+    proc = kmtui(demo_home, "audit", "export", "--since", "2")
+    assert proc.returncode == 0
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[0]["seq"] == 3
+    assert [e["seq"] for e in events] == list(range(3, 3 + len(events)))
+    creates = [e for e in events if e["action"] == "key.create" and e["outcome"] == "success"]
+    assert len(creates) == len(DEMO_KEYS)
+    assert all(e["params"]["intent"] < e["seq"] for e in creates)
+
+
+def test_a_corrupt_database_is_refused_without_a_traceback(demo_home: Path, tmp_path: Path) -> None:
+    home = tmp_path / "broken"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "kmtui.db").write_bytes(os.urandom(8192))
+    proc = kmtui(home, "keys", "list")
+    assert proc.returncode == 1
+    assert "corrupt" in proc.stderr.lower() or "not a database" in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_pin_on_the_command_line_and_none_in_the_database(demo_home: Path) -> None:
+    pin = (demo_home / "data" / "demo-pin").read_text().strip()
+    proc = kmtui(demo_home, "--pin", pin, "keys", "list")
+    assert proc.returncode == 2  # there is no such option
+    for path in (demo_home / "data").glob("kmtui.db*"):
+        assert pin.encode() not in path.read_bytes()

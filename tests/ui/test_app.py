@@ -1,0 +1,124 @@
+"""The TUI driven with Textual's Pilot on the real token and a real registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, Static
+
+from kmtui.config import Config
+from kmtui.core.hsm import Hsm
+from kmtui.core.service import Workstation
+from kmtui.core.store import Store
+from kmtui.paths import under
+from kmtui.ui.app import KmtuiApp
+from kmtui.ui.screens.login import LoginScreen
+from kmtui.ui.screens.main import MainScreen
+from tests.conftest import SoftHsm
+
+HOSTILE = "\x1b]0;pwned\x07[red]x[/red] \u202egnp.exe\x1b[2J"
+
+
+def app_for(ws: Workstation, tmp_path: Path, pin: str | None) -> KmtuiApp:
+    return KmtuiApp(ws, Config(), paths=under(tmp_path / "home"), pin=pin)
+
+
+async def wait_for_screen(pilot, kind: type) -> None:
+    for _ in range(100):
+        if isinstance(pilot.app.screen, kind):
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"screen is {type(pilot.app.screen).__name__}, not {kind.__name__}")
+
+
+async def test_main_screen_lists_keys_and_shows_hostile_labels_as_plain_text(
+    workstation: Workstation, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    workstation.create_key(label="orders-dek", algorithm="AES-256", actor="test")
+    workstation.create_key(label=HOSTILE, algorithm="EC-P256", actor="test")
+    app = app_for(workstation, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for_screen(pilot, MainScreen)
+        table = app.screen.query_one("#keys", DataTable)
+        for _ in range(50):
+            if table.row_count == 2:
+                break
+            await pilot.pause(0.05)
+        labels = sorted(table.get_row_at(i)[0].plain for i in range(table.row_count))
+        assert labels[1] == "orders-dek"
+        shown = labels[0]
+        assert "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
+        assert "\\x1b]0;pwned\\x07[red]x[/red]" in shown
+        assert "\\u202e" in shown
+        row = table.get_row_at(0 if labels[0] == table.get_row_at(0)[0].plain else 1)
+        assert not row[0].spans  # no markup was applied: [red] stayed literal text
+        assert "2" in str(app.screen.query_one("#keys-title", Static).render())
+
+
+async def test_wrong_pin_shows_an_error_and_the_right_pin_opens_the_main_screen(
+    softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    token = Hsm(softhsm_token.module, token_label=softhsm_token.login_label)
+    store = Store.open(tmp_path / "login.db")
+    ws = Workstation.assemble(token, store)
+    app = app_for(ws, tmp_path, None)
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for_screen(pilot, LoginScreen)
+            pin = app.screen.query_one("#pin", Input)
+            assert pin.password
+            pin.value = "wrong-pin"
+            await pilot.press("enter")
+            error = app.screen.query_one("#login-error", Static)
+            for _ in range(100):
+                if "not accepted" in str(error.render()):
+                    break
+                await pilot.pause(0.05)
+            assert "PIN was not accepted" in str(error.render())
+            assert "wrong-pin" not in str(error.render())
+            assert pin.value == ""
+            pin.value = softhsm_token.pin
+            await pilot.press("enter")
+            await wait_for_screen(pilot, MainScreen)
+        assert not token.logged_in  # leaving the app logged out of the token
+        actions = [(e.action, e.outcome) for e in ws.audit.events(newest_first=False)]
+        assert actions == [
+            ("token.login", "failure"),
+            ("token.login", "success"),
+            ("token.logout", "success"),
+        ]
+    finally:
+        store.close()
+
+
+async def test_a_crash_shows_no_traceback_and_no_locals(
+    workstation: Workstation, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    app = app_for(workstation, tmp_path, softhsm_token.pin)
+
+    def explode() -> None:
+        pin_in_a_local = softhsm_token.pin  # what Textual's default crash screen would print
+        raise RuntimeError("boom " + str(len(pin_in_a_local)))
+
+    app.action_explode = explode  # type: ignore[attr-defined]
+    printed: list[str] = []
+    print_errors = app._print_error_renderables
+
+    def capture() -> None:
+        printed.extend(str(r) for r in app._exit_renderables)
+        print_errors()
+
+    app._print_error_renderables = capture  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for_screen(pilot, MainScreen)
+            app.bind("ctrl+x", "explode")
+            await pilot.press("ctrl+x")
+            await pilot.pause(0.1)
+    rendered = " ".join(printed)
+    assert "internal error (RuntimeError)" in rendered
+    assert softhsm_token.pin not in rendered
+    assert "pin_in_a_local" not in rendered
+    crash_log = (tmp_path / "home" / "log" / "crash.log").read_text()
+    assert "RuntimeError" in crash_log and softhsm_token.pin not in crash_log

@@ -1,0 +1,489 @@
+"""The registry on real SQLite files: durable mode, refusals a custodian can act on, paging."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmtui.core.errors import (
+    DatabaseCorrupt,
+    DatabaseLocked,
+    DatabaseMode,
+    DiskFull,
+    SchemaTooNew,
+    StoreError,
+)
+from kmtui.core.models import Key, KeyState, KeyVersion, Policy
+from kmtui.core.store import MIGRATIONS, Store, map_error
+
+NOW = "2026-01-02T03:04:05.000000Z"
+
+
+def make_key(n: int, label: str, state: KeyState = KeyState.ACTIVE, **extra: Any) -> Key:
+    key_id = f"k{n:06d}"
+    version = KeyVersion(
+        key_id, 1, state, f"kmtui:{key_id}:1".encode(), "SERIAL1", NOW, kcv="A1B2C3"
+    )
+    return Key(
+        id=key_id,
+        label=label,
+        algorithm="AES-256",
+        purpose="encrypt",
+        policy="default",
+        state=state,
+        created_at=NOW,
+        updated_at=NOW,
+        versions=[version],
+        **extra,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "home" / "kmtui.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store.open(db_path)
+    s.add_policy(Policy("default", "test policy", {"exportable": False}, NOW))
+    yield s
+    s.close()
+
+
+def pragmas(conn: sqlite3.Connection) -> tuple[Any, ...]:
+    return tuple(
+        conn.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+    )
+
+
+def run_in_thread(fn: Any) -> Any:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed back to the test thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def deterministic_bytes(n: int, seed: bytes = b"kmtui") -> bytes:
+    return hashlib.shake_256(seed).digest(n)
+
+
+# -- durable mode -------------------------------------------------------------------------------
+
+
+def test_every_threads_connection_reads_back_wal_full_sync_and_foreign_keys(store: Store) -> None:
+    expected = ("wal", 2, 1, 5000)
+    assert pragmas(store.conn) == expected
+    assert run_in_thread(lambda: pragmas(store.conn)) == expected
+    assert run_in_thread(lambda: pragmas(store.db.conn)) == expected
+
+
+def test_two_threads_get_distinct_connections_and_one_thread_keeps_its_own(store: Store) -> None:
+    main = store.conn
+    assert store.conn is main
+    assert store.db.conn is main
+    first, second = run_in_thread(lambda: store.conn), run_in_thread(lambda: store.conn)
+    assert first is not main and second is not main and first is not second
+    assert run_in_thread(lambda: (store.conn is store.conn, store.db.conn is store.conn)) == (
+        True,
+        True,
+    )
+
+
+def test_new_database_lives_in_owner_only_directory_and_file(db_path: Path) -> None:
+    Store.open(db_path).close()
+    assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+def test_database_under_a_file_instead_of_a_directory_is_refused_plainly(tmp_path: Path) -> None:
+    (tmp_path / "home").write_text("not a directory")
+    with pytest.raises(StoreError, match="Cannot create the directory"):
+        Store.open(tmp_path / "home" / "kmtui.db")
+
+
+def test_database_switched_out_of_wal_behind_kmtuis_back_is_refused(db_path: Path) -> None:
+    Store.open(db_path).close()
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    raw.close()
+    with pytest.raises(DatabaseMode) as caught:
+        Store.open(db_path)
+    assert str(db_path) in caught.value.message
+    assert "'delete'" in caught.value.message
+    assert "backup made by kmtui" in caught.value.hint
+    assert "PRAGMA journal_mode=WAL" in caught.value.hint
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # left as found
+    raw.close()
+
+
+def test_sqlite_database_of_another_program_is_refused_and_left_untouched(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    raw = sqlite3.connect(db_path)
+    raw.execute("CREATE TABLE notes (body TEXT)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="not kmtui's"):
+        Store.open(db_path)
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [r[0] for r in raw.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    raw.close()
+
+
+# -- damaged files ------------------------------------------------------------------------------
+
+
+def test_file_of_random_bytes_is_refused_as_corrupt(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(deterministic_bytes(64 * 1024))
+    with pytest.raises(DatabaseCorrupt) as caught:
+        Store.open(db_path)
+    assert "backup" in caught.value.hint
+
+
+def test_database_with_overwritten_middle_pages_is_refused_as_corrupt(db_path: Path) -> None:
+    s = Store.open(db_path)
+    s.add_policy(Policy("default", updated_at=NOW))
+    with s.transaction():
+        for n in range(3000):
+            s.add_key(make_key(n, f"label-{n}", notes="n" * 300))
+    s.close()  # the last connection checkpoints the WAL into the main file
+    assert not Path(f"{db_path}-wal").exists()
+    size = db_path.stat().st_size
+    page = 4096
+    assert size > 200 * page
+    middle = (size // page // 2) * page
+    with db_path.open("r+b") as f:
+        f.seek(middle)
+        f.write(deterministic_bytes(8 * page, b"garbage"))
+    with pytest.raises(DatabaseCorrupt) as caught:
+        Store.open(db_path)
+    assert "restore it from a backup" in caught.value.hint
+
+
+def test_index_that_disagrees_with_its_table_fails_the_integrity_check(db_path: Path) -> None:
+    s = Store.open(db_path)
+    s.add_policy(Policy("default", updated_at=NOW))
+    for n in range(20):
+        s.add_key(make_key(n, f"label-{n}"))
+    s.close()
+    raw = sqlite3.connect(db_path)
+    raw.execute("PRAGMA writable_schema=ON")
+    raw.execute(
+        "UPDATE sqlite_master SET sql='CREATE INDEX keys_by_policy ON keys (notes)' "
+        "WHERE name='keys_by_policy'"
+    )
+    raw.commit()
+    raw.close()
+    with pytest.raises(DatabaseCorrupt) as caught:
+        Store.open(db_path)
+    assert "integrity check" in caught.value.message
+    assert "keys_by_policy" in caught.value.message  # the first problem line is shown
+
+
+# -- schema -------------------------------------------------------------------------------------
+
+
+def test_database_from_a_newer_kmtui_is_refused(db_path: Path) -> None:
+    Store.open(db_path).close()
+    raw = sqlite3.connect(db_path)
+    raw.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) + 1,))
+    raw.commit()
+    raw.close()
+    with pytest.raises(SchemaTooNew) as caught:
+        Store.open(db_path)
+    assert "Upgrade kmtui" in caught.value.hint
+
+
+def test_reopening_applies_no_migration_twice(db_path: Path) -> None:
+    s = Store.open(db_path)
+    s.add_policy(Policy("default", updated_at=NOW))
+    s.add_key(make_key(1, "payments"))
+    schema = s.rows("SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    s.close()
+    for _ in range(2):
+        s = Store.open(db_path)
+        assert s.rows("SELECT version FROM schema_version") == [{"version": len(MIGRATIONS)}]
+        assert s.rows("SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
+        assert s.get_key("k000001") == make_key(1, "payments")
+        s.close()
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def test_key_round_trips_with_versions_tags_and_dates(store: Store) -> None:
+    key = make_key(
+        7,
+        "payments",
+        exportable=True,
+        owner="team-a",
+        notes="n",
+        tags=["pci", "eu"],
+        rotation_due_at=NOW,
+        current_version=2,
+    )
+    key.versions.append(
+        KeyVersion(
+            key.id,
+            2,
+            KeyState.PRE_ACTIVATION,
+            b"kmtui:k000007:2",
+            "SERIAL1",
+            NOW,
+            fingerprint="ff:00",
+        )
+    )
+    store.add_key(key)
+    assert store.get_key(key.id) == key
+    assert store.get_key("missing") is None
+
+
+def test_empty_dates_are_stored_as_null_so_they_never_look_due(store: Store) -> None:
+    store.add_key(make_key(1, "payments"))
+    row = store.rows("SELECT activated_at, rotation_due_at, destroy_after FROM keys")[0]
+    assert row == {"activated_at": None, "rotation_due_at": None, "destroy_after": None}
+    assert store.rows("SELECT id FROM keys WHERE destroy_after <= ?", (NOW,)) == []
+
+
+def test_key_naming_an_unknown_policy_is_refused_and_nothing_is_written(store: Store) -> None:
+    key = make_key(1, "payments")
+    key.policy = "no-such-policy"
+    with pytest.raises(StoreError, match="FOREIGN KEY"):
+        store.add_key(key)
+    assert store.count_keys() == 0
+    assert store.rows("SELECT * FROM key_versions") == []
+
+
+def test_version_of_another_key_is_refused_before_writing(store: Store) -> None:
+    key = make_key(1, "payments")
+    key.versions[0].key_id = "k999999"
+    with pytest.raises(ValueError, match="belongs to"):
+        store.add_key(key)
+    assert store.count_keys() == 0
+
+
+def test_same_token_object_cannot_be_registered_twice(store: Store) -> None:
+    store.add_key(make_key(1, "a"))
+    twin = make_key(2, "b")
+    twin.versions[0].cka_id = b"kmtui:k000001:1"
+    with pytest.raises(StoreError, match="UNIQUE"):
+        store.add_key(twin)
+    assert store.get_key(twin.id) is None
+
+
+def test_find_keys_matches_the_label_exactly_and_counts(store: Store) -> None:
+    for n, label in enumerate(["Payments", "payments", "payments", "payroll"]):
+        store.add_key(make_key(n, label))
+    assert [k.id for k in store.find_keys(label="payments")] == ["k000001", "k000002"]
+    assert [k.id for k in store.find_keys(label="Payments")] == ["k000000"]
+    assert store.find_keys(label="pay") == []
+    assert store.count_keys() == 4
+
+
+LABELS = ["alpha", "Alpha", "ALPHA", "beta", "Gamma", "gamma-2", "delta", "Beta"]
+
+
+def seed_keys(store: Store, count: int) -> list[Key]:
+    keys = []
+    with store.transaction():
+        for n in range(count):
+            state = KeyState.ACTIVE if n % 3 else KeyState.SUSPENDED
+            key = make_key((n * 7919) % 100_003, LABELS[n % len(LABELS)], state)
+            store.add_key(key)
+            keys.append(key)
+    return sorted(keys, key=lambda k: (k.label.lower(), k.id))
+
+
+def page_all(store: Store, limit: int, **filters: Any) -> list[list[Key]]:
+    pages: list[list[Key]] = []
+    after = None
+    while page := store.page_keys(after=after, limit=limit, **filters):
+        assert len(page) <= limit
+        assert len(pages) < 100, "paging does not advance"
+        pages.append(page)
+        after = (page[-1].label, page[-1].id)
+    return pages
+
+
+def test_keyset_pages_return_every_key_exactly_once_in_order(store: Store) -> None:
+    expected = seed_keys(store, 250)
+    pages = page_all(store, 40)
+    assert [len(p) for p in pages] == [40, 40, 40, 40, 40, 40, 10]
+    assert [k.id for p in pages for k in p] == [k.id for k in expected]
+    assert pages[0][0].versions == expected[0].versions  # versions come with each page
+
+
+def test_keyset_pages_filter_by_state_and_label_prefix(store: Store) -> None:
+    expected = seed_keys(store, 250)
+    suspended = [k.id for k in expected if k.state == KeyState.SUSPENDED]
+    got = [k.id for p in page_all(store, 40, state="suspended") for k in p]
+    assert got == suspended
+    gammas = [k.id for k in expected if k.label.lower().startswith("gam")]
+    assert [k.id for p in page_all(store, 7, label_prefix="GAM") for k in p] == gammas
+    both = [k.id for k in expected if k.label.lower().startswith("a") and k.state == "active"]
+    got = [k.id for p in page_all(store, 9, state="active", label_prefix="a") for k in p]
+    assert got == both
+
+
+def test_label_prefix_wildcards_match_only_themselves(store: Store) -> None:
+    for n, label in enumerate(["50%_off", "50xyoff", "50%xoff", "a\\b", "axb"]):
+        store.add_key(make_key(n, label))
+    assert [k.label for k in store.page_keys(label_prefix="50%_")] == ["50%_off"]
+    assert [k.label for k in store.page_keys(label_prefix="a\\")] == ["a\\b"]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"state": "active"}, {"label_prefix": "gam"}, {"state": "active", "label_prefix": "b"}],
+)
+def test_key_page_queries_seek_through_an_index(store: Store, filters: dict[str, Any]) -> None:
+    seed_keys(store, 250)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        first = store.page_keys(limit=40, **filters)
+        store.page_keys(after=(first[-1].label, first[-1].id), limit=40, **filters)
+    finally:
+        store.conn.set_trace_callback(None)
+    key_queries = [s for s in statements if s.startswith("SELECT * FROM keys")]
+    assert len(key_queries) == 2
+    for sql in key_queries:
+        plan = [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        assert any("USING INDEX" in p or "USING COVERING INDEX" in p for p in plan), plan
+        assert not any(p.startswith("SCAN keys") and "INDEX" not in p for p in plan), plan
+        assert not any("TEMP B-TREE" in p for p in plan), plan  # the index gives the order
+    later = [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {key_queries[1]}")]
+    assert later[0].startswith("SEARCH keys"), later  # the cursor seeks; nothing is skipped over
+
+
+# -- transactions and errors --------------------------------------------------------------------
+
+
+def test_transaction_rolls_back_everything_when_the_block_fails(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_key(make_key(1, "a"))
+        store.add_key(make_key(2, "b"))
+        raise RuntimeError("boom")
+    assert store.count_keys() == 0
+    assert not store.conn.in_transaction
+
+
+def test_nested_transaction_failure_undoes_only_its_own_writes(store: Store) -> None:
+    with store.transaction():
+        store.add_key(make_key(1, "kept"))
+        with pytest.raises(RuntimeError), store.transaction():
+            store.add_key(make_key(2, "undone"))
+            raise RuntimeError("boom")
+    assert [k.label for k in store.page_keys()] == ["kept"]
+
+
+def test_transaction_takes_the_write_lock_before_its_first_write(store: Store) -> None:
+    other = sqlite3.connect(store.path, isolation_level=None, timeout=0)
+    try:
+        with store.transaction(), pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released on commit
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_locked_database_gives_database_locked_saying_what_to_do(db_path: Path) -> None:
+    s = Store.open(db_path, busy_timeout_ms=100)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseLocked) as caught:
+            s.add_policy(Policy("default", updated_at=NOW))
+        assert time.monotonic() - started < 3
+        assert str(db_path) in caught.value.message
+        assert caught.value.hint == "Another kmtui or sqlite3 process holds it; close it and retry."
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        assert not s.conn.in_transaction
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    s.add_policy(Policy("default", updated_at=NOW))
+    assert [p.name for p in s.policies()] == ["default"]
+    s.close()
+
+
+def test_full_disk_gives_disk_full_and_writes_nothing(store: Store, db_path: Path) -> None:
+    store.add_key(make_key(0, "first"))
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL
+    with pytest.raises(DiskFull) as caught:
+        for n in range(1, 200):
+            store.add_key(make_key(n, f"big-{n}", notes="x" * 4000))
+    assert str(db_path.parent) in caught.value.hint
+    assert "nothing was written" in caught.value.hint
+    ids = [k.id for k in store.page_keys(limit=500)]
+    assert len(ids) == store.count_keys()
+    versions = store.rows("SELECT key_id FROM key_versions ORDER BY key_id")
+    assert [v["key_id"] for v in versions] == sorted(ids)  # no half-registered key
+
+
+def test_read_only_database_error_points_at_permissions(db_path: Path) -> None:
+    Store.open(db_path).close()
+    ro = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        ro.execute("INSERT INTO policies (name, updated_at) VALUES ('x', 'y')")
+    ro.close()
+    mapped = map_error(raised.value, db_path)
+    assert type(mapped) is StoreError
+    assert "read-only" in mapped.message
+    assert "permissions" in mapped.hint
+
+
+def test_control_characters_in_sqlite_messages_are_neutralised(tmp_path: Path) -> None:
+    mapped = map_error(sqlite3.OperationalError("near \x1b]0;pwned\x07: syntax"), tmp_path / "x")
+    assert "\x1b" not in str(mapped) and "\x07" not in str(mapped)
+
+
+# -- backup -------------------------------------------------------------------------------------
+
+
+def test_backup_opens_as_kmtui_database_holding_the_same_rows(store: Store, tmp_path: Path) -> None:
+    seed_keys(store, 30)
+    dest = tmp_path / "backups" / "kmtui-backup.db"
+    store.backup(dest)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    copy = Store.open(dest)
+    try:
+        for table in ("policies", "keys", "key_versions", "schema_version"):
+            sql = f"SELECT * FROM {table} ORDER BY rowid"
+            assert copy.rows(sql) == store.rows(sql)
+        assert copy.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        copy.close()
+
+
+def test_backup_never_overwrites_an_existing_file(store: Store, tmp_path: Path) -> None:
+    dest = tmp_path / "old-backup.db"
+    dest.write_bytes(b"an older backup")
+    with pytest.raises(StoreError, match="already exists"):
+        store.backup(dest)
+    assert dest.read_bytes() == b"an older backup"
