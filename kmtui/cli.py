@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
             default=default,
             help="read the token PIN from FILE (first line)",
         )
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            default=default,
+            help="work on the demo workstation (made by `kmtui demo`)",
+        )
         return parser
 
     common = globals_parser(argparse.SUPPRESS)
@@ -110,8 +116,19 @@ def _pin_from_file(pin_file: Path) -> str:
         ) from None
 
 
+def _home(args: argparse.Namespace) -> paths.Paths:
+    """--home/KMTUI_HOME, or the demo workstation inside it with --demo."""
+    base = paths.resolve(args.home)
+    if not args.demo:
+        return base
+    p = demo.home_of(base)
+    if not demo.is_demo(p):
+        raise errors.UsageError(f"No demo workstation at {p.home}.", "Run `kmtui demo` first.")
+    return p
+
+
 def _context(args: argparse.Namespace) -> tuple[paths.Paths, config.Config]:
-    p = paths.resolve(args.home)
+    p = _home(args)
     return p, config.load(p.config_file, demo=demo.is_demo(p))
 
 
@@ -119,7 +136,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if args.example:
         print(config.EXAMPLE, end="")
         return EXIT_OK
-    p = paths.resolve(args.home)
+    p = _home(args)
     data = p.as_dict()
     if args.json:
         _print_json(data)
@@ -202,7 +219,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kmtui.core.audit import AuditLog
     from kmtui.core.store import Store
 
-    p = paths.resolve(args.home)
+    p = _home(args)
     if not p.database.exists():
         raise errors.UsageError(f"No database at {p.database}.", "Check --home / KMTUI_HOME.")
     store = Store.open(p.database)
@@ -301,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command is None:
-            return cmd_tui(args, demo_mode=False)
+            return cmd_tui(args, demo_mode=bool(args.demo))
         return COMMANDS[args.command](args)
     except errors.KmtuiError as exc:
         print(f"kmtui: {clean(exc.message)}", file=sys.stderr)

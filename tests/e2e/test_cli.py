@@ -178,3 +178,18 @@ def test_no_pin_on_the_command_line_and_none_in_the_database(demo_home: Path) ->
     assert proc.returncode == 2  # there is no such option
     for path in (demo_home / "data").glob("kmtui.db*"):
         assert pin.encode() not in path.read_bytes()
+
+
+def test_demo_flag_points_headless_commands_at_the_demo_workstation(demo_home: Path) -> None:
+    base = demo_home.parent.parent  # <base>/data/demo
+    proc = kmtui(base, "--demo", "keys", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len(DEMO_KEYS)
+    located = json.loads(kmtui(base, "locate", "--demo", "--json").stdout)
+    assert located["database"] == str(demo_home / "data" / "kmtui.db")
+
+
+def test_demo_flag_without_a_demo_says_how_to_make_one(tmp_path: Path) -> None:
+    proc = kmtui(tmp_path, "--demo", "keys", "list")
+    assert proc.returncode == 2
+    assert "Run `kmtui demo` first" in proc.stderr
