@@ -6,8 +6,8 @@ Exit codes: 0 ok; 1 refused or failed (the message says why); 2 usage; 3 audit v
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kmtui import __version__, config, demo, paths
+from kmtui.commands import common, keys, operators
 from kmtui.core import errors
 from kmtui.core.safetext import clean
 
@@ -72,18 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reset", action="store_true", help="delete the demo workstation and start over"
     )
+    p.add_argument("what", nargs="?", choices=["codes"], help="codes: the demo operators' codes")
+    p.add_argument("--json", action="store_true", help="print JSON (with `codes`)")
 
     p = sub.add_parser(
         "locate", parents=[common, as_json], help="print where kmtui keeps its files"
     )
     p.add_argument("--example", action="store_true", help="print an example config.toml")
 
-    keys = sub.add_parser("keys", parents=[common], help="list and inspect keys")
-    ksub = keys.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
-    p = ksub.add_parser("list", parents=[common, as_json], help="list keys")
-    p.add_argument("--state", help="only keys in this state")
-    p = ksub.add_parser("show", parents=[common, as_json], help="show one key and its versions")
-    p.add_argument("key", metavar="KEY", help="key id, unique label or PKCS#11 URI")
+    keys.add_parsers(sub, common, as_json)
+    operators.add_parsers(sub, common, as_json)
 
     audit = sub.add_parser("audit", parents=[common], help="verify and export the audit trail")
     asub = audit.add_subparsers(
@@ -102,44 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _pin_from_file(pin_file: Path) -> str:
-    """The PIN from --pin-file (first line); never argv, never the environment."""
-    try:
-        return pin_file.read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, IndexError, UnicodeDecodeError):
-        raise errors.UsageError(
-            f"Cannot read a PIN from {pin_file}.", "Put the PIN on its first line."
-        ) from None
-
-
-def _home(args: argparse.Namespace) -> paths.Paths:
-    """--home/KMTUI_HOME, or the demo workstation inside it with --demo."""
-    base = paths.resolve(args.home)
-    if not args.demo:
-        return base
-    p = demo.home_of(base)
-    if not demo.is_demo(p):
-        raise errors.UsageError(f"No demo workstation at {p.home}.", "Run `kmtui demo` first.")
-    return p
-
-
-def _context(args: argparse.Namespace) -> tuple[paths.Paths, config.Config]:
-    p = _home(args)
-    return p, config.load(p.config_file, demo=demo.is_demo(p))
-
-
 def cmd_locate(args: argparse.Namespace) -> int:
     if args.example:
         print(config.EXAMPLE, end="")
         return EXIT_OK
-    p = _home(args)
-    data = p.as_dict()
+    data = common.home(args).as_dict()
     if args.json:
-        _print_json(data)
+        common.print_json(data)
     else:
         width = max(map(len, data))
         for name, value in data.items():
@@ -148,78 +116,11 @@ def cmd_locate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _workstation(args: argparse.Namespace) -> Any:
-    from kmtui.launch import open_workstation
-
-    p, cfg = _context(args)
-    return open_workstation(p, cfg)
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    ws = _workstation(args)
-    try:
-        if args.action == "show":
-            data = ws.describe(ws.get_key(args.key))
-            if args.json:
-                _print_json(data)
-            else:
-                _print_key(data)
-            return EXIT_OK
-        rows = []
-        after = None
-        while True:
-            page = ws.store.page_keys(after=after, limit=500, state=args.state)
-            if not page:
-                break
-            rows.extend(page)
-            after = (page[-1].label, page[-1].id)
-        listing = [ws.describe(k) for k in rows]
-        if args.json:
-            _print_json(listing)
-        else:
-            _print_table(
-                ["ID", "LABEL", "STATE", "ALGORITHM", "PURPOSE", "KCV/FINGERPRINT"],
-                [
-                    [
-                        k["id"],
-                        k["label"],
-                        k["state"],
-                        k["algorithm"],
-                        k["purpose"],
-                        k["kcv"]
-                        or (k["versions"][-1].get("fingerprint", "")[:23] if k["versions"] else ""),
-                    ]
-                    for k in listing
-                ],
-            )
-        return EXIT_OK
-    finally:
-        ws.close()
-
-
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
-    cells = [[clean(c, 40) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _print_key(data: dict[str, Any]) -> None:
-    for field in ("id", "label", "state", "algorithm", "purpose", "policy", "kcv", "created_at"):
-        if data.get(field):
-            print(f"{field:<11} {clean(data[field])}")
-    for v in data["versions"]:
-        check = v.get("kcv") or v.get("fingerprint", "")
-        print(f"version {v['version']:<3} {clean(v['state']):<12} {clean(check)}")
-        print(f"            {clean(v['pkcs11_uri'])}")
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
     from kmtui.core.audit import AuditLog
     from kmtui.core.store import Store
 
-    p = _home(args)
+    p = common.home(args)
     if not p.database.exists():
         raise errors.UsageError(f"No database at {p.database}.", "Check --home / KMTUI_HOME.")
     store = Store.open(p.database)
@@ -230,7 +131,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return EXIT_OK
         result = trail.verify()
         if args.json:
-            _print_json(
+            common.print_json(
                 {
                     "ok": result.ok,
                     "events": result.count,
@@ -254,7 +155,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    p, cfg = _context(args)
+    p, cfg = common.context(args)
     from kmtui.launch import hsm_for
 
     hsm = hsm_for(cfg, p)
@@ -265,7 +166,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         "slots": [s.__dict__ for s in hsm.slots()],
     }
     if args.json:
-        _print_json(data)
+        common.print_json(data)
     else:
         for name in ("label", "serial", "manufacturer", "model", "slot_id", "library"):
             print(f"{name:<13} {clean(data[name])}")
@@ -284,7 +185,7 @@ def cmd_tui(args: argparse.Namespace, *, demo_mode: bool) -> int:
     try:
         pin = demo.pin_of(p) if demo_mode else None
         if args.pin_file:
-            pin = _pin_from_file(args.pin_file)
+            pin = common.pin_from_file(args.pin_file)
         app = KmtuiApp(ws, cfg, paths=p, pin=pin)
         app.run()
         return app.return_code or EXIT_OK
@@ -294,10 +195,14 @@ def cmd_tui(args: argparse.Namespace, *, demo_mode: bool) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "locate": cmd_locate,
-    "keys": cmd_keys,
+    "keys": keys.cmd_keys,
+    "policies": keys.cmd_policies,
+    "reconcile": keys.cmd_reconcile,
     "audit": cmd_audit,
     "token": cmd_token,
-    "demo": lambda a: cmd_tui(a, demo_mode=True),
+    "operators": operators.cmd_operators,
+    "init": operators.cmd_init,
+    "demo": lambda a: operators.cmd_demo_codes(a) if a.what else cmd_tui(a, demo_mode=True),
 }
 
 
@@ -325,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"  {clean(exc.hint)}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader (`| head`) stopped early: say nothing more on a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("kmtui: interrupted; nothing further was done.", file=sys.stderr)
         return 130

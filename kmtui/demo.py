@@ -9,17 +9,25 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import time
 from pathlib import Path
+
+import pyotp
 
 from kmtui import config, paths
 from kmtui.core import softhsm
-from kmtui.core.errors import HsmError
+from kmtui.core.dualcontrol import current_code
+from kmtui.core.errors import HsmError, UsageError
 from kmtui.core.hsm import default_softhsm_module
+from kmtui.core.operations import ApprovalInput, OpKind
 
 DEMO_TOKEN = "kmtui-demo"
 DEMO_ACTOR = "demo-setup"
 _MARKER = "demo.json"
 _PIN_FILE = "demo-pin"
+_SEEDS_FILE = "demo-operators.json"
+DEMO_OPERATORS = (("alice", "custodian"), ("bob", "custodian"), ("carol", "officer"))
+_SEED_HISTORY = 3600  # set-up approvals use codes from the past hour, so none blocks a live one
 
 DEMO_KEYS = (
     ("payments-db-dek", "AES-256", "encrypt"),
@@ -82,14 +90,76 @@ def ensure(base: paths.Paths, *, reset: bool = False) -> paths.Paths:
     return p
 
 
-def _seed(p: paths.Paths) -> None:
-    from kmtui.launch import open_workstation
+def seeds_of(p: paths.Paths) -> dict[str, dict[str, str]]:
+    """The demo operators' TOTP seeds: the demo's stand-in for their phones (demo only)."""
+    if not is_demo(p):
+        raise UsageError(
+            "Demo codes exist only on the demo workstation.",
+            "Run `kmtui demo` first; real operators read codes from their phones.",
+        )
+    data: dict[str, dict[str, str]] = json.loads(
+        (p.data_dir / _SEEDS_FILE).read_text(encoding="utf-8")
+    )
+    return data
 
-    ws = open_workstation(p, config.load(p.config_file, demo=True))
+
+def codes(p: paths.Paths, at: float | None = None) -> list[dict[str, str]]:
+    """Each demo operator's current code, as their authenticator app would show it."""
+    now = time.time() if at is None else at
+    return [
+        {"operator": name, "role": entry["role"], "code": current_code(entry["seed"], now)}
+        for name, entry in seeds_of(p).items()
+    ]
+
+
+class _PastClock:
+    """Set-up approvals use codes from an hour ago, one step apart: none blocks a live code."""
+
+    def __init__(self) -> None:
+        self.now = time.time() - _SEED_HISTORY
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self) -> float:
+        self.now += 30
+        return self.now
+
+
+def _seed(p: paths.Paths) -> None:
+    from kmtui.core.service import Workstation
+    from kmtui.core.store import Store
+    from kmtui.launch import hsm_for
+
+    clock = _PastClock()
+    cfg = config.load(p.config_file, demo=True)
+    store = Store.open(p.database)
+    ws = Workstation.assemble(hsm_for(cfg, p), store, demo=True, clock=clock)
+    seeds: dict[str, dict[str, str]] = {}
+
+    def approvals(*names: str) -> list[ApprovalInput]:
+        at = clock.tick()
+        return [ApprovalInput(n, current_code(seeds[n]["seed"], at)) for n in names]
+
     try:
         ws.login(pin_of(p), actor=DEMO_ACTOR)
-        for label, algorithm, purpose in DEMO_KEYS:
-            ws.create_key(label=label, algorithm=algorithm, purpose=purpose, actor=DEMO_ACTOR)
+        for name, role in DEMO_OPERATORS:
+            prepared = ws.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
+            given = [] if not prepared.quorum else approvals("alice", "bob")
+            _, enrollment = ws.run_operator(prepared, given, actor=DEMO_ACTOR)
+            assert enrollment is not None
+            seeds[name] = {"role": role, "seed": pyotp.parse_uri(enrollment.otpauth_uri).secret}
+            ws.confirm_operator(name, current_code(seeds[name]["seed"], clock.tick()))
+        pairs = (("alice", "bob"), ("bob", "carol"), ("alice", "carol"))
+        for n, (label, algorithm, purpose) in enumerate(DEMO_KEYS):
+            ws.create_key(
+                label=label,
+                algorithm=algorithm,
+                purpose=purpose,
+                approvals=approvals(*pairs[n % len(pairs)]),
+                actor=DEMO_ACTOR,
+            )
         ws.logout(actor=DEMO_ACTOR, reason="demo set-up finished")
     finally:
         ws.close()
+    _write_secret(p.data_dir / _SEEDS_FILE, json.dumps(seeds, indent=2))

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from kmtui.core import softhsm
+from kmtui.core.dualcontrol import current_code
 from kmtui.core.hsm import Hsm, default_softhsm_module
+from kmtui.core.operations import ApprovalInput, OpKind
 from kmtui.core.service import Workstation
 from kmtui.core.store import Store
 
@@ -62,9 +66,59 @@ def hsm(shared_hsm: Hsm, softhsm_token: SoftHsm) -> Hsm:
     return shared_hsm
 
 
+class Clock:
+    """An injected clock for TOTP: each approval round moves it one 30-second step on."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float = 30) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def workstation(hsm: Hsm, tmp_path: Path) -> Iterator[Workstation]:
-    """The suite's token with a fresh registry."""
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def workstation(hsm: Hsm, tmp_path: Path, clock: Clock) -> Iterator[Workstation]:
+    """The suite's token with a fresh registry (no operators yet)."""
     store = Store.open(tmp_path / "kmtui.db")
-    yield Workstation.assemble(hsm, store)
+    yield Workstation.assemble(hsm, store, clock=clock)
     store.close()
+
+
+@dataclass
+class Team:
+    """Enrolled operators whose authenticators the test holds (their seeds)."""
+
+    ws: Workstation
+    clock: Clock
+    seeds: dict[str, str]
+
+    def codes(self, *names: str) -> list[ApprovalInput]:
+        """Fresh codes from each named operator's authenticator, one step later than before."""
+        self.clock.advance(30)
+        return [ApprovalInput(n, current_code(self.seeds[n], self.clock())) for n in names]
+
+    def enroll(self, name: str, role: str, approvers: tuple[str, ...] = ()) -> None:
+        prepared = self.ws.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
+        _, enrollment = self.ws.run_operator(prepared, self.codes(*approvers) if approvers else ())
+        assert enrollment is not None
+        self.seeds[name] = pyotp.parse_uri(enrollment.otpauth_uri).secret
+        self.clock.advance(30)
+        self.ws.confirm_operator(name, current_code(self.seeds[name], self.clock()))
+
+
+@pytest.fixture
+def team(workstation: Workstation, clock: Clock) -> Team:
+    """alice and bob (custodians, the bootstrap pair) and carol (officer, approved by them)."""
+    crew = Team(workstation, clock, {})
+    crew.enroll("alice", "custodian")
+    crew.enroll("bob", "custodian")
+    crew.enroll("carol", "officer", ("alice", "bob"))
+    return crew

@@ -104,3 +104,18 @@ class SchemaTooNew(StoreError):
 
 class AuditError(KmtuiError):
     """The audit trail could not be written; the operation it guards did not run."""
+
+
+# --- policy and dual control -------------------------------------------------------------------
+
+
+class PolicyRefused(KmtuiError):
+    """The key's policy or state does not allow the operation."""
+
+
+class ApprovalRefused(KmtuiError):
+    """The approvals given do not satisfy dual control for this operation."""
+
+
+class OperatorLocked(ApprovalRefused):
+    pass

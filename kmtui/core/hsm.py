@@ -21,18 +21,20 @@ from typing import Any, ParamSpec, TypeVar
 import pkcs11
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
+from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from kmtui.core import errors
+from kmtui.core import errors, templates
 from kmtui.core.templates import KeyTemplate, violations
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _hsm_thread: threading.Thread | None = None
+SEAL_KEY_ID = b"kmtui:sys-seal:1"
+"""CKA_ID of the token key that seals TOTP seeds; `kmtui:sys-*` ids are kmtui's own objects."""
 
 
 def _mark_thread() -> None:
@@ -706,6 +708,151 @@ class Hsm:
             for cls in ObjectClass:
                 self._handles.pop((cka_id, cls), None)
             return count
+
+        return self._run(run)
+
+    # -- self-checks (change nothing on the token) -----------------------------------------
+
+    def self_test(self, cka_id: bytes, algorithm: str, purpose: str) -> dict[str, str]:
+        """Exercise one key version with a random test vector; each check is 'pass' or 'fail'."""
+        spec = templates.algorithm(algorithm)
+        return self._run(self._self_test, cka_id, spec, templates.Purpose(purpose))
+
+    def _self_test(
+        self, cka_id: bytes, spec: templates.AlgorithmSpec, purpose: templates.Purpose
+    ) -> dict[str, str]:
+        session = self._require_session()
+        vector = bytes(session.generate_random(256))
+        out: dict[str, str] = {}
+
+        def check(name: str, fn: Callable[[], bool]) -> None:
+            try:
+                out[name] = "pass" if fn() else "fail"
+            except p11.PKCS11Error:  # any exception from a verify is a failed check
+                out[name] = "fail"
+
+        if spec.symmetric:
+            key = self._get_key(cka_id, ObjectClass.SECRET_KEY)
+            if purpose == templates.Purpose.ENCRYPT:
+
+                def round_trip() -> bool:
+                    nonce = bytes(session.generate_random(96))
+                    sealed = key.encrypt(
+                        vector, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce)
+                    )
+                    return (
+                        bytes(
+                            key.decrypt(
+                                sealed,
+                                mechanism=Mechanism.AES_GCM,
+                                mechanism_param=GCMParams(nonce),
+                            )
+                        )
+                        == vector
+                    )
+
+                check("encrypt-decrypt", round_trip)
+            elif purpose == templates.Purpose.WRAP:
+                check("wrap-unwrap", lambda: self._wrap_probe(session, key))
+            else:
+
+                def mac() -> bool:
+                    tag = key.sign(vector, mechanism=Mechanism.SHA256_HMAC)
+                    return bool(key.verify(vector, tag, mechanism=Mechanism.SHA256_HMAC))
+
+                check("mac-verify", mac)
+            out["kcv"] = self._kcv(key)
+        else:
+            private = self._get_key(cka_id, ObjectClass.PRIVATE_KEY)
+            public = self._get_key(cka_id, ObjectClass.PUBLIC_KEY)
+            if spec.key_type == KeyType.RSA:
+                mech, data = Mechanism.SHA256_RSA_PKCS, vector
+            else:  # SoftHSM has no CKM_ECDSA_SHA256: hash here, sign the digest with CKM_ECDSA
+                mech, data = Mechanism.ECDSA, hashlib.sha256(vector).digest()
+
+            def sign_verify() -> bool:
+                signature = private.sign(data, mechanism=mech)
+                return bool(public.verify(data, signature, mechanism=mech))
+
+            check("sign-verify", sign_verify)
+            key_type = public[Attribute.KEY_TYPE]
+            out["fingerprint"] = _fingerprint(
+                key_type, self._read_attributes(public, _PUBLIC_VALUE_ATTRS[key_type])
+            )
+        return out
+
+    def _wrap_probe(self, session: Any, kek: Any) -> bool:
+        """Wrap a throw-away session key with the KEK, unwrap it, compare the two KCVs."""
+        probe = session.generate_key(
+            KeyType.AES, 128, capabilities=0, template=templates.session_probe()
+        )
+        unwrapped = None
+        try:
+            blob = kek.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)
+            unwrapped = kek.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                KeyType.AES,
+                blob,
+                mechanism=Mechanism.AES_KEY_WRAP,
+                capabilities=0,
+                template=templates.unwrapped_probe(),
+            )
+            zero = bytes(16)
+            return bytes(probe.encrypt(zero, mechanism=Mechanism.AES_ECB)) == bytes(
+                unwrapped.encrypt(zero, mechanism=Mechanism.AES_ECB)
+            )
+        finally:
+            probe.destroy()
+            if unwrapped is not None:
+                unwrapped.destroy()
+
+    # -- sealing (TOTP seeds and other small secrets kept in the database) ----------------
+
+    def ensure_seal_key(self) -> None:
+        """Create the non-extractable AES-256 sealing key on first use."""
+        self._run(self._seal_key)
+
+    def _seal_key(self) -> Any:
+        cached = self._handles.get((SEAL_KEY_ID, ObjectClass.SECRET_KEY))
+        if cached is not None:
+            return cached
+        if self._find(SEAL_KEY_ID, ObjectClass.SECRET_KEY) is None:
+            self._generate(
+                templates.build("AES-256", "encrypt", cka_id=SEAL_KEY_ID, label="kmtui sealing key")
+            )
+        return self._get_key(SEAL_KEY_ID, ObjectClass.SECRET_KEY)
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-GCM under the token's sealing key: 12-byte nonce, then ciphertext and tag."""
+
+        def run() -> bytes:
+            key = self._seal_key()
+            nonce = bytes(self._require_session().generate_random(96))
+            sealed = key.encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad)
+            )
+            return nonce + bytes(sealed)
+
+        return self._run(run)
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        """Inverse of `seal`; any failure (tampered blob, wrong aad) is one clear refusal."""
+
+        def run() -> bytes:
+            key = self._seal_key()
+            try:
+                return bytes(
+                    key.decrypt(
+                        blob[12:],
+                        mechanism=Mechanism.AES_GCM,
+                        mechanism_param=GCMParams(blob[:12], aad),
+                    )
+                )
+            except p11.PKCS11Error:  # SoftHSM reports a bad tag as a bare GeneralError
+                raise errors.HsmError(
+                    "A sealed secret failed its integrity check.",
+                    "The database record was altered or belongs to another token.",
+                ) from None
 
         return self._run(run)
 

@@ -97,6 +97,13 @@ class Key:
     deactivated_at: str = ""
     rotation_due_at: str = ""
     destroy_after: str = ""
+    state_before: str = ""  # the state to return to when a scheduled destruction is cancelled
+    revocation_reason: str = ""
+    compromised_at: str = ""
+
+    @property
+    def current(self) -> KeyVersion | None:
+        return next((v for v in self.versions if v.version == self.current_version), None)
 
 
 @dataclass

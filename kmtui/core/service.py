@@ -1,38 +1,47 @@
-"""THE GATE: every state-changing operation runs through `Workstation._operation`.
+"""THE GATE: every state-changing operation runs through `Workstation.execute`.
 
-An operation writes an intent event and commits it before the token is touched; if that write
-fails, nothing reaches the HSM. The outcome (success or the error) is written afterwards. Policy
-and dual-control checks plug in here too, so no UI path, command or bug can skip them.
+Order, always: policy check -> approvals (dual control) -> intent event committed together with the
+spending of the approvals -> the token call -> registry update and outcome event committed together.
+If the intent cannot be written, nothing reaches the HSM; if the process dies after the token call,
+reconciliation finds the intent without an outcome and finishes or flags it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any, TypeVar
 
-from kmtui.core import errors, templates, uri
+from kmtui.core import errors, lifecycle, policy, templates, uri
 from kmtui.core.audit import AuditLog
+from kmtui.core.dualcontrol import DualControl, Enrollment
 from kmtui.core.hsm import Hsm, TokenInfo
+from kmtui.core.lifecycle import Use
 from kmtui.core.models import (
+    AuditEvent,
     Key,
     KeyState,
     KeyVersion,
+    OperatorState,
     Outcome,
     Policy,
     iso,
     new_key_id,
+    parse_iso,
     utcnow,
 )
+from kmtui.core.operations import ApprovalInput, Approver, Operation, OpKind, Requirement
+from kmtui.core.safetext import clean
 from kmtui.core.store import Store
 
-DEFAULT_POLICY = Policy(
-    name="default",
-    description="Non-exportable keys; rules for cryptoperiods and dual control come with policies.",
-    rules={"exportable": False},
-)
+T = TypeVar("T")
+Apply = Callable[[], None]
+"""Registry writes of an operation, run in the same transaction as its outcome event."""
+
+USE_ACTIONS = (str(OpKind.KEY_SELFCHECK), str(OpKind.KEY_EXPORT), "key.use")
 
 
 def session_context() -> dict[str, str]:
@@ -42,7 +51,22 @@ def session_context() -> dict[str, str]:
         tty = os.ttyname(0)
     except OSError:
         tty = ""
-    return {"via": via, "tty": tty}
+    return {"via": via, "tty": tty, "user": os.environ.get("USER", "")}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An operation ready for approval: what the approvers are shown and what they approve."""
+
+    operation: Operation
+    summary: str
+    key: Key | None = None
+    quorum: int = 0
+
+    @property
+    def kcv(self) -> str:
+        current = self.key.current if self.key else None
+        return (current.kcv or current.fingerprint[:23]) if current else ""
 
 
 @dataclass
@@ -52,24 +76,31 @@ class Workstation:
     hsm: Hsm
     store: Store
     audit: AuditLog
+    approver: Approver
+    dual: DualControl
     demo: bool = False
 
     @classmethod
-    def assemble(cls, hsm: Hsm, store: Store, *, demo: bool = False) -> Workstation:
-        ws = cls(hsm=hsm, store=store, audit=AuditLog(store), demo=demo)
+    def assemble(
+        cls,
+        hsm: Hsm,
+        store: Store,
+        *,
+        demo: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> Workstation:
+        audit = AuditLog(store)
+        dual = DualControl(store, hsm, audit, clock=clock)
+        ws = cls(hsm=hsm, store=store, audit=audit, approver=dual, dual=dual, demo=demo)
         ws.ensure_defaults()
         return ws
 
     def ensure_defaults(self) -> None:
-        if not any(p.name == DEFAULT_POLICY.name for p in self.store.policies()):
-            self.store.add_policy(
-                Policy(
-                    DEFAULT_POLICY.name,
-                    DEFAULT_POLICY.description,
-                    dict(DEFAULT_POLICY.rules),
-                    iso(utcnow()),
-                )
-            )
+        """The shipped policy set, added when missing (never overwriting a changed policy)."""
+        present = {p.name for p in self.store.policies()}
+        for shipped in policy.DEFAULT_POLICIES:
+            if shipped.name not in present:
+                self.store.add_policy(replace(shipped, updated_at=iso(utcnow())))
 
     def close(self) -> None:
         self.hsm.close()
@@ -107,112 +138,111 @@ class Workstation:
                 "token.logout", actor=actor, outcome=Outcome.SUCCESS, params={"reason": reason}
             )
 
+    # -- policies -----------------------------------------------------------------------------
+
+    def get_policy(self, name: str) -> Policy:
+        for p in self.store.policies():
+            if p.name == name:
+                return p
+        raise errors.UsageError(f"No policy named {name!r}.", "See `kmtui policies list`.")
+
+    def rules(self, name: str) -> policy.Rules:
+        return policy.parse(self.get_policy(name))
+
     # -- the gate -----------------------------------------------------------------------------
 
-    @contextmanager
-    def _operation(
-        self, action: str, *, actor: str, key_id: str = "", params: dict[str, Any] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Intent committed first, then the work, then the outcome; yields a dict for results."""
-        params = {**(params or {}), **session_context()}
-        intent = self.audit.append(
-            action, actor=actor, outcome=Outcome.INTENT, key_id=key_id, params=params
-        )
-        result: dict[str, Any] = {}
+    def execute(
+        self,
+        prepared: Prepared,
+        approvals: Sequence[ApprovalInput],
+        work: Callable[[dict[str, Any]], Apply | None],
+        *,
+        rules: policy.Rules,
+        actor: str,
+        exclude: frozenset[str] = frozenset(),
+        requirement: Requirement | None = None,
+    ) -> dict[str, Any]:
+        """Run one operation through policy, approvals, intent, token, registry and outcome."""
+        op = prepared.operation
+        context = session_context()
+        requirement = requirement or rules.requirement(op.kind, exclude)
+        approvers = sorted({a.operator for a in approvals}) if requirement.quorum else []
         try:
-            yield result
+            policy.check_origin(rules, op.kind, context["via"])
+            granted = (
+                self.approver.approve(op, approvals, requirement) if requirement.quorum else []
+            )
         except errors.KmtuiError as exc:
             self.audit.append(
-                action,
+                str(op.kind),
+                actor="+".join(approvers) or actor,
+                outcome=Outcome.REFUSED,
+                key_id=op.key_id,
+                params={
+                    "digest": op.digest,
+                    "error": type(exc).__name__,
+                    "message": exc.message,
+                    **context,
+                },
+            )
+            raise
+        actor = "+".join(approvers) or actor
+        params = {**op.params, **context, "digest": op.digest, "approvers": approvers}
+        try:
+            with self.store.transaction():
+                self.approver.consume(granted, op)
+                intent = self.audit.append(
+                    str(op.kind),
+                    actor=actor,
+                    outcome=Outcome.INTENT,
+                    key_id=op.key_id,
+                    params=params,
+                )
+        except errors.ApprovalRefused as exc:  # spent or expired: rolled back, so audit it now
+            self.audit.append(
+                str(op.kind),
+                actor=actor,
+                outcome=Outcome.REFUSED,
+                key_id=op.key_id,
+                params={
+                    "digest": op.digest,
+                    "error": type(exc).__name__,
+                    "message": exc.message,
+                    **context,
+                },
+            )
+            raise
+        result: dict[str, Any] = {"intent": intent.seq}
+        try:
+            apply = work(result)
+        except Exception as exc:
+            self.audit.append(
+                str(op.kind),
                 actor=actor,
                 outcome=Outcome.FAILURE,
-                key_id=key_id,
+                key_id=op.key_id,
                 params={
                     "intent": intent.seq,
                     "error": type(exc).__name__,
-                    "message": exc.message,
+                    "message": exc.message if isinstance(exc, errors.KmtuiError) else "internal",
                     **result,
                 },
             )
             raise
-        self.audit.append(
-            action,
-            actor=actor,
-            outcome=Outcome.SUCCESS,
-            key_id=key_id,
-            params={"intent": intent.seq, **result},
-        )
+        with self.store.transaction():
+            if apply is not None:
+                apply()
+            outcome = self.audit.append(
+                str(op.kind),
+                actor=actor,
+                outcome=Outcome.SUCCESS,
+                key_id=op.key_id,
+                params=result,
+            )
+        result["audit_seq"] = outcome.seq
+        return result
 
-    # -- keys ---------------------------------------------------------------------------------
-
-    def create_key(
-        self,
-        *,
-        label: str,
-        algorithm: str,
-        purpose: str | None = None,
-        policy: str = DEFAULT_POLICY.name,
-        exportable: bool = False,
-        actor: str,
-    ) -> Key:
-        """Generate version 1 of a new key on the token and register it."""
-        key_id = new_key_id()
-        template = templates.build(
-            algorithm,
-            purpose,
-            cka_id=templates.cka_id(key_id, 1),
-            label=label,
-            exportable=exportable,
-        )
-        if not any(p.name == policy for p in self.store.policies()):
-            raise errors.UsageError(f"No policy named {policy!r}.", "See `kmtui policies list`.")
-        serial = self.hsm.info().serial
-        now = iso(utcnow())
-        params = {
-            "label": label,
-            "algorithm": template.algorithm.name,
-            "purpose": template.purpose.value,
-            "policy": policy,
-            "exportable": exportable,
-            "cka_id": template.cka_id.hex(),
-        }
-        key = Key(
-            id=key_id,
-            label=label,
-            algorithm=template.algorithm.name,
-            purpose=template.purpose.value,
-            policy=policy,
-            state=KeyState.ACTIVE,
-            created_at=now,
-            exportable=exportable,
-            updated_at=now,
-        )
-        with self._operation("key.create", actor=actor, key_id=key_id, params=params) as result:
-            try:
-                generated = self.hsm.generate(template)
-            except errors.TemplateMismatch:
-                key.state = KeyState.QUARANTINED
-                key.versions = [
-                    KeyVersion(key_id, 1, KeyState.QUARANTINED, template.cka_id, serial, now)
-                ]
-                self.store.add_key(key)
-                result["quarantined"] = True
-                raise
-            key.versions = [
-                KeyVersion(
-                    key_id,
-                    1,
-                    KeyState.ACTIVE,
-                    template.cka_id,
-                    serial,
-                    now,
-                    kcv=generated.kcv,
-                    fingerprint=generated.fingerprint,
-                )
-            ]
-            self.store.add_key(key)
-            result.update(kcv=generated.kcv, fingerprint=generated.fingerprint)
-        return key
+    # -- keys: lookup -------------------------------------------------------------------------
 
     def get_key(self, ref: str) -> Key:
         """A key by id, by unique label, or by a PKCS#11 URI naming one of its versions."""
@@ -230,20 +260,18 @@ class Workstation:
             return key
         matches = self.store.find_keys(label=ref)
         if len(matches) == 1:
-            found = self.store.get_key(matches[0].id)
-            if found is not None:
-                return found
+            return matches[0]
         if len(matches) > 1:
             raise errors.UsageError(
-                f"{len(matches)} keys are labelled {ref!r}.", "Name the key by its id instead."
+                f"{len(matches)} keys are labelled {clean(ref, 60)!r}.",
+                "Name the key by its id instead.",
             )
-        raise errors.UsageError(f"No key {ref!r}.", "See `kmtui keys list`.")
+        raise errors.UsageError(f"No key {clean(ref, 60)!r}.", "See `kmtui keys list`.")
 
     def version_uri(self, key: Key, version: KeyVersion) -> str:
-        info = self.hsm.info() if self.hsm.logged_in else None
         kind = "secret-key" if templates.ALGORITHMS[key.algorithm].symmetric else "private"
         return uri.build(
-            token=info.label if info else self.hsm.token_label,
+            token=self.hsm.token_label,
             serial=version.token_serial,
             cka_id=version.cka_id,
             label=key.label,
@@ -252,8 +280,8 @@ class Workstation:
 
     def describe(self, key: Key) -> dict[str, Any]:
         """The JSON shape of DESIGN.md section 5 (`kmtui keys show KEY --json`)."""
-        current = next((v for v in key.versions if v.version == key.current_version), None)
-        return {
+        current = key.current
+        data: dict[str, Any] = {
             "id": key.id,
             "label": key.label,
             "state": str(key.state),
@@ -264,13 +292,622 @@ class Workstation:
             "kcv": current.kcv if current else "",
             "current_version": key.current_version,
             "created_at": key.created_at,
+            "activated_at": key.activated_at,
+            "rotation_due_at": key.rotation_due_at,
+            "destroy_after": key.destroy_after,
+            "revocation_reason": key.revocation_reason,
+            "compromised_at": key.compromised_at,
             "versions": [
                 {
                     "version": v.version,
                     "state": str(v.state),
                     **({"kcv": v.kcv} if v.kcv else {"fingerprint": v.fingerprint}),
                     "pkcs11_uri": self.version_uri(key, v),
+                    "created_at": v.created_at,
                 }
                 for v in key.versions
             ],
         }
+        return data
+
+    def last_use(self, key_id: str) -> AuditEvent | None:
+        """The newest audit event that used the key (self-checks, exports)."""
+        for action in USE_ACTIONS:
+            events = self.audit.events(key_id=key_id, action=action, limit=1, newest_first=True)
+            if events:
+                return events[0]
+        return None
+
+    # -- keys: preparing operations (what the approvers see) --------------------------------
+
+    def prepare_create(
+        self,
+        *,
+        label: str,
+        algorithm: str,
+        purpose: str | None = None,
+        policy_name: str = "default",
+        exportable: bool = False,
+    ) -> Prepared:
+        _check_label(label)
+        key_id = new_key_id()
+        template = templates.build(
+            algorithm,
+            purpose,
+            cka_id=templates.cka_id(key_id, 1),
+            label=label,
+            exportable=exportable,
+        )
+        rules = self.rules(policy_name)
+        policy.check_create(
+            rules, policy_name, template.algorithm.name, template.purpose.value, exportable
+        )
+        op = Operation(
+            OpKind.KEY_CREATE,
+            key_id,
+            {
+                "label": label,
+                "algorithm": template.algorithm.name,
+                "purpose": template.purpose.value,
+                "policy": policy_name,
+                "exportable": exportable,
+                "cka_id": template.cka_id.hex(),
+            },
+        )
+        summary = (
+            f"Create {template.algorithm.name} {template.purpose.value} key "
+            f"{clean(label, 60)!r} under policy {policy_name!r}"
+            + (" (exportable)" if exportable else "")
+        )
+        return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+
+    def prepare(self, kind: OpKind, ref: str, **params: Any) -> Prepared:
+        """An operation on an existing key, checked against its state before anyone approves."""
+        key = self.get_key(ref)
+        rules = self.rules(key.policy)
+        current = key.current
+        base: dict[str, Any] = {
+            "label": key.label,
+            "from_state": str(key.state),
+            "version": key.current_version,
+            "check": (current.kcv or current.fingerprint) if current else "",
+        }
+        if kind == OpKind.KEY_REVOKE:
+            reason = lifecycle.parse_reason(str(params.get("reason", "")))
+            base["reason"] = reason.value
+            base["compromised_at"] = str(params.get("compromised_at") or iso(utcnow()))
+            target = lifecycle.next_state(key.state, kind, reason=reason)
+        elif kind == OpKind.KEY_SELFCHECK:
+            lifecycle.require_use(key.state, Use.CHECK)
+            target = key.state
+        else:
+            target = lifecycle.next_state(
+                key.state,
+                kind,
+                before_destroy=_state(key.state_before),
+                compromised=bool(key.compromised_at),
+            )
+        if kind == OpKind.KEY_DESTROY and (
+            not key.destroy_after or parse_iso(key.destroy_after) > utcnow()
+        ):
+            raise errors.PolicyRefused(
+                f"Key {clean(key.label, 60)!r} may be destroyed only after "
+                f"{key.destroy_after or 'its waiting period'}.",
+                "The waiting period lets a mistaken schedule be cancelled.",
+            )
+        base["to_state"] = str(target)
+        if kind == OpKind.KEY_SCHEDULE_DESTROY:
+            base["destroy_after"] = iso(utcnow() + timedelta(days=rules.destroy_wait_days))
+        if kind == OpKind.KEY_ROTATE:
+            base["new_version"] = key.current_version + 1
+        summary = _summary(kind, key, base)
+        return Prepared(Operation(kind, key.id, base), summary, key, rules.requirement(kind).quorum)
+
+    # -- keys: executing ----------------------------------------------------------------------
+
+    def run(
+        self, prepared: Prepared, approvals: Sequence[ApprovalInput] = (), *, actor: str = "console"
+    ) -> dict[str, Any]:
+        """Execute a prepared operation (the approvals are checked against its digest)."""
+        op = prepared.operation
+        handlers: dict[OpKind, Callable[[Prepared], Callable[[dict[str, Any]], Apply | None]]] = {
+            OpKind.KEY_CREATE: self._work_create,
+            OpKind.POLICY_CHANGE: self._work_policy,
+            OpKind.RECONCILE_RESOLVE: self._work_acknowledge,
+            OpKind.KEY_ROTATE: self._work_rotate,
+            OpKind.KEY_DESTROY: self._work_destroy,
+            OpKind.KEY_SELFCHECK: self._work_selfcheck,
+        }
+        work = handlers.get(op.kind, self._work_transition)(prepared)
+        policy_name = (
+            str(op.params["policy"])
+            if "policy" in op.params
+            else (prepared.key.policy if prepared.key else "default")
+        )
+        if prepared.key is not None:
+            fresh = self.get_key(prepared.key.id)
+            if fresh.state != prepared.key.state or fresh.current_version != (
+                prepared.key.current_version
+            ):
+                raise errors.PolicyRefused(
+                    f"Key {clean(fresh.label, 60)!r} changed since this operation was prepared.",
+                    "Prepare it again and collect fresh approvals.",
+                )
+        return self.execute(prepared, approvals, work, rules=self.rules(policy_name), actor=actor)
+
+    def create_key(
+        self,
+        *,
+        label: str,
+        algorithm: str,
+        purpose: str | None = None,
+        policy_name: str = "default",
+        exportable: bool = False,
+        approvals: Sequence[ApprovalInput] = (),
+        actor: str = "console",
+    ) -> Key:
+        prepared = self.prepare_create(
+            label=label,
+            algorithm=algorithm,
+            purpose=purpose,
+            policy_name=policy_name,
+            exportable=exportable,
+        )
+        self.run(prepared, approvals, actor=actor)
+        return self.get_key(prepared.operation.key_id)
+
+    def _work_create(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+        op = prepared.operation
+        p = op.params
+        template = templates.build(
+            str(p["algorithm"]),
+            str(p["purpose"]),
+            cka_id=bytes.fromhex(str(p["cka_id"])),
+            label=str(p["label"]),
+            exportable=bool(p["exportable"]),
+        )
+
+        def work(result: dict[str, Any]) -> Apply:
+            serial = self.hsm.info().serial
+            now = iso(utcnow())
+            try:
+                generated = self.hsm.generate(template)
+            except errors.TemplateMismatch:
+                version = KeyVersion(
+                    op.key_id, 1, KeyState.QUARANTINED, template.cka_id, serial, now
+                )
+                key = replace(
+                    self.created_key(op.key_id, dict(p), version),
+                    state=KeyState.QUARANTINED,
+                    activated_at="",
+                    rotation_due_at="",
+                )
+                self.store.add_key(key)
+                result["quarantined"] = True
+                raise
+            version = KeyVersion(
+                op.key_id,
+                1,
+                KeyState.ACTIVE,
+                template.cka_id,
+                serial,
+                now,
+                kcv=generated.kcv,
+                fingerprint=generated.fingerprint,
+            )
+            key = self.created_key(op.key_id, dict(p), version)
+            result.update(kcv=generated.kcv, fingerprint=generated.fingerprint, version=1)
+            return lambda: self.store.add_key(key)
+
+        return work
+
+    def _work_rotate(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+        key = _require(prepared.key)
+        version = key.current_version + 1
+        template = templates.build(
+            key.algorithm,
+            key.purpose,
+            cka_id=templates.cka_id(key.id, version),
+            label=key.label,
+            exportable=key.exportable,
+        )
+
+        def work(result: dict[str, Any]) -> Apply:
+            serial = self.hsm.info().serial
+            generated = self.hsm.generate(template)
+            check = generated.kcv or generated.fingerprint
+            apply, retired = self.rotation_writes(key, version, check, serial)
+            result.update(
+                version=version,
+                kcv=generated.kcv,
+                fingerprint=generated.fingerprint,
+                previous_version=key.current_version,
+                previous_state=str(retired),
+            )
+            return apply
+
+        return work
+
+    def _work_transition(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+        key = _require(prepared.key)
+        op = prepared.operation
+        target = KeyState(str(op.params["to_state"]))
+
+        def work(result: dict[str, Any]) -> Apply:
+            now = iso(utcnow())
+            updated = replace(key, state=target, updated_at=now, versions=[])
+            if op.kind == OpKind.KEY_SCHEDULE_DESTROY:
+                updated.destroy_after = str(op.params["destroy_after"])
+                updated.state_before = str(key.state)
+            elif op.kind == OpKind.KEY_CANCEL_DESTROY:
+                updated.destroy_after = updated.state_before = ""
+            elif op.kind == OpKind.KEY_REVOKE:
+                updated.revocation_reason = str(op.params["reason"])
+                updated.deactivated_at = updated.deactivated_at or now
+                if target == KeyState.COMPROMISED:
+                    updated.compromised_at = str(op.params["compromised_at"])
+                result["dependents"] = [
+                    {"key_id": k, "relation": rel} for k, rel in self.store.dependents(key.id)
+                ]
+            elif target == KeyState.DEACTIVATED:
+                updated.deactivated_at = now
+            elif op.kind == OpKind.KEY_ACTIVATE:
+                updated.activated_at = now
+            result.update(state=str(target))
+            version_state = target if target != KeyState.DESTROY_SCHEDULED else None
+
+            def apply() -> None:
+                self.store.update_key(updated)
+                current = key.current
+                if (
+                    current is not None
+                    and version_state is not None
+                    and target in (KeyState.COMPROMISED, KeyState.DEACTIVATED)
+                ):
+                    self.store.update_version_state(key.id, current.version, version_state)
+
+            return apply
+
+        return work
+
+    def _work_destroy(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+        key = _require(prepared.key)
+        target = KeyState(str(prepared.operation.params["to_state"]))
+
+        def work(result: dict[str, Any]) -> Apply:
+            destroyed = 0
+            for version in key.versions:
+                if version.state not in (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED):
+                    destroyed += self.hsm.destroy(version.cka_id)
+            result.update(
+                objects_destroyed=destroyed,
+                state=str(target),
+                final_checks={str(v.version): v.kcv or v.fingerprint for v in key.versions},
+            )
+            return self.destroy_writes(key, target)
+
+        return work
+
+    # -- registry writes shared by the gate and by reconciliation ------------------------
+
+    def rotation_writes(
+        self, key: Key, version: int, check: str, serial: str
+    ) -> tuple[Apply, KeyState]:
+        """Register a new current version and retire the previous one as the policy says."""
+        rules = self.rules(key.policy)
+        now = iso(utcnow())
+        symmetric = templates.ALGORITHMS[key.algorithm].symmetric
+        new = KeyVersion(
+            key.id,
+            version,
+            KeyState.ACTIVE,
+            templates.cka_id(key.id, version),
+            serial,
+            now,
+            kcv=check if symmetric else "",
+            fingerprint="" if symmetric else check,
+        )
+        retired = (
+            KeyState.DEACTIVATED if rules.retire_previous == "deactivate" else (KeyState.ACTIVE)
+        )
+        updated = replace(
+            key, current_version=version, activated_at=now, updated_at=now, versions=[]
+        )
+        updated.rotation_due_at = _iso_or_empty(policy.rotation_due(updated, rules))
+
+        def apply() -> None:
+            self.store.add_version(new)
+            self.store.update_version_state(key.id, key.current_version, retired)
+            self.store.update_key(updated)
+
+        return apply, retired
+
+    def destroy_writes(self, key: Key, target: KeyState) -> Apply:
+        """Turn the key into a tombstone: every version destroyed, final checks kept."""
+        updated = replace(
+            key,
+            state=target,
+            updated_at=iso(utcnow()),
+            versions=[],
+            destroy_after="",
+            state_before="",
+        )
+
+        def apply() -> None:
+            self.store.update_key(updated)
+            for version in key.versions:
+                self.store.update_version_state(key.id, version.version, target)
+
+        return apply
+
+    def created_key(self, key_id: str, params: dict[str, Any], version: KeyVersion) -> Key:
+        """The registry record of a freshly generated key (from its operation's parameters)."""
+        now = iso(utcnow())
+        key = Key(
+            id=key_id,
+            label=str(params["label"]),
+            algorithm=str(params["algorithm"]),
+            purpose=str(params["purpose"]),
+            policy=str(params["policy"]),
+            state=KeyState.ACTIVE,
+            created_at=now,
+            exportable=bool(params["exportable"]),
+            updated_at=now,
+            activated_at=now,
+            versions=[version],
+        )
+        key.rotation_due_at = _iso_or_empty(policy.rotation_due(key, self.rules(key.policy)))
+        return key
+
+    def _work_selfcheck(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+        key = _require(prepared.key)
+        current = _require(key.current)
+
+        def work(result: dict[str, Any]) -> None:
+            checks = self.hsm.self_test(current.cka_id, key.algorithm, key.purpose)
+            expected = current.kcv or current.fingerprint
+            observed = checks.get("kcv") or checks.get("fingerprint", "")
+            checks["registry-match"] = "pass" if observed == expected else "fail"
+            result["checks"] = checks
+            if any(v == "fail" for v in checks.values()):
+                raise errors.HsmError(
+                    f"Self-check of {clean(key.label, 60)!r} failed: "
+                    + ", ".join(k for k, v in checks.items() if v == "fail")
+                    + ".",
+                    "Do not use this key; run `kmtui reconcile` and investigate.",
+                )
+            return None
+
+        return work
+
+    # -- policies: change (itself dual-controlled, under the policy's current rules) ----------
+
+    def prepare_policy_change(
+        self, name: str, rules: dict[str, Any], description: str | None = None
+    ) -> Prepared:
+        current = self.get_policy(name)
+        candidate = Policy(
+            name, current.description if description is None else description, dict(rules)
+        )
+        policy.parse(candidate)  # refuse a broken policy before anyone approves it
+        op = Operation(
+            OpKind.POLICY_CHANGE,
+            "",
+            {
+                "policy": name,
+                "description": candidate.description,
+                "rules": candidate.rules,
+                "previous_rules": current.rules,
+            },
+        )
+        changed = sorted(
+            k for k in set(rules) | set(current.rules) if rules.get(k) != current.rules.get(k)
+        )
+        summary = f"Change policy {name!r}: {', '.join(changed) or 'no rule'} changed"
+        return Prepared(op, summary, None, self.rules(name).requirement(op.kind).quorum)
+
+    def _work_policy(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+        p = prepared.operation.params
+        updated = Policy(str(p["policy"]), str(p["description"]), dict(p["rules"]), iso(utcnow()))
+
+        def work(result: dict[str, Any]) -> Apply:
+            result["policy"] = updated.name
+            return lambda: self.store.update_policy(updated)
+
+        return work
+
+    # -- operators (dual control of the people who approve) ---------------------------------
+
+    BOOTSTRAP_OPERATORS = 2
+
+    def bootstrap_open(self, name: str = "") -> bool:
+        """May `name` be enrolled without approvals? Only as one of the workstation's first two.
+
+        Decided from the audit trail, not from current states: locking or revoking operators
+        later (five wrong codes lock anyone) must never reopen enrolment without approvals.
+        """
+        confirmed = self.store.rows(
+            "SELECT count(*) AS n FROM audit_events WHERE action = 'operator.confirm' "
+            "AND outcome = 'success'"
+        )[0]["n"]
+        if confirmed >= self.BOOTSTRAP_OPERATORS:
+            return False
+        first = {
+            r["name"]
+            for r in self.store.rows(
+                "SELECT json_extract(params, '$.operator') AS name FROM audit_events "
+                "WHERE action = 'operator.enroll' AND outcome = 'intent' "
+                "AND json_extract(params, '$.bootstrap') = 1"
+            )
+        }
+        return name in first or len(first) < self.BOOTSTRAP_OPERATORS
+
+    def prepare_operator(self, kind: OpKind, name: str, role: str = "") -> Prepared:
+        existing = next((o for o in self.dual.operators() if o.name == name), None)
+        operator = existing if kind != OpKind.OPERATOR_ENROLL else None
+        if kind != OpKind.OPERATOR_ENROLL and existing is None:
+            self.dual.get(name)  # raises the unknown-operator error
+        bootstrap = kind == OpKind.OPERATOR_ENROLL and self.bootstrap_open(name)
+        # During the first ceremony a pending enrolment may be restarted (a failed scan).
+        restart = bootstrap and existing is not None and existing.state == OperatorState.PENDING
+        if kind == OpKind.OPERATOR_ENROLL and existing is not None and not restart:
+            raise errors.UsageError(
+                f"Operator {name!r} already exists.",
+                "Use `kmtui operators reenroll` to give them a new seed.",
+            )
+        params = {
+            "operator": name,
+            "role": role or (str(operator.role) if operator else ""),
+            "from_state": str(operator.state) if operator else "",
+            "bootstrap": bootstrap,
+        }
+        op = Operation(kind, "", params)
+        verb = str(kind).split(".")[-1]
+        summary = f"{verb.capitalize()} operator {name!r}" + (f" as {role}" if role else "")
+        quorum = 0 if bootstrap else self.rules("default").requirement(kind).quorum
+        return Prepared(op, summary, None, quorum)
+
+    def run_operator(
+        self, prepared: Prepared, approvals: Sequence[ApprovalInput] = (), *, actor: str = "console"
+    ) -> tuple[dict[str, Any], Enrollment | None]:
+        """Enrol, re-enrol, lock, unlock or revoke an operator; two OTHER operators approve."""
+        op = prepared.operation
+        name = str(op.params["operator"])
+        enrolled: list[Enrollment] = []
+        bootstrap = bool(op.params.get("bootstrap")) and self.bootstrap_open(name)
+
+        def work(result: dict[str, Any]) -> None:
+            if op.kind in (OpKind.OPERATOR_ENROLL, OpKind.OPERATOR_REENROLL):
+                enrolled.append(self.dual.begin_enrollment(name, str(op.params["role"])))
+                result.update(state="pending", bootstrap=bootstrap)
+            else:
+                target = {
+                    OpKind.OPERATOR_LOCK: "locked",
+                    OpKind.OPERATOR_UNLOCK: "active",
+                    OpKind.OPERATOR_REVOKE: "revoked",
+                }[op.kind]
+                result["state"] = str(self.dual.set_state(name, target).state)
+
+        rules = self.rules("default")
+        requirement = (
+            Requirement(quorum=0) if bootstrap else rules.requirement(op.kind, frozenset({name}))
+        )
+        result = self.execute(
+            prepared, approvals, work, rules=rules, actor=actor, requirement=requirement
+        )
+        return result, (enrolled[0] if enrolled else None)
+
+    def confirm_operator(self, name: str, code: str) -> None:
+        """The new operator's first code proves their authenticator holds the seed."""
+        operator = self.dual.confirm_enrollment(name, code)
+        self.audit.append(
+            "operator.confirm",
+            actor=name,
+            outcome=Outcome.SUCCESS,
+            params={"operator": name, "role": str(operator.role)},
+        )
+
+    # -- reconciliation findings ------------------------------------------------------------
+
+    def prepare_acknowledge(self, finding: str, note: str) -> Prepared:
+        if not note.strip():
+            raise errors.UsageError("Say why the finding is acknowledged.", "Use --note TEXT.")
+        op = Operation(OpKind.RECONCILE_RESOLVE, "", {"finding": finding, "note": note})
+        summary = f"Acknowledge reconciliation finding {clean(finding, 80)}: {clean(note, 80)}"
+        return Prepared(op, summary, None, self.rules("default").requirement(op.kind).quorum)
+
+    def _work_acknowledge(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+        p = prepared.operation.params
+
+        def work(result: dict[str, Any]) -> Apply:
+            seq = int(result["intent"])
+            return lambda: self.store.acknowledge(str(p["finding"]), str(p["note"]), seq)
+
+        return work
+
+    # -- keys: due list -----------------------------------------------------------------------
+
+    def due(self, within_days: int = 30) -> list[dict[str, Any]]:
+        """Keys whose rotation is due or whose cryptoperiod ends within `within_days`."""
+        horizon = utcnow() + timedelta(days=within_days)
+        rules_by_policy: dict[str, policy.Rules] = {}
+        out: list[dict[str, Any]] = []
+        after: tuple[str, str] | None = None
+        while page := self.store.page_keys(after=after, limit=500):
+            after = (page[-1].label, page[-1].id)
+            for key in page:
+                if key.state not in (
+                    KeyState.ACTIVE,
+                    KeyState.SUSPENDED,
+                    KeyState.DEACTIVATED,
+                    KeyState.DESTROY_SCHEDULED,
+                ):
+                    continue
+                rules = rules_by_policy.setdefault(key.policy, self.rules(key.policy))
+                marks = {
+                    "rotation_due": policy.rotation_due(key, rules),
+                    "originator_end": policy.originator_end(key, rules),
+                    "recipient_end": policy.recipient_end(key, rules),
+                    "destroy_after": parse_iso(key.destroy_after) if key.destroy_after else None,
+                }
+                if key.state == KeyState.DEACTIVATED:
+                    marks["rotation_due"] = marks["originator_end"] = None
+                soon = {k: v for k, v in marks.items() if v is not None and v <= horizon}
+                if soon:
+                    out.append(
+                        {
+                            "id": key.id,
+                            "label": key.label,
+                            "state": str(key.state),
+                            "policy": key.policy,
+                            **{k: iso(v) for k, v in soon.items()},
+                            "overdue": any(v <= utcnow() for v in soon.values()),
+                        }
+                    )
+        return sorted(
+            out,
+            key=lambda d: min(v for k, v in d.items() if k.endswith(("_due", "_end", "_after"))),
+        )
+
+
+def _summary(kind: OpKind, key: Key, params: dict[str, Any]) -> str:
+    label = clean(key.label, 60)
+    if kind == OpKind.KEY_ROTATE:
+        return (
+            f"Rotate {key.algorithm} key {label!r}: create version {params['new_version']} "
+            f"and retire version {key.current_version}"
+        )
+    if kind == OpKind.KEY_REVOKE:
+        return f"Revoke key {label!r} ({params['reason']}); it becomes {params['to_state']}"
+    if kind == OpKind.KEY_SCHEDULE_DESTROY:
+        return f"Schedule destruction of key {label!r} after {params['destroy_after']}"
+    if kind == OpKind.KEY_DESTROY:
+        return f"DESTROY every version of key {label!r} on the token (cannot be undone)"
+    if kind == OpKind.KEY_SELFCHECK:
+        return f"Self-check key {label!r} (changes nothing)"
+    return (
+        f"{str(kind).split('.')[-1].replace('-', ' ').capitalize()} key {label!r}: "
+        f"{params['from_state']} -> {params['to_state']}"
+    )
+
+
+def _check_label(label: str) -> None:
+    if clean(label) != label:
+        raise errors.UsageError(
+            "A key label may not contain control or bidi-override characters.",
+            "Use printable text only.",
+        )
+
+
+def _state(text: str) -> KeyState | None:
+    return KeyState(text) if text else None
+
+
+def _require(value: T | None) -> T:
+    if value is None:
+        raise errors.UsageError("This operation needs a key.")
+    return value
+
+
+def _iso_or_empty(value: Any) -> str:
+    return iso(value) if value is not None else ""

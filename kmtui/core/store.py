@@ -30,7 +30,8 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 
 _KEY_COLUMNS = (
     "id, label, algorithm, purpose, policy, state, exportable, current_version, owner, notes, "
-    "tags, created_at, updated_at, activated_at, deactivated_at, rotation_due_at, destroy_after"
+    "tags, created_at, updated_at, activated_at, deactivated_at, rotation_due_at, destroy_after, "
+    "state_before, revocation_reason, compromised_at"
 )
 _VERSION_COLUMNS = "key_id, version, state, cka_id, token_serial, kcv, fingerprint, created_at"
 _KEY_ORDER = ("label COLLATE NOCASE", "id")
@@ -172,7 +173,47 @@ _SCHEMA_1 = (
     "CREATE INDEX audit_by_action ON audit_events (action, seq)",
 )
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """Lifecycle details, links between keys, and acknowledged reconciliation findings."""
+    for statement in (
+        "ALTER TABLE keys ADD COLUMN state_before TEXT",
+        "ALTER TABLE keys ADD COLUMN revocation_reason TEXT",
+        "ALTER TABLE keys ADD COLUMN compromised_at TEXT",
+        """CREATE TABLE key_links (
+            key_id TEXT NOT NULL REFERENCES keys(id),
+            related_key_id TEXT NOT NULL REFERENCES keys(id),
+            relation TEXT NOT NULL CHECK (relation IN ('wrapped-by', 'derived-from')),
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (key_id, related_key_id, relation)
+        )""",
+        "CREATE INDEX key_links_by_related ON key_links (related_key_id)",
+        """CREATE TABLE reconcile_acks (
+            finding TEXT PRIMARY KEY,
+            note TEXT NOT NULL,
+            audit_seq INTEGER NOT NULL,
+            acked_at TEXT NOT NULL
+        )""",
+    ):
+        conn.execute(statement)
+
+
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """One seed, one operator: a fingerprint of each seed (never the seed) kept unique."""
+    for statement in (
+        "ALTER TABLE operators ADD COLUMN seed_fingerprint TEXT NOT NULL DEFAULT ''",
+        "CREATE UNIQUE INDEX operators_by_seed_fingerprint ON operators (seed_fingerprint) "
+        "WHERE seed_fingerprint != ''",
+        "CREATE UNIQUE INDEX operators_by_folded_name ON operators (name COLLATE NOCASE)",
+    ):
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+]
 
 
 def _read_version(conn: sqlite3.Connection) -> int:
@@ -521,7 +562,7 @@ class Store:
         with self.transaction() as conn:
             conn.execute(
                 f"INSERT INTO keys ({_KEY_COLUMNS}) "  # noqa: S608 - constant column list
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.label,
@@ -541,10 +582,107 @@ class Store:
                     key.deactivated_at or None,
                     key.rotation_due_at or None,
                     key.destroy_after or None,
+                    key.state_before or None,
+                    key.revocation_reason or None,
+                    key.compromised_at or None,
                 ),
             )
             for version in key.versions:
                 self.add_version(version)
+
+    def update_key(self, key: Key) -> None:
+        """Write back a key's mutable fields (its versions are updated one by one)."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE keys SET label = ?, state = ?, current_version = ?, owner = ?, notes = ?, "
+                "tags = ?, updated_at = ?, activated_at = ?, deactivated_at = ?, "
+                "rotation_due_at = ?, destroy_after = ?, state_before = ?, "
+                "revocation_reason = ?, compromised_at = ? WHERE id = ?",
+                (
+                    key.label,
+                    str(key.state),
+                    key.current_version,
+                    key.owner,
+                    key.notes,
+                    json.dumps(key.tags),
+                    key.updated_at or iso(utcnow()),
+                    key.activated_at or None,
+                    key.deactivated_at or None,
+                    key.rotation_due_at or None,
+                    key.destroy_after or None,
+                    key.state_before or None,
+                    key.revocation_reason or None,
+                    key.compromised_at or None,
+                    key.id,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"Key {_plain(key.id)} is not in the registry.")
+
+    def update_version_state(self, key_id: str, version: int, state: KeyState) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE key_versions SET state = ? WHERE key_id = ? AND version = ?",
+                (str(state), key_id, version),
+            )
+
+    def update_policy(self, policy: Policy) -> None:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE policies SET description = ?, rules = ?, updated_at = ? WHERE name = ?",
+                (
+                    policy.description,
+                    json.dumps(policy.rules, sort_keys=True),
+                    policy.updated_at or iso(utcnow()),
+                    policy.name,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"Policy {_plain(policy.name)} is not in the registry.")
+
+    def link_keys(self, key_id: str, related_key_id: str, relation: str) -> None:
+        """Record that `key_id` was wrapped by (or derived from) `related_key_id`."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO key_links VALUES (?, ?, ?, ?)",
+                (key_id, related_key_id, relation, iso(utcnow())),
+            )
+
+    def dependents(self, key_id: str) -> list[tuple[str, str]]:
+        """(key id, relation) of every key wrapped by or derived from `key_id`."""
+        return [
+            (r["key_id"], r["relation"])
+            for r in self.rows(
+                "SELECT key_id, relation FROM key_links WHERE related_key_id = ? ORDER BY key_id",
+                (key_id,),
+            )
+        ]
+
+    def all_versions(self) -> list[KeyVersion]:
+        """Every registered token object (reconciliation walks them all)."""
+        return [
+            KeyVersion(
+                r["key_id"],
+                r["version"],
+                KeyState(r["state"]),
+                bytes(r["cka_id"]),
+                r["token_serial"],
+                r["created_at"],
+                r["kcv"],
+                r["fingerprint"],
+            )
+            for r in self.rows(f"SELECT {_VERSION_COLUMNS} FROM key_versions")  # noqa: S608
+        ]
+
+    def acknowledged(self) -> set[str]:
+        return {r["finding"] for r in self.rows("SELECT finding FROM reconcile_acks")}
+
+    def acknowledge(self, finding: str, note: str, audit_seq: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO reconcile_acks VALUES (?, ?, ?, ?)",
+                (finding, note, audit_seq, iso(utcnow())),
+            )
 
     def add_version(self, version: KeyVersion) -> None:
         """Register one token object of a key; (token serial, CKA_ID) must be unique."""
@@ -650,4 +788,7 @@ def _key_from_row(row: dict[str, Any]) -> Key:
         deactivated_at=row["deactivated_at"] or "",
         rotation_due_at=row["rotation_due_at"] or "",
         destroy_after=row["destroy_after"] or "",
+        state_before=row["state_before"] or "",
+        revocation_reason=row["revocation_reason"] or "",
+        compromised_at=row["compromised_at"] or "",
     )

@@ -228,6 +228,35 @@ def build(
     return template
 
 
+def session_probe() -> dict[Attribute, Any]:
+    """A throw-away session AES key a key-encryption key wraps and unwraps in its self-check."""
+    return {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.AES,
+        Attribute.VALUE_LEN: 16,
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: True,
+        Attribute.WRAP_WITH_TRUSTED: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: True,
+        Attribute.TRUSTED: False,
+        Attribute.LABEL: "kmtui self-check probe",
+        **_usage(ObjectClass.SECRET_KEY, Purpose.ENCRYPT),
+    }
+
+
+def unwrapped_probe() -> dict[Attribute, Any]:
+    """Where the self-check unwraps its probe: a session key that cannot leave the token."""
+    template = {**session_probe(), Attribute.EXTRACTABLE: False}
+    # The blob fixes the length; SoftHSM 2.6 refuses CKA_MODIFIABLE in an unwrap template
+    # (AttributeReadOnly, even as false). The probe lives only for the check, so neither matters.
+    del template[Attribute.VALUE_LEN], template[Attribute.MODIFIABLE]
+    return template
+
+
 def violations(cls: ObjectClass, attrs: Mapping[Attribute, Any]) -> list[str]:
     """The DESIGN.md section 4 invariants that these attributes break (empty when none)."""
     problems: list[str] = []

@@ -15,7 +15,7 @@ from kmtui.paths import under
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import MainScreen
-from tests.conftest import SoftHsm
+from tests.conftest import SoftHsm, Team
 
 HOSTILE = "\x1b]0;pwned\x07[red]x[/red] \u202egnp.exe\x1b[2J"
 
@@ -33,10 +33,17 @@ async def wait_for_screen(pilot, kind: type) -> None:
 
 
 async def test_main_screen_lists_keys_and_shows_hostile_labels_as_plain_text(
-    workstation: Workstation, softhsm_token: SoftHsm, tmp_path: Path
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    workstation.create_key(label="orders-dek", algorithm="AES-256", actor="test")
-    workstation.create_key(label=HOSTILE, algorithm="EC-P256", actor="test")
+    workstation = team.ws
+    workstation.create_key(
+        label="orders-dek", algorithm="AES-256", approvals=team.codes("alice", "bob")
+    )
+    key = workstation.create_key(
+        label="plain", algorithm="EC-P256", approvals=team.codes("alice", "bob")
+    )
+    # A hostile label can come from the token or an old database: plant it in the registry.
+    workstation.store.conn.execute("UPDATE keys SET label = ? WHERE id = ?", (HOSTILE, key.id))
     app = app_for(workstation, tmp_path, softhsm_token.pin)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for_screen(pilot, MainScreen)

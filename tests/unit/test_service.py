@@ -1,4 +1,4 @@
-"""The gate: intent before the token is touched, outcome after, quarantine on a bad read-back."""
+"""The gate and the key lifecycle, end to end on the real token with real operators."""
 
 from __future__ import annotations
 
@@ -7,40 +7,81 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pkcs11 import Attribute
+from pkcs11 import Attribute, KeyType, ObjectClass
 
-from kmtui.core import errors
+from kmtui.core import errors, reconcile, templates
 from kmtui.core.hsm import Hsm
-from kmtui.core.models import KeyState
+from kmtui.core.models import KeyState, Policy, iso, utcnow
+from kmtui.core.operations import ApprovalInput, OpKind
+from kmtui.core.reconcile import FindingKind
 from kmtui.core.service import Workstation
 from kmtui.core.store import Store
+from tests.conftest import Clock, Team
 
 
-def test_create_key_writes_intent_then_outcome_and_registers_the_version(
-    workstation: Workstation,
-) -> None:
-    key = workstation.create_key(label="orders", algorithm="AES-256", actor="alice")
-    events = workstation.audit.events(newest_first=False)
-    intent, outcome = events[-2], events[-1]
-    assert (intent.action, intent.outcome, intent.key_id) == ("key.create", "intent", key.id)
+def create(team: Team, label: str, algorithm: str = "AES-256", **kw: Any):
+    return team.ws.create_key(
+        label=label, algorithm=algorithm, approvals=team.codes("alice", "bob"), **kw
+    )
+
+
+def run(
+    team: Team, kind: OpKind, ref: str, approvers: tuple[str, ...] = ("alice", "bob"), **params: Any
+) -> dict[str, Any]:
+    prepared = team.ws.prepare(kind, ref, **params)
+    codes = team.codes(*approvers) if prepared.quorum else []
+    return team.ws.run(prepared, codes)
+
+
+def test_create_writes_intent_then_outcome_and_names_both_approvers(team: Team) -> None:
+    ws = team.ws
+    key = create(team, "orders")
+    intent, outcome = ws.audit.events(newest_first=False, key_id=key.id, action="key.create")
+    assert (intent.action, intent.outcome) == ("key.create", "intent")
+    assert intent.actor == "alice+bob" and intent.params["approvers"] == ["alice", "bob"]
     assert (outcome.outcome, outcome.params["intent"]) == ("success", intent.seq)
     assert outcome.params["kcv"] == key.versions[0].kcv
-    stored = workstation.store.get_key(key.id)
-    assert stored is not None and stored.versions[0].cka_id == f"kmtui:{key.id}:1".encode()
-    assert workstation.hsm.kcv(stored.versions[0].cka_id) == key.versions[0].kcv
+    assert key.versions[0].cka_id == f"kmtui:{key.id}:1".encode()
+    assert ws.hsm.kcv(key.versions[0].cka_id) == key.versions[0].kcv
+    assert key.rotation_due_at > key.activated_at
+
+
+def test_create_without_approvals_is_refused_and_audited(team: Team) -> None:
+    before = len(team.ws.hsm.objects())
+    with pytest.raises(errors.ApprovalRefused):
+        team.ws.create_key(label="alone", algorithm="AES-256", approvals=team.codes("alice"))
+    assert len(team.ws.hsm.objects()) == before
+    refused = team.ws.audit.events(action="key.create", limit=1)[0]
+    assert refused.outcome == "refused"
+    assert team.ws.store.count_keys() == 0
+
+
+def test_the_same_codes_cannot_approve_a_second_operation(team: Team) -> None:
+    codes = team.codes("alice", "bob")
+    team.ws.create_key(label="first", algorithm="AES-128", approvals=codes)
+    with pytest.raises(errors.ApprovalRefused):
+        team.ws.create_key(label="second", algorithm="AES-128", approvals=codes)
+    assert [k.label for k in team.ws.store.page_keys()] == ["first"]
+
+
+def _lab_policy(ws: Workstation) -> None:
+    """A policy without dual control for create, set up directly as a test fixture."""
+    ws.store.add_policy(Policy("lab", "test only", {"quorum": {"key.create": 0}}, iso(utcnow())))
 
 
 def test_nothing_reaches_the_token_when_the_intent_cannot_be_recorded(
-    hsm: Hsm, tmp_path: Path
+    hsm: Hsm, tmp_path: Path, clock: Clock
 ) -> None:
     store = Store.open(tmp_path / "locked.db", busy_timeout_ms=50)
-    ws = Workstation.assemble(hsm, store)
+    ws = Workstation.assemble(hsm, store, clock=clock)
+    _lab_policy(ws)
     before = len(hsm.objects())
     blocker = sqlite3.connect(tmp_path / "locked.db")
     blocker.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(errors.AuditError):
-            ws.create_key(label="never", algorithm="AES-256", actor="alice")
+        with pytest.raises(errors.KmtuiError) as info:
+            ws.create_key(label="never", algorithm="AES-256", policy_name="lab")
+        assert isinstance(info.value, errors.AuditError | errors.DatabaseLocked)
     finally:
         blocker.rollback()
         blocker.close()
@@ -50,43 +91,274 @@ def test_nothing_reaches_the_token_when_the_intent_cannot_be_recorded(
 
 
 def test_a_token_failure_is_recorded_as_the_outcome(
-    workstation: Workstation, monkeypatch: pytest.MonkeyPatch
+    team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(workstation.hsm, "_mechanisms", frozenset())
+    monkeypatch.setattr(team.ws.hsm, "_mechanisms", frozenset())
     with pytest.raises(errors.MechanismNotSupported):
-        workstation.create_key(label="ec", algorithm="EC-P384", actor="bob")
-    last = workstation.audit.events(newest_first=True, limit=1)[0]
+        create(team, "ec", "EC-P384")
+    last = team.ws.audit.events(limit=1)[0]
     assert (last.action, last.outcome) == ("key.create", "failure")
     assert last.params["error"] == "MechanismNotSupported"
-    assert workstation.store.count_keys() == 0
+    assert team.ws.store.count_keys() == 0
 
 
 def test_a_key_that_reads_back_wrong_is_registered_as_quarantined(
-    workstation: Workstation, monkeypatch: pytest.MonkeyPatch
+    team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = workstation.hsm._read_attributes
+    real = team.ws.hsm._read_attributes
 
     def tampered(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
         values = real(obj, attrs)
         values[Attribute.SENSITIVE] = False
         return values
 
-    monkeypatch.setattr(workstation.hsm, "_read_attributes", tampered)
+    monkeypatch.setattr(team.ws.hsm, "_read_attributes", tampered)
     with pytest.raises(errors.TemplateMismatch):
-        workstation.create_key(label="odd", algorithm="AES-128", actor="carol")
-    (key,) = workstation.store.find_keys(label="odd")
+        create(team, "odd", "AES-128")
+    (key,) = team.ws.store.find_keys(label="odd")
     assert key.state == KeyState.QUARANTINED
-    last = workstation.audit.events(newest_first=True, limit=1)[0]
+    last = team.ws.audit.events(limit=1)[0]
     assert last.outcome == "failure" and last.params["quarantined"] is True
 
 
-def test_keys_are_found_by_id_label_and_uri(workstation: Workstation) -> None:
-    key = workstation.create_key(label="by-ref", algorithm="EC-P256", actor="alice")
-    described = workstation.describe(key)
-    uri = described["versions"][0]["pkcs11_uri"]
-    assert workstation.get_key(key.id).id == key.id
-    assert workstation.get_key("by-ref").id == key.id
-    assert workstation.get_key(uri).id == key.id
-    workstation.create_key(label="by-ref", algorithm="AES-128", actor="alice")
+def test_keys_are_found_by_id_label_and_uri(team: Team) -> None:
+    key = create(team, "by-ref", "EC-P256")
+    uri = team.ws.describe(key)["versions"][0]["pkcs11_uri"]
+    assert team.ws.get_key(key.id).id == key.id
+    assert team.ws.get_key("by-ref").id == key.id
+    assert team.ws.get_key(uri).id == key.id
+    create(team, "by-ref", "AES-128")
     with pytest.raises(errors.UsageError, match="2 keys are labelled"):
-        workstation.get_key("by-ref")
+        team.ws.get_key("by-ref")
+
+
+@pytest.mark.parametrize("label", ["evil\x1b]0;x\x07", "bidi\u202e", "x" * 200])
+def test_hostile_or_huge_labels_are_refused(team: Team, label: str) -> None:
+    with pytest.raises(errors.UsageError):
+        team.ws.prepare_create(label=label, algorithm="AES-256")
+
+
+def test_policy_refuses_algorithms_it_does_not_allow(team: Team) -> None:
+    with pytest.raises(errors.PolicyRefused, match="does not allow AES-128 keys to wrap"):
+        team.ws.prepare_create(label="k", algorithm="AES-128", purpose="wrap", policy_name="kek")
+
+
+def test_rotation_makes_a_new_current_version_and_deactivates_the_old(team: Team) -> None:
+    key = create(team, "rotating")
+    result = run(team, OpKind.KEY_ROTATE, key.id)
+    rotated = team.ws.get_key(key.id)
+    assert rotated.current_version == 2 and result["version"] == 2
+    v1, v2 = rotated.versions
+    assert (v1.state, v2.state) == (KeyState.DEACTIVATED, KeyState.ACTIVE)
+    assert v1.kcv != v2.kcv
+    assert team.ws.hsm.kcv(v1.cka_id) == v1.kcv and team.ws.hsm.kcv(v2.cka_id) == v2.kcv
+    assert team.ws.describe(rotated)["kcv"] == v2.kcv
+
+
+def test_suspend_and_resume_need_no_quorum_but_are_audited(team: Team) -> None:
+    key = create(team, "pausable")
+    run(team, OpKind.KEY_SUSPEND, key.id)
+    assert team.ws.get_key(key.id).state == KeyState.SUSPENDED
+    with pytest.raises(errors.PolicyRefused, match="cannot be rotated"):
+        team.ws.prepare(OpKind.KEY_ROTATE, key.id)
+    run(team, OpKind.KEY_RESUME, key.id)
+    assert team.ws.get_key(key.id).state == KeyState.ACTIVE
+    actions = [(e.action, e.outcome) for e in team.ws.audit.events(key_id=key.id)]
+    assert ("key.suspend", "success") in actions and ("key.resume", "success") in actions
+
+
+def test_revoke_for_compromise_lists_keys_that_depend_on_it(team: Team) -> None:
+    kek = create(team, "kek", purpose="wrap")
+    dek = create(team, "dek")
+    team.ws.store.link_keys(dek.id, kek.id, "wrapped-by")
+    result = run(
+        team,
+        OpKind.KEY_REVOKE,
+        kek.id,
+        reason="key-compromise",
+        compromised_at="2026-11-01T00:00:00.000000Z",
+    )
+    revoked = team.ws.get_key(kek.id)
+    assert revoked.state == KeyState.COMPROMISED
+    assert revoked.compromised_at == "2026-11-01T00:00:00.000000Z"
+    assert revoked.revocation_reason == "key-compromise"
+    assert result["dependents"] == [{"key_id": dek.id, "relation": "wrapped-by"}]
+
+
+def test_revoke_superseded_deactivates(team: Team) -> None:
+    key = create(team, "old")
+    run(team, OpKind.KEY_REVOKE, key.id, reason="superseded")
+    assert team.ws.get_key(key.id).state == KeyState.DEACTIVATED
+
+
+def _expire_wait(ws: Workstation, key_id: str) -> None:
+    """Let the waiting period pass (the registry's clock is real time)."""
+    ws.store.conn.execute(
+        "UPDATE keys SET destroy_after = ? WHERE id = ?", ("2000-01-01T00:00:00.000000Z", key_id)
+    )
+
+
+def test_destruction_waits_can_be_cancelled_and_leaves_a_tombstone(team: Team) -> None:
+    key = create(team, "doomed")
+    run(team, OpKind.KEY_SUSPEND, key.id)
+    run(team, OpKind.KEY_SCHEDULE_DESTROY, key.id)
+    scheduled = team.ws.get_key(key.id)
+    assert scheduled.state == KeyState.DESTROY_SCHEDULED
+    assert scheduled.destroy_after > iso(utcnow())
+    with pytest.raises(errors.PolicyRefused, match="may be destroyed only after"):
+        team.ws.prepare(OpKind.KEY_DESTROY, key.id)
+    run(team, OpKind.KEY_CANCEL_DESTROY, key.id)
+    assert team.ws.get_key(key.id).state == KeyState.SUSPENDED  # back where it was
+    run(team, OpKind.KEY_SCHEDULE_DESTROY, key.id)
+    _expire_wait(team.ws, key.id)
+    result = run(team, OpKind.KEY_DESTROY, key.id)
+    tomb = team.ws.get_key(key.id)
+    assert tomb.state == KeyState.DESTROYED
+    assert result["objects_destroyed"] == 1
+    assert tomb.versions[0].kcv == key.versions[0].kcv  # the final KCV stays on record
+    assert team.ws.hsm.find(key.versions[0].cka_id) is None
+    with pytest.raises(errors.PolicyRefused):
+        team.ws.prepare(OpKind.KEY_SCHEDULE_DESTROY, key.id)
+
+
+def test_a_compromised_key_is_destroyed_as_destroyed_compromised(team: Team) -> None:
+    key = create(team, "leaked", "EC-P256")
+    run(team, OpKind.KEY_REVOKE, key.id, reason="key-compromise")
+    run(team, OpKind.KEY_SCHEDULE_DESTROY, key.id)
+    _expire_wait(team.ws, key.id)
+    result = run(team, OpKind.KEY_DESTROY, key.id)
+    assert team.ws.get_key(key.id).state == KeyState.DESTROYED_COMPROMISED
+    assert result["objects_destroyed"] == 2  # public and private key
+
+
+def test_an_operation_prepared_on_a_stale_state_is_refused(team: Team) -> None:
+    key = create(team, "stale")
+    prepared = team.ws.prepare(OpKind.KEY_ROTATE, key.id)
+    run(team, OpKind.KEY_SUSPEND, key.id)
+    with pytest.raises(errors.PolicyRefused, match="changed since"):
+        team.ws.run(prepared, team.codes("alice", "bob"))
+
+
+def test_console_only_operations_are_refused_over_ssh_and_audited(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = create(team, "remote")
+    run(team, OpKind.KEY_SCHEDULE_DESTROY, key.id)
+    _expire_wait(team.ws, key.id)
+    monkeypatch.setenv("SSH_CONNECTION", "10.0.0.1 5555 10.0.0.2 22")
+    with pytest.raises(errors.PolicyRefused, match="only at the workstation console"):
+        run(team, OpKind.KEY_DESTROY, key.id)
+    last = team.ws.audit.events(limit=1)[0]
+    assert (last.action, last.outcome, last.params["via"]) == ("key.destroy", "refused", "ssh")
+    assert team.ws.hsm.find(key.versions[0].cka_id) is not None
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "purpose"),
+    [
+        ("AES-128", "encrypt"),
+        ("AES-256", "wrap"),
+        ("HMAC-SHA256", "mac"),
+        ("RSA-2048", "sign"),
+        ("EC-P384", "sign"),
+    ],
+)
+def test_self_checks_pass_and_count_as_use(team: Team, algorithm: str, purpose: str) -> None:
+    key = create(team, f"check-{algorithm}", algorithm, purpose=purpose)
+    assert team.ws.last_use(key.id) is None
+    result = run(team, OpKind.KEY_SELFCHECK, key.id)
+    assert all(v == "pass" for k, v in result["checks"].items() if k not in ("kcv", "fingerprint"))
+    assert result["checks"]["registry-match"] == "pass"
+    assert team.ws.last_use(key.id).action == "key.selfcheck"
+
+
+def test_policy_change_is_dual_controlled_and_validated_first(team: Team) -> None:
+    with pytest.raises(errors.PolicyRefused, match="destroy_wait_days"):
+        team.ws.prepare_policy_change("default", {"destroy_wait_days": 0})
+    prepared = team.ws.prepare_policy_change("default", {"rotation_days": 90})
+    assert prepared.quorum == 2
+    with pytest.raises(errors.ApprovalRefused):
+        team.ws.run(prepared, team.codes("alice"))
+    team.ws.run(prepared, team.codes("alice", "carol"))
+    assert team.ws.rules("default").rotation_days == 90
+
+
+def test_due_lists_keys_whose_rotation_is_overdue(team: Team) -> None:
+    key = create(team, "ancient")
+    create(team, "fresh")
+    team.ws.store.conn.execute(
+        "UPDATE keys SET activated_at = ? WHERE id = ?", ("2020-01-01T00:00:00.000000Z", key.id)
+    )
+    due = team.ws.due(30)
+    assert [d["label"] for d in due] == ["ancient"]
+    assert due[0]["overdue"] is True and "rotation_due" in due[0]
+
+
+def test_reconcile_is_clean_after_normal_operations(team: Team) -> None:
+    create(team, "a")
+    key = create(team, "b", "EC-P256")
+    run(team, OpKind.KEY_ROTATE, key.id)
+    report = reconcile.run(team.ws)
+    mine = [f for f in report.findings if f.key_id]
+    assert mine == [] and report.matched >= 3
+
+
+def test_reconcile_flags_missing_unknown_and_substituted_objects(team: Team) -> None:
+    gone = create(team, "gone")
+    swapped = create(team, "swapped")
+    team.ws.hsm.destroy(gone.versions[0].cka_id)
+    cka = swapped.versions[0].cka_id
+    team.ws.hsm.destroy(cka)
+    stray = templates.cka_id("kstraystray01", 1)
+
+    def substitute(session: Any) -> None:
+        for cka_id in (cka, stray):
+            session.generate_key(
+                KeyType.AES,
+                256,
+                id=cka_id,
+                store=True,
+                label="impostor",
+                template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
+            )
+
+    team.ws.hsm.call(substitute)
+    report = reconcile.run(team.ws)
+    kinds = {(f.kind, f.key_id) for f in report.findings}
+    assert (FindingKind.MISSING, gone.id) in kinds
+    assert (FindingKind.MISMATCH, swapped.id) in kinds or (FindingKind.DRIFT, swapped.id) in kinds
+    assert any(f.kind == FindingKind.UNKNOWN and f.cka_id == stray.hex() for f in report.findings)
+    assert team.ws.hsm.find(stray, ObjectClass.SECRET_KEY) is not None  # never destroyed
+    last = team.ws.audit.events(action="reconcile.run", limit=1)[0]
+    assert last.outcome == "failure" and len(last.params["findings"]) == len(report.findings)
+    # Acknowledging a finding is dual-controlled and removes it from the alarms.
+    missing = next(f for f in report.findings if f.kind == FindingKind.MISSING)
+    prepared = team.ws.prepare_acknowledge(missing.ident, "lost in the 2026 token swap")
+    team.ws.run(prepared, team.codes("alice", "bob"))
+    again = reconcile.run(team.ws)
+    assert missing.ident not in {f.ident for f in again.findings}
+    assert missing.ident in {f.ident for f in again.acknowledged}
+
+
+def test_bootstrap_enrolment_closes_after_the_first_two_and_never_reopens(team: Team) -> None:
+    assert not team.ws.bootstrap_open("dave")
+    prepared = team.ws.prepare_operator(OpKind.OPERATOR_ENROLL, "dave", "custodian")
+    assert prepared.quorum == 2
+    with pytest.raises(errors.ApprovalRefused):
+        team.ws.run_operator(prepared, ())
+    # Lock bob by five wrong codes: enrolment without approvals must stay closed.
+    for _ in range(5):
+        alice, bob = team.codes("alice", "bob")
+        wrong = ApprovalInput("bob", f"{(int(bob.code) + 1) % 1_000_000:06d}")
+        with pytest.raises(errors.ApprovalRefused):
+            team.ws.create_key(label="x", algorithm="AES-128", approvals=[alice, wrong])
+    assert str(team.ws.dual.get("bob").state) == "locked"
+    assert not team.ws.bootstrap_open("mallory")
+    # Unlocking needs two OTHER operators.
+    unlock = team.ws.prepare_operator(OpKind.OPERATOR_UNLOCK, "bob")
+    with pytest.raises(errors.ApprovalRefused):
+        team.ws.run_operator(unlock, team.codes("bob", "alice"))
+    team.ws.run_operator(
+        team.ws.prepare_operator(OpKind.OPERATOR_UNLOCK, "bob"), team.codes("alice", "carol")
+    )
+    assert str(team.ws.dual.get("bob").state) == "active"

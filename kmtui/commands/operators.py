@@ -1,0 +1,186 @@
+"""`kmtui operators ...`, `kmtui init` (the bootstrap ceremony) and `kmtui demo codes`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kmtui import demo
+from kmtui.commands import common
+from kmtui.core import errors
+from kmtui.core.dualcontrol import Enrollment
+from kmtui.core.models import Role
+from kmtui.core.operations import OpKind
+from kmtui.core.safetext import clean
+from kmtui.core.service import Workstation
+
+EXIT_OK = 0
+CHANGES = {
+    "enroll": OpKind.OPERATOR_ENROLL,
+    "reenroll": OpKind.OPERATOR_REENROLL,
+    "lock": OpKind.OPERATOR_LOCK,
+    "unlock": OpKind.OPERATOR_UNLOCK,
+    "revoke": OpKind.OPERATOR_REVOKE,
+}
+
+
+def add_parsers(
+    sub: Any, common_args: argparse.ArgumentParser, as_json: argparse.ArgumentParser
+) -> None:
+    approvals = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    approvals.add_argument(
+        "--approvals-from", metavar="FILE", help="OPERATOR CODE lines; - = stdin"
+    )
+    ops = sub.add_parser("operators", parents=[common_args], help="the people who approve")
+    osub = ops.add_subparsers(dest="action", metavar="ACTION", required=True)
+    osub.add_parser("list", parents=[common_args, as_json], help="operators and their state")
+    for name, kind in CHANGES.items():
+        p = osub.add_parser(
+            name,
+            parents=[common_args, as_json, approvals],
+            help=f"{kind} (two other operators approve)",
+        )
+        p.add_argument("name", metavar="NAME")
+        if kind == OpKind.OPERATOR_ENROLL:
+            p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p = osub.add_parser(
+        "confirm",
+        parents=[common_args],
+        help="a new operator proves their authenticator with one code",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--code-from", metavar="FILE", help="read the code from FILE (- = stdin)")
+    sub.add_parser(
+        "init", parents=[common_args], help="the bootstrap ceremony: enrol the first two operators"
+    )
+
+
+def cmd_operators(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        with common.workstation(args) as ws:
+            listing = [
+                {
+                    "operator": o.name,
+                    "role": str(o.role),
+                    "state": str(o.state),
+                    "enrolled_at": o.enrolled_at,
+                    "failures": o.failures,
+                }
+                for o in ws.dual.operators()
+            ]
+            if args.json:
+                common.print_json(listing)
+            else:
+                common.print_table(
+                    ["NAME", "ROLE", "STATE", "ENROLLED", "FAILURES"],
+                    [
+                        [o["operator"], o["role"], o["state"], o["enrolled_at"], str(o["failures"])]
+                        for o in listing
+                    ],
+                )
+        return EXIT_OK
+    with common.workstation(args, login=True) as ws:
+        if args.action == "confirm":
+            ws.confirm_operator(args.name, _code(args))
+            print(f"operator {args.name} is active")
+            return EXIT_OK
+        prepared = ws.prepare_operator(
+            CHANGES[args.action], args.name, getattr(args, "role", "") or ""
+        )
+        result, enrollment = ws.run_operator(
+            prepared, common.approvals(args, prepared), actor="cli"
+        )
+        if enrollment is not None:
+            _show_enrollment(enrollment, as_json=args.json)
+            if not args.json and sys.stdin.isatty():
+                _confirm_now(ws, enrollment.name)
+        elif args.json:
+            common.print_json({"operator": args.name, **result})
+        else:
+            print(f"operator {args.name}: {result['state']} (audit event {result['audit_seq']})")
+    return EXIT_OK
+
+
+def _show_enrollment(enrollment: Enrollment, *, as_json: bool) -> None:
+    if as_json:
+        common.print_json(
+            {
+                "operator": enrollment.name,
+                "role": str(enrollment.role),
+                "state": "pending",
+                "otpauth_uri": enrollment.otpauth_uri,
+            }
+        )
+        return
+    print(f"Operator {enrollment.name} ({enrollment.role}): scan this with an authenticator app.")
+    print("It is shown once; nobody else should see this screen.")
+    print(enrollment.qr_text)
+    print(f"Or enter it by hand: {enrollment.otpauth_uri}")
+
+
+def _confirm_now(ws: Workstation, name: str) -> None:
+    for attempt in range(3):
+        code = getpass.getpass(f"{name}: the 6-digit code your app shows now: ").strip()
+        try:
+            ws.confirm_operator(name, code)
+        except errors.ApprovalRefused as exc:
+            print(f"  {clean(exc)}", file=sys.stderr)
+            if attempt == 2:
+                raise
+            continue
+        print(f"operator {name} is active")
+        return
+
+
+def _code(args: argparse.Namespace) -> str:
+    if args.code_from == "-":
+        return sys.stdin.readline(64).strip()
+    if args.code_from:
+        try:
+            return Path(args.code_from).read_text(encoding="utf-8")[:64].strip()
+        except (OSError, UnicodeDecodeError):
+            raise errors.UsageError(f"Cannot read a code from {clean(args.code_from)}.") from None
+    if not sys.stdin.isatty():
+        raise errors.UsageError("No code: stdin is not a terminal.", "Use --code-from FILE or -.")
+    return getpass.getpass("The 6-digit code your app shows now: ").strip()
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """The bootstrap ceremony: the first two operators enrol without approvals, then never again."""
+    if not sys.stdin.isatty():
+        raise errors.UsageError("`kmtui init` is a ceremony at the console: run it in a terminal.")
+    with common.workstation(args, login=True) as ws:
+        if not ws.bootstrap_open():
+            raise errors.UsageError(
+                "This workstation already has its first two operators.",
+                "Enrol more with `kmtui operators enroll NAME --role ROLE` (two approve).",
+            )
+        while ws.bootstrap_open():
+            name = input("Operator name: ").strip()
+            role = input("Role (custodian/officer/auditor) [custodian]: ").strip() or "custodian"
+            prepared = ws.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
+            _, enrollment = ws.run_operator(prepared, [], actor="init")
+            if enrollment is None:
+                raise errors.UsageError("The enrolment did not start.")
+            _show_enrollment(enrollment, as_json=False)
+            _confirm_now(ws, name)
+        print("Both first operators are active. Every sensitive operation now needs two of them.")
+    return EXIT_OK
+
+
+def cmd_demo_codes(args: argparse.Namespace) -> int:
+    """The demo operators' current codes: a stand-in for their phones, demo only."""
+    p = demo.home_of(common.home(args)) if not args.demo else common.home(args)
+    listing = demo.codes(p)
+    if args.json:
+        common.print_json(listing)
+        return EXIT_OK
+    left = 30 - int(time.time()) % 30
+    print(f"DEMO ONLY - these stand in for the operators' phones ({left}s left):")
+    for entry in listing:
+        print(f"  {entry['operator']:<8} {entry['role']:<10} {entry['code']}")
+    return EXIT_OK

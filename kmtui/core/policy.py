@@ -1,0 +1,237 @@
+"""Pure policy rules: what a key may be, when it is due, who must approve what, and from where.
+
+A policy is stored as JSON (`policies.rules`) and parsed here into `Rules`, refusing unknown or
+out-of-range values with a message that names the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kmtui.core import errors
+from kmtui.core.models import Key, Policy, parse_iso
+from kmtui.core.operations import OpKind, Requirement
+from kmtui.core.templates import ALGORITHMS, Purpose
+
+DUAL_CONTROLLED = (
+    OpKind.KEY_CREATE,
+    OpKind.KEY_ROTATE,
+    OpKind.KEY_REVOKE,
+    OpKind.KEY_SCHEDULE_DESTROY,
+    OpKind.KEY_CANCEL_DESTROY,
+    OpKind.KEY_DESTROY,
+    OpKind.KEY_EXPORT,
+    OpKind.KEY_IMPORT,
+    OpKind.POLICY_CHANGE,
+    OpKind.OPERATOR_ENROLL,
+    OpKind.OPERATOR_REENROLL,
+    OpKind.OPERATOR_LOCK,
+    OpKind.OPERATOR_UNLOCK,
+    OpKind.OPERATOR_REVOKE,
+    OpKind.RECONCILE_RESOLVE,
+)
+CONSOLE_ONLY = (
+    OpKind.KEY_DESTROY,
+    OpKind.KEY_EXPORT,
+    OpKind.KEY_IMPORT,
+    OpKind.POLICY_CHANGE,
+    OpKind.OPERATOR_ENROLL,
+    OpKind.OPERATOR_REENROLL,
+    OpKind.OPERATOR_UNLOCK,
+)
+MAX_APPROVAL_EXPIRY = 300
+MIN_DESTROY_WAIT_DAYS = 1
+
+
+@dataclass(frozen=True)
+class Rules:
+    """One policy's rules, validated."""
+
+    algorithms: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "encrypt": ["AES-128", "AES-192", "AES-256"],
+            "wrap": ["AES-256"],
+            "mac": ["HMAC-SHA256"],
+            "sign": ["RSA-2048", "RSA-3072", "RSA-4096", "EC-P256", "EC-P384"],
+        }
+    )
+    originator_usage_days: int = 365
+    recipient_usage_days: int = 730
+    rotation_days: int = 365
+    destroy_wait_days: int = 7
+    exportable: bool = False
+    retire_previous: str = "deactivate"  # or "keep": the previous version stays active
+    quorum: dict[str, int] = field(default_factory=lambda: {str(k): 2 for k in DUAL_CONTROLLED})
+    approver_roles: list[str] = field(default_factory=lambda: ["custodian", "officer"])
+    approval_expiry_seconds: int = MAX_APPROVAL_EXPIRY
+    console_only: list[str] = field(default_factory=lambda: [str(k) for k in CONSOLE_ONLY])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def requirement(self, kind: OpKind, exclude: frozenset[str] = frozenset()) -> Requirement:
+        return Requirement(
+            quorum=self.quorum.get(str(kind), 0),
+            roles=frozenset(self.approver_roles),
+            expiry_seconds=self.approval_expiry_seconds,
+            exclude=exclude,
+        )
+
+
+def parse(policy: Policy) -> Rules:
+    """Rules from a stored policy; defaults fill what the JSON leaves out."""
+    raw: Mapping[str, Any] = policy.rules
+    base = Rules()
+    known = set(base.to_json())
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise errors.PolicyRefused(
+            f"Policy {policy.name!r} has unknown rules: {', '.join(unknown)}.",
+            f"Known rules: {', '.join(sorted(known))}.",
+        )
+    merged = {**base.to_json(), **raw}
+    where = f"Policy {policy.name!r}"
+
+    def days(name: str, minimum: int = 1) -> int:
+        value = merged[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= 36500:
+            raise errors.PolicyRefused(
+                f"{where}: {name} must be a whole number of days from {minimum} to 36500."
+            )
+        return value
+
+    algorithms = merged["algorithms"]
+    if not isinstance(algorithms, dict):
+        raise errors.PolicyRefused(f"{where}: algorithms must map a purpose to a list.")
+    for purpose, names in algorithms.items():
+        if purpose not in {p.value for p in Purpose} or not isinstance(names, list):
+            raise errors.PolicyRefused(f"{where}: unknown purpose {purpose!r} in algorithms.")
+        for name in names:
+            spec = ALGORITHMS.get(str(name))
+            if spec is None or Purpose(purpose) not in spec.purposes:
+                raise errors.PolicyRefused(f"{where}: {name!r} cannot be used to {purpose}.")
+    quorum = merged["quorum"]
+    if not isinstance(quorum, dict) or not all(
+        k in {str(o) for o in OpKind} and isinstance(v, int) and 0 <= v <= 5
+        for k, v in quorum.items()
+    ):
+        raise errors.PolicyRefused(f"{where}: quorum maps operation names to 0..5 approvers.")
+    expiry = merged["approval_expiry_seconds"]
+    if not isinstance(expiry, int) or not 30 <= expiry <= MAX_APPROVAL_EXPIRY:
+        raise errors.PolicyRefused(
+            f"{where}: approval_expiry_seconds must be 30 to {MAX_APPROVAL_EXPIRY}.",
+            "Approvals may only be made shorter-lived than the default.",
+        )
+    if merged["retire_previous"] not in ("deactivate", "keep"):
+        raise errors.PolicyRefused(f"{where}: retire_previous is 'deactivate' or 'keep'.")
+    roles = merged["approver_roles"]
+    if (
+        not isinstance(roles, list)
+        or not roles
+        or not set(roles) <= {"custodian", "officer", "auditor"}
+    ):
+        raise errors.PolicyRefused(f"{where}: approver_roles lists custodian, officer, auditor.")
+    console = merged["console_only"]
+    if not isinstance(console, list) or not set(console) <= {str(o) for o in OpKind}:
+        raise errors.PolicyRefused(f"{where}: console_only lists operation names.")
+    rules = Rules(
+        algorithms={k: list(v) for k, v in algorithms.items()},
+        originator_usage_days=days("originator_usage_days"),
+        recipient_usage_days=days("recipient_usage_days"),
+        rotation_days=days("rotation_days"),
+        destroy_wait_days=days("destroy_wait_days", MIN_DESTROY_WAIT_DAYS),
+        exportable=bool(merged["exportable"]),
+        retire_previous=str(merged["retire_previous"]),
+        quorum={k: int(v) for k, v in quorum.items()},
+        approver_roles=[str(r) for r in roles],
+        approval_expiry_seconds=expiry,
+        console_only=[str(c) for c in console],
+    )
+    if rules.recipient_usage_days < rules.originator_usage_days:
+        raise errors.PolicyRefused(
+            f"{where}: recipient_usage_days must not be shorter than originator_usage_days.",
+            "Data protected near the end of the originator period must stay readable.",
+        )
+    return rules
+
+
+def check_create(
+    rules: Rules, policy_name: str, algorithm: str, purpose: str, exportable: bool
+) -> None:
+    allowed = rules.algorithms.get(purpose, [])
+    if algorithm not in allowed:
+        raise errors.PolicyRefused(
+            f"Policy {policy_name!r} does not allow {algorithm} keys to {purpose}.",
+            f"It allows: {', '.join(allowed) or 'nothing'} for {purpose}.",
+        )
+    if exportable and not rules.exportable:
+        raise errors.PolicyRefused(
+            f"Policy {policy_name!r} does not allow exportable keys.",
+            "Choose a policy marked exportable, or create the key non-exportable.",
+        )
+
+
+def check_origin(rules: Rules, kind: OpKind, via: str) -> None:
+    """Some operations only at the workstation's own console, never over SSH."""
+    if via == "ssh" and str(kind) in rules.console_only:
+        raise errors.PolicyRefused(
+            f"{kind} is allowed only at the workstation console, not over SSH.",
+            "Run it at the console (the policy's console_only list says which operations).",
+        )
+
+
+def rotation_due(key: Key, rules: Rules) -> datetime | None:
+    """When the current version should be replaced (from its activation)."""
+    start = key.activated_at or key.created_at
+    return parse_iso(start) + timedelta(days=rules.rotation_days) if start else None
+
+
+def originator_end(key: Key, rules: Rules) -> datetime | None:
+    """End of the originator-usage period: after it the key must not protect new data."""
+    start = key.activated_at or key.created_at
+    return parse_iso(start) + timedelta(days=rules.originator_usage_days) if start else None
+
+
+def recipient_end(key: Key, rules: Rules) -> datetime | None:
+    """End of the recipient-usage period: after it protected data should not need this key."""
+    start = key.activated_at or key.created_at
+    return parse_iso(start) + timedelta(days=rules.recipient_usage_days) if start else None
+
+
+DEFAULT_POLICIES: tuple[Policy, ...] = (
+    Policy("default", "General data-encryption, MAC and signing keys; non-exportable.", {}),
+    Policy(
+        "kek",
+        "Key-encryption keys: AES-256 wrap only, two-year rotation.",
+        {
+            "algorithms": {"wrap": ["AES-256"]},
+            "rotation_days": 730,
+            "originator_usage_days": 730,
+            "recipient_usage_days": 1095,
+        },
+    ),
+    Policy(
+        "signing",
+        "Signing keys: RSA-3072+ or EC, two-year rotation, previous version kept for verify.",
+        {
+            "algorithms": {"sign": ["RSA-3072", "RSA-4096", "EC-P256", "EC-P384"]},
+            "rotation_days": 730,
+            "originator_usage_days": 730,
+            "recipient_usage_days": 1825,
+        },
+    ),
+    Policy(
+        "exportable-dek",
+        "Data-encryption keys that may be exported under a trusted wrapping key.",
+        {
+            "algorithms": {"encrypt": ["AES-256"]},
+            "exportable": True,
+            "rotation_days": 180,
+            "originator_usage_days": 180,
+            "recipient_usage_days": 365,
+        },
+    ),
+)

@@ -1,0 +1,398 @@
+"""Reconciliation: does the token agree with the registry, and did every operation finish?
+
+Run at start and on demand. Operations whose intent was committed but whose outcome was not (the
+process died) are finished when the token shows their HSM step happened, and closed as interrupted
+when it did not; nothing is ever done twice and nothing on the token is destroyed. Everything else
+that disagrees is a finding: audited, shown, and resolved only by a dual-controlled acknowledgement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from pkcs11 import ObjectClass
+
+from kmtui.core import errors, templates
+from kmtui.core.hsm import SEAL_KEY_ID, ObjectInfo
+from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
+from kmtui.core.operations import OpKind
+
+if TYPE_CHECKING:
+    from kmtui.core.service import Workstation
+
+GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
+SYSTEM_PREFIX = b"kmtui:sys-"
+
+
+class FindingKind(StrEnum):
+    FOREIGN = "foreign-object"  # on the token, not created by kmtui
+    UNKNOWN = "unregistered-object"  # kmtui-shaped CKA_ID the registry does not know
+    MISSING = "missing-object"  # registry says it exists; the token has no such object
+    DRIFT = "attribute-drift"  # e.g. SENSITIVE or EXTRACTABLE changed since creation
+    MISMATCH = "check-mismatch"  # KCV or fingerprint differs: substituted key
+    INTERRUPTED = "interrupted-operation"  # intent without outcome; the token step did not run
+    UNFINISHED = "unfinished-destroy"  # destroy died half-way: some objects remain
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    cka_id: str  # hex
+    detail: str
+    key_id: str = ""
+    version: int = 0
+    label: str = ""
+
+    @property
+    def ident(self) -> str:
+        """Stable name of this finding, used to acknowledge it."""
+        return f"{self.kind}:{self.key_id or '-'}:{self.version}:{self.cka_id}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.ident,
+            "kind": str(self.kind),
+            "key_id": self.key_id,
+            "version": self.version,
+            "cka_id": self.cka_id,
+            "label": self.label,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Report:
+    matched: int = 0
+    completed: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    acknowledged: list[Finding] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "matched": self.matched,
+            "completed": self.completed,
+            "findings": [f.as_dict() for f in self.findings],
+            "acknowledged": [f.as_dict() for f in self.acknowledged],
+        }
+
+
+def open_intents(ws: Workstation) -> list[dict[str, Any]]:
+    """Intent events that no outcome refers to (the process stopped between the two)."""
+    return ws.store.rows(
+        "SELECT seq, action, key_id, params FROM audit_events AS i WHERE outcome = 'intent' "
+        "AND NOT EXISTS (SELECT 1 FROM audit_events AS o WHERE o.seq > i.seq "
+        "AND o.outcome != 'intent' AND o.action = i.action AND o.key_id = i.key_id "
+        "AND json_extract(o.params, '$.intent') = i.seq) ORDER BY seq"
+    )
+
+
+def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
+    """Finish or close interrupted operations, then compare token and registry."""
+    report = Report()
+    serial = ws.hsm.info().serial
+    objects = _by_id(ws.hsm.objects())
+    for intent in open_intents(ws):
+        _settle(ws, intent, objects, serial, report, actor)
+    objects = _by_id(ws.hsm.objects()) if report.completed else objects
+    _compare(ws, objects, serial, report)
+    acked = ws.store.acknowledged()
+    report.acknowledged = [f for f in report.findings if f.ident in acked]
+    report.findings = [f for f in report.findings if f.ident not in acked]
+    ws.audit.append(
+        "reconcile.run",
+        actor=actor,
+        outcome=Outcome.SUCCESS if report.clean else Outcome.FAILURE,
+        params={
+            "matched": report.matched,
+            "completed": len(report.completed),
+            "findings": [f.ident for f in report.findings][:200],
+            "acknowledged": len(report.acknowledged),
+        },
+    )
+    return report
+
+
+def _by_id(objects: Iterable[ObjectInfo]) -> dict[bytes, list[ObjectInfo]]:
+    grouped: dict[bytes, list[ObjectInfo]] = {}
+    for obj in objects:
+        grouped.setdefault(obj.cka_id, []).append(obj)
+    return grouped
+
+
+def _close(
+    ws: Workstation, intent: dict[str, Any], actor: str, outcome: Outcome, **params: Any
+) -> None:
+    ws.audit.append(
+        str(intent["action"]),
+        actor=actor,
+        outcome=outcome,
+        key_id=str(intent["key_id"]),
+        params={"intent": intent["seq"], **params},
+    )
+
+
+def _settle(
+    ws: Workstation,
+    intent: dict[str, Any],
+    objects: dict[bytes, list[ObjectInfo]],
+    serial: str,
+    report: Report,
+    actor: str,
+) -> None:
+    """Finish an operation whose token step happened; close it as interrupted otherwise."""
+    action, key_id = str(intent["action"]), str(intent["key_id"])
+    params = json.loads(intent["params"])
+    key = ws.store.get_key(key_id) if key_id else None
+    if action == OpKind.KEY_CREATE and bytes.fromhex(params["cka_id"]) in objects and key is None:
+        cka_id = bytes.fromhex(params["cka_id"])
+        check = _observed(ws, str(params["algorithm"]), cka_id)
+        symmetric = templates.ALGORITHMS[str(params["algorithm"])].symmetric
+        version = KeyVersion(
+            key_id,
+            1,
+            KeyState.ACTIVE,
+            cka_id,
+            serial,
+            iso(utcnow()),
+            kcv=check if symmetric else "",
+            fingerprint="" if symmetric else check,
+        )
+        created = ws.created_key(key_id, params, version)
+        with ws.store.transaction():
+            ws.store.add_key(created)
+            _close(ws, intent, actor, Outcome.SUCCESS, recovered=True, version=1, check=check)
+        report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+        return
+    if action == OpKind.KEY_ROTATE and key is not None:
+        number = int(params["new_version"])
+        cka_id = templates.cka_id(key_id, number)
+        registered = any(v.version == number for v in key.versions)
+        if cka_id in objects and not registered:
+            check = _observed(ws, key.algorithm, cka_id)
+            apply, _ = ws.rotation_writes(key, number, check, serial)
+            with ws.store.transaction():
+                apply()
+                _close(
+                    ws, intent, actor, Outcome.SUCCESS, recovered=True, version=number, check=check
+                )
+            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+            return
+    if action == OpKind.KEY_DESTROY and key is not None and key.state not in GONE:
+        remaining = [v for v in key.versions if v.cka_id in objects]
+        if not remaining:
+            target = KeyState(str(params["to_state"]))
+            with ws.store.transaction():
+                ws.destroy_writes(key, target)()
+                _close(ws, intent, actor, Outcome.SUCCESS, recovered=True, state=str(target))
+            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+            return
+        if len(remaining) < len(key.versions):
+            _close(
+                ws,
+                intent,
+                actor,
+                Outcome.FAILURE,
+                error="Interrupted",
+                message=f"{len(remaining)} of {len(key.versions)} versions remain",
+            )
+            report.findings.append(
+                Finding(
+                    FindingKind.UNFINISHED,
+                    remaining[0].cka_id.hex(),
+                    f"Destruction stopped half-way: {len(remaining)} version(s) remain; "
+                    "run the destroy again with fresh approvals.",
+                    key_id,
+                    remaining[0].version,
+                    key.label,
+                )
+            )
+            return
+    _close(
+        ws,
+        intent,
+        actor,
+        Outcome.FAILURE,
+        error="Interrupted",
+        message="the operation stopped before it changed anything; run it again",
+    )
+    report.findings.append(
+        Finding(
+            FindingKind.INTERRUPTED,
+            str(params.get("cka_id", "")),
+            f"{action} (audit event {intent['seq']}) stopped before changing anything; its "
+            "approvals are spent, so run it again with fresh ones.",
+            key_id,
+            0,
+            str(params.get("label", "")),
+        )
+    )
+
+
+def _observed(ws: Workstation, algorithm: str, cka_id: bytes) -> str:
+    if templates.ALGORITHMS[algorithm].symmetric:
+        return ws.hsm.kcv(cka_id)
+    return ws.hsm.fingerprint(cka_id)
+
+
+def _compare(
+    ws: Workstation, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report
+) -> None:
+    registered: dict[bytes, tuple[Key, KeyVersion]] = {}
+    keys: dict[str, Key] = {}
+    for version in ws.store.all_versions():
+        if version.token_serial != serial:
+            continue
+        key = keys.get(version.key_id) or ws.store.get_key(version.key_id)
+        if key is None:
+            continue
+        keys[key.id] = key
+        registered[version.cka_id] = (key, version)
+
+    for cka_id, (key, version) in registered.items():
+        if version.state in GONE or key.state in GONE:
+            if cka_id in objects:
+                report.findings.append(
+                    Finding(
+                        FindingKind.UNKNOWN,
+                        cka_id.hex(),
+                        "The registry says this version was destroyed, yet it is on the token.",
+                        key.id,
+                        version.version,
+                        key.label,
+                    )
+                )
+            continue
+        if cka_id not in objects:
+            report.findings.append(
+                Finding(
+                    FindingKind.MISSING,
+                    cka_id.hex(),
+                    "The registry holds this version but the token has no such object.",
+                    key.id,
+                    version.version,
+                    key.label,
+                )
+            )
+            continue
+        report.matched += 1
+        _check_object(ws, key, version, report)
+
+    for cka_id, objs in objects.items():
+        if cka_id in registered or cka_id == SEAL_KEY_ID or cka_id.startswith(SYSTEM_PREFIX):
+            continue
+        label = objs[0].label
+        classes = ", ".join(sorted(o.object_class or "?" for o in objs))
+        if templates.parse_cka_id(cka_id) is not None:
+            report.findings.append(
+                Finding(
+                    FindingKind.UNKNOWN,
+                    cka_id.hex(),
+                    f"A kmtui-style object ({classes}) the registry does not know: substituted, or "
+                    "left by an operation outside this workstation. Never destroyed automatically.",
+                    label=label,
+                )
+            )
+        else:
+            report.findings.append(
+                Finding(
+                    FindingKind.FOREIGN,
+                    cka_id.hex(),
+                    f"An object kmtui did not create ({classes}). Left untouched.",
+                    label=label,
+                )
+            )
+
+
+def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report) -> None:
+    """Attributes still as created, and the same KCV or fingerprint as registered."""
+    spec = templates.ALGORITHMS.get(key.algorithm)
+    if spec is None:
+        return
+    template = templates.build(
+        key.algorithm,
+        key.purpose,
+        cka_id=version.cka_id,
+        label=key.label or "?",
+        exportable=key.exportable,
+    )
+    cls = ObjectClass.SECRET_KEY if spec.symmetric else ObjectClass.PRIVATE_KEY
+    try:
+        actual = ws.hsm.attributes(version.cka_id, cls)
+        observed = _observed(ws, key.algorithm, version.cka_id)
+    except errors.ObjectGone:
+        report.findings.append(
+            Finding(
+                FindingKind.MISSING,
+                version.cka_id.hex(),
+                "The object vanished during the check.",
+                key.id,
+                version.version,
+                key.label,
+            )
+        )
+        return
+    except errors.HsmError as exc:
+        report.findings.append(
+            Finding(
+                FindingKind.DRIFT,
+                version.cka_id.hex(),
+                f"Could not read the object: {exc.message}",
+                key.id,
+                version.version,
+                key.label,
+            )
+        )
+        return
+    watched = (
+        "SENSITIVE",
+        "EXTRACTABLE",
+        "WRAP_WITH_TRUSTED",
+        "ENCRYPT",
+        "DECRYPT",
+        "WRAP",
+        "UNWRAP",
+        "SIGN",
+        "VERIFY",
+        "DERIVE",
+        "ALWAYS_SENSITIVE",
+        "NEVER_EXTRACTABLE",
+    )
+    expected = {a.name: v for a, v in template.expected(cls).items()}
+    drift = [
+        f"{name} is {actual.get(name)!r}, expected {expected[name]!r}"
+        for name in watched
+        if name in expected and actual.get(name) != expected[name]
+    ]
+    if drift:
+        report.findings.append(
+            Finding(
+                FindingKind.DRIFT,
+                version.cka_id.hex(),
+                "; ".join(drift),
+                key.id,
+                version.version,
+                key.label,
+            )
+        )
+    registered = version.kcv or version.fingerprint
+    if registered and observed != registered:
+        report.findings.append(
+            Finding(
+                FindingKind.MISMATCH,
+                version.cka_id.hex(),
+                f"The token's key has check value {observed[:23]}, the registry {registered[:23]}: "
+                "the key was substituted. Do not use it.",
+                key.id,
+                version.version,
+                key.label,
+            )
+        )
