@@ -122,3 +122,13 @@ def team(workstation: Workstation, clock: Clock) -> Team:
     crew.enroll("bob", "custodian")
     crew.enroll("carol", "officer", ("alice", "bob"))
     return crew
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """KMTUI_FAST=1 skips the suites marked slow (CI runs everything)."""
+    if os.environ.get("KMTUI_FAST") != "1":
+        return
+    skip = pytest.mark.skip(reason="slow suite skipped because KMTUI_FAST=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -6,6 +6,7 @@ from textual.message import Message
 
 from kmtui.core.hsm import TokenInfo
 from kmtui.core.models import Key
+from kmtui.core.reconcile import Report
 
 
 class LoggedIn(Message):
@@ -25,6 +26,12 @@ class KeysLoaded(Message):
         super().__init__()
         self.keys = keys
         self.total = total
+
+
+class Reconciled(Message):
+    def __init__(self, report: Report) -> None:
+        super().__init__()
+        self.report = report
 
 
 class WorkFailed(Message):

@@ -88,11 +88,18 @@ async def test_wrong_pin_shows_an_error_and_the_right_pin_opens_the_main_screen(
             pin.value = softhsm_token.pin
             await pilot.press("enter")
             await wait_for_screen(pilot, MainScreen)
+            status = app.screen.query_one("#reconcile", Static)
+            for _ in range(100):
+                if "agree" in str(status.render()):
+                    break
+                await pilot.pause(0.05)
+            assert "token and registry agree" in str(status.render())
         assert not token.logged_in  # leaving the app logged out of the token
         actions = [(e.action, e.outcome) for e in ws.audit.events(newest_first=False)]
         assert actions == [
             ("token.login", "failure"),
             ("token.login", "success"),
+            ("reconcile.run", "success"),
             ("token.logout", "success"),
         ]
     finally:

@@ -12,11 +12,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from kmtui.core import reconcile
 from kmtui.core.errors import KmtuiError
 from kmtui.core.hsm import TokenInfo
 from kmtui.core.models import Key, KeyState
 from kmtui.core.service import Workstation
-from kmtui.ui.messages import KeysLoaded, WorkFailed
+from kmtui.ui.messages import KeysLoaded, Reconciled, WorkFailed
 from kmtui.ui.text import plain
 
 PAGE = 200
@@ -50,6 +51,7 @@ class MainScreen(Screen[None]):
             with Vertical(id="token-pane"):
                 yield Static("Token", classes="pane-title")
                 yield Static(self._token_text(), id="token-info")
+                yield Static("Reconciling token and registry…", id="reconcile")
             with Vertical(id="keys-pane"):
                 yield Static("Keys", classes="pane-title", id="keys-title")
                 yield DataTable(id="keys", cursor_type="row", zebra_stripes=True)
@@ -62,6 +64,7 @@ class MainScreen(Screen[None]):
             table.add_column(label, key=label.lower())
         table.focus()
         self.load_keys()
+        self.reconcile_now()
 
     def _token_text(self) -> Text:
         i = self.info
@@ -101,6 +104,41 @@ class MainScreen(Screen[None]):
             self.post_message(WorkFailed("Loading keys", str(exc)))
             return
         self.post_message(KeysLoaded(keys, total))
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="reconcile")
+    def reconcile_now(self) -> None:
+        """Token and registry compared at start: interrupted work finished, differences flagged."""
+        try:
+            report = reconcile.run(self.workstation, actor="console")
+        except KmtuiError as exc:
+            self.post_message(WorkFailed("Reconciliation", str(exc)))
+            return
+        self.post_message(Reconciled(report))
+
+    def on_reconciled(self, message: Reconciled) -> None:
+        report = message.report
+        text = Text()
+        if report.clean:
+            text.append("✓ token and registry agree", style="bold green")
+            text.append(f"\n  {report.matched} key versions matched")
+        else:
+            text.append(f"⚠ {len(report.findings)} findings", style="bold red")
+            for finding in report.findings[:8]:
+                text.append("\n• ")
+                text.append_text(
+                    plain(f"{finding.kind}: {finding.label or finding.key_id or '-'}", limit=32)
+                )
+            self.notify(
+                f"Reconciliation found {len(report.findings)} differences between token and "
+                "registry; see the Token pane or run `kmtui reconcile`.",
+                severity="warning",
+                markup=False,
+                timeout=10,
+            )
+        if report.completed:
+            text.append(f"\n  finished {len(report.completed)} interrupted operations")
+        self.query_one("#reconcile", Static).update(text)
+        self.load_keys()
 
     def on_keys_loaded(self, message: KeysLoaded) -> None:
         table = self.query_one("#keys", DataTable)
