@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kmtui import __version__, config, demo, paths
-from kmtui.commands import common, keys, operators
+from kmtui.commands import audit, common, keys, operators
 from kmtui.core import errors
 from kmtui.core.safetext import clean
 
@@ -84,14 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parsers(sub, common, as_json)
     operators.add_parsers(sub, common, as_json)
 
-    audit = sub.add_parser("audit", parents=[common], help="verify and export the audit trail")
-    asub = audit.add_subparsers(
-        dest="action", metavar="ACTION", required=True, parser_class=_Parser
-    )
-    asub.add_parser("verify", parents=[common, as_json], help="verify the hash chain")
-    p = asub.add_parser("export", parents=[common], help="print events, one per line")
-    p.add_argument("--format", choices=["jsonl"], default="jsonl")
-    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="events after SEQ")
+    audit.add_parsers(sub, common, as_json)
 
     token = sub.add_parser("token", parents=[common], help="the configured token")
     tsub = token.add_subparsers(
@@ -114,44 +107,6 @@ def cmd_locate(args: argparse.Namespace) -> int:
             if value:
                 print(f"{name:<{width}}  {clean(value)}")
     return EXIT_OK
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from kmtui.core.audit import AuditLog
-    from kmtui.core.store import Store
-
-    p = common.home(args)
-    if not p.database.exists():
-        raise errors.UsageError(f"No database at {p.database}.", "Check --home / KMTUI_HOME.")
-    store = Store.open(p.database)
-    try:
-        trail = AuditLog(store)
-        if args.action == "export":
-            trail.export_jsonl(sys.stdout, since=args.since)
-            return EXIT_OK
-        result = trail.verify()
-        if args.json:
-            common.print_json(
-                {
-                    "ok": result.ok,
-                    "events": result.count,
-                    "first_bad_seq": result.first_bad_seq,
-                    "reason": result.reason,
-                    "head_seq": result.head_seq,
-                    "head_hash": result.head_hash,
-                    "database": str(p.database),
-                }
-            )
-        elif result.ok:
-            print(
-                f"audit trail OK: {result.count} events, head {result.head_seq} "
-                f"{result.head_hash[:16]}"
-            )
-        else:
-            print(f"AUDIT TRAIL BROKEN: {clean(result.reason)}", file=sys.stderr)
-        return EXIT_OK if result.ok else EXIT_AUDIT
-    finally:
-        store.close()
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -198,7 +153,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keys": keys.cmd_keys,
     "policies": keys.cmd_policies,
     "reconcile": keys.cmd_reconcile,
-    "audit": cmd_audit,
+    "audit": audit.cmd_audit,
     "token": cmd_token,
     "operators": operators.cmd_operators,
     "init": operators.cmd_init,

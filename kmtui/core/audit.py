@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -23,6 +23,7 @@ GENESIS_HASH = "0" * 64
 
 _NAMES = ("seq", "ts", "actor", "action", "key_id", "params", "outcome", "prev_hash", "hash")
 _FIELDS = ", ".join(_NAMES)
+EVENT_COLUMNS = _FIELDS
 _SECRET_WORDS = frozenset(
     {"pin", "password", "passwd", "passphrase", "seed", "secret", "code", "otp", "totp", "otpauth"}
 )
@@ -110,6 +111,33 @@ def _event(row: Mapping[str, Any]) -> AuditEvent:
     )
 
 
+def verify_rows(
+    batches: Iterable[Sequence[Sequence[Any]]],
+    *,
+    progress: Callable[[int], None] | None = None,
+    anchors: Mapping[int, str] | None = None,
+) -> VerifyResult:
+    """The chain check over batches of rows in `_NAMES` order, by seq (used offline too)."""
+    count, expected_seq, prev_hash = 0, 1, GENESIS_HASH
+    for rows in batches:
+        for row in rows:
+            problem = _problem(row, expected_seq, prev_hash)
+            if problem is None and anchors and row[0] in anchors and anchors[row[0]] != row[8]:
+                problem = (
+                    row[0],
+                    f"event {row[0]} differs from the HSM-signed checkpoint for it: events up to "
+                    f"{row[0]} were rewritten and re-chained",
+                )
+            if problem is not None:
+                bad_seq, reason = problem
+                return VerifyResult(False, count, bad_seq, reason, expected_seq - 1, prev_hash)
+            count, expected_seq, prev_hash = count + 1, expected_seq + 1, row[8]
+        if progress is not None:
+            progress(count)
+    reason = f"all {count} events verified" if count else "the audit trail is empty"
+    return VerifyResult(True, count, None, reason, count, prev_hash)
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     """Outcome of a chain check; head_* name the last event that verified (genesis if none)."""
@@ -122,7 +150,7 @@ class VerifyResult:
     head_hash: str
 
 
-def _problem(row: tuple[Any, ...], expected_seq: int, prev_hash: str) -> tuple[int, str] | None:
+def _problem(row: Sequence[Any], expected_seq: int, prev_hash: str) -> tuple[int, str] | None:
     """Why this row breaks the chain (bad seq, plain sentence), or None when it fits."""
     seq, stored_prev, stored_hash = row[0], row[7], row[8]
     if seq != expected_seq:
@@ -152,7 +180,7 @@ def _problem(row: tuple[Any, ...], expected_seq: int, prev_hash: str) -> tuple[i
     return None
 
 
-def _stored_hash(row: tuple[Any, ...]) -> str:
+def _stored_hash(row: Sequence[Any]) -> str:
     """event_hash of a stored row, over its params text as stored: any changed byte shows."""
     # Same bytes as event_hash for an appended row (its params text is canonical_json(params)),
     # and twice as fast, since the params are neither parsed nor re-encoded.
@@ -177,6 +205,8 @@ class AuditLog:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self.committed: Callable[[], None] | None = None
+        """Called after each append that committed on its own (the token head follows it)."""
 
     def append(
         self,
@@ -193,6 +223,7 @@ class AuditLog:
         text = canonical_json(dict(params or {}))
         stored: dict[str, Any] = json.loads(text)
         action, actor, outcome, key_id = str(action), str(actor), str(outcome), str(key_id)
+        nested = self._store.conn.in_transaction
         try:
             with self._store.transaction() as conn:
                 last = conn.execute(
@@ -220,32 +251,27 @@ class AuditLog:
                 f"The audit trail could not record {action!r}: {exc.message}",
                 f"Nothing was done on the HSM. {exc.hint}".strip(),
             ) from exc
+        if not nested and self.committed is not None:
+            self.committed()
         return AuditEvent(seq, ts, actor, action, key_id, stored, outcome, prev_hash, digest)
 
     def verify(
-        self, progress: Callable[[int], None] | None = None, batch: int = 10_000
+        self,
+        progress: Callable[[int], None] | None = None,
+        batch: int = 10_000,
+        anchors: Mapping[int, str] | None = None,
     ) -> VerifyResult:
         """Recompute the chain from event 1, streaming, and stop at the first break.
 
-        This proves the rows agree with each other. Cutting events off the end, or rolling the
-        whole file back to an older copy, leaves a consistent shorter chain: that is caught by
-        comparing head_seq/head_hash with checkpoints signed by an HSM key (a later addition).
+        This proves the rows agree with each other. Cutting events off the end, or re-chaining
+        them, leaves a consistent chain: `anchors` (seq -> hash, from HSM-signed checkpoints and
+        the head kept on the token) pin it down; see kmtui.core.anchors.
         """
-        count, expected_seq, prev_hash = 0, 1, GENESIS_HASH
-        for rows in self._store.stream(
+        rows = self._store.stream(
             f"SELECT {_FIELDS} FROM audit_events ORDER BY seq",  # noqa: S608 - constant columns
             batch=batch,
-        ):
-            for row in rows:
-                problem = _problem(row, expected_seq, prev_hash)
-                if problem is not None:
-                    bad_seq, reason = problem
-                    return VerifyResult(False, count, bad_seq, reason, expected_seq - 1, prev_hash)
-                count, expected_seq, prev_hash = count + 1, expected_seq + 1, row[8]
-            if progress is not None:
-                progress(count)
-        reason = f"all {count} events verified" if count else "the audit trail is empty"
-        return VerifyResult(True, count, None, reason, count, prev_hash)
+        )
+        return verify_rows(rows, progress=progress, anchors=anchors)
 
     def events(
         self,

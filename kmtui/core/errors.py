@@ -119,3 +119,9 @@ class ApprovalRefused(KmtuiError):
 
 class OperatorLocked(ApprovalRefused):
     pass
+
+
+class AuditTampered(AuditError):
+    """The trail on disk disagrees with what the token or a signed checkpoint recorded."""
+
+    exit_code = 3

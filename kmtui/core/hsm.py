@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import pkcs11
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
@@ -35,6 +37,10 @@ T = TypeVar("T")
 _hsm_thread: threading.Thread | None = None
 SEAL_KEY_ID = b"kmtui:sys-seal:1"
 """CKA_ID of the token key that seals TOTP seeds; `kmtui:sys-*` ids are kmtui's own objects."""
+AUDIT_KEY_ID = b"kmtui:sys-audit:1"
+"""CKA_ID of the EC P-256 key pair that signs audit checkpoints."""
+HEAD_LABEL = "kmtui-audit-head"
+"""CKA_LABEL of the data object mirroring the audit head (data objects refuse CKA_ID)."""
 
 
 def _mark_thread() -> None:
@@ -856,6 +862,75 @@ class Hsm:
 
         return self._run(run)
 
+    # -- audit anchors: the checkpoint signing key and the head mirrored on the token --------
+
+    def ensure_audit_key(self) -> str:
+        """Create the audit signing key pair on first use; returns its public key as PEM."""
+
+        def run() -> str:
+            if self._find(AUDIT_KEY_ID, ObjectClass.PRIVATE_KEY) is None:
+                self._generate(
+                    templates.build(
+                        "EC-P256", "sign", cka_id=AUDIT_KEY_ID, label="kmtui audit signing key"
+                    )
+                )
+            public = self._get_key(AUDIT_KEY_ID, ObjectClass.PUBLIC_KEY)
+            attrs = self._read_attributes(public, _PUBLIC_VALUE_ATTRS[KeyType.EC])
+            pem: bytes = _public_key(KeyType.EC, attrs).public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            return pem.decode("ascii")
+
+        return self._run(run)
+
+    def sign_audit(self, message: bytes) -> bytes:
+        """ECDSA P-256 over SHA-256(message), DER; hashed here (SoftHSM lacks ECDSA_SHA256)."""
+
+        def run() -> bytes:
+            private = self._get_key(AUDIT_KEY_ID, ObjectClass.PRIVATE_KEY)
+            raw = bytes(private.sign(hashlib.sha256(message).digest(), mechanism=Mechanism.ECDSA))
+            half = len(raw) // 2
+            return encode_dss_signature(
+                int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+            )
+
+        return self._run(run)
+
+    def read_head(self, registry: str) -> bytes | None:
+        """The newest audit head kept on the token (several exist only after a crash mid-update)."""
+
+        def run() -> bytes | None:
+            values = [bytes(obj[Attribute.VALUE]) for obj in self._head_objects(registry)]
+            return max(values, key=_head_seq) if values else None
+
+        return self._run(run)
+
+    def write_head(self, registry: str, value: bytes) -> None:
+        """Create the new head object first, then destroy the older ones (a crash loses nothing)."""
+
+        def run() -> None:
+            older = list(self._head_objects(registry))
+            self._require_session().create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.MODIFIABLE: False,
+                    Attribute.LABEL: f"{HEAD_LABEL}:{registry}",
+                    Attribute.APPLICATION: "kmtui",
+                    Attribute.VALUE: value,
+                }
+            )
+            for obj in older:
+                obj.destroy()
+
+        self._run(run)
+
+    def _head_objects(self, registry: str) -> Iterator[Any]:
+        yield from self._require_session().get_objects(
+            {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: f"{HEAD_LABEL}:{registry}"}
+        )
+
     @contextmanager
     def session(self) -> Iterator[Any]:
         """The logged-in session, for code already running on the PKCS#11 thread."""
@@ -904,8 +979,23 @@ _PUBLIC_VALUE_ATTRS: dict[KeyType, list[Attribute]] = {
 }
 
 
+def _head_seq(value: bytes) -> int:
+    try:
+        return int(json.loads(value)["seq"])
+    except (ValueError, KeyError, TypeError):
+        return -1
+
+
 def _fingerprint(key_type: KeyType, attrs: dict[Attribute, Any]) -> str:
     """SHA-256 of the DER SubjectPublicKeyInfo, built from the public key's attributes."""
+    der = _public_key(key_type, attrs).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+def _public_key(key_type: KeyType, attrs: dict[Attribute, Any]) -> Any:
+    """A `cryptography` public key from the token object's attributes."""
     if key_type == KeyType.RSA:
         numbers = rsa.RSAPublicNumbers(
             int.from_bytes(attrs[Attribute.PUBLIC_EXPONENT], "big"),
@@ -921,11 +1011,8 @@ def _fingerprint(key_type: KeyType, attrs: dict[Attribute, Any]) -> str:
             point = point[2:]  # DER OCTET STRING around the point (PKCS#11 v2.40 convention)
         public = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
     else:
-        raise errors.HsmError(f"No fingerprint for key type {key_type!r}.")
-    der = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "SHA256:" + hashlib.sha256(der).hexdigest()
+        raise errors.HsmError(f"No public key form for key type {key_type!r}.")
+    return public
 
 
 _CURVES: dict[bytes, ec.EllipticCurve] = {

@@ -118,6 +118,7 @@ def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
             "acknowledged": len(report.acknowledged),
         },
     )
+    ws.anchors.sync()
     return report
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from kmtui.core import errors, lifecycle, policy, templates, uri
+from kmtui.core.anchors import Anchors
 from kmtui.core.audit import AuditLog
 from kmtui.core.dualcontrol import DualControl, Enrollment
 from kmtui.core.hsm import Hsm, TokenInfo
@@ -78,6 +80,7 @@ class Workstation:
     audit: AuditLog
     approver: Approver
     dual: DualControl
+    anchors: Anchors
     demo: bool = False
 
     @classmethod
@@ -91,7 +94,15 @@ class Workstation:
     ) -> Workstation:
         audit = AuditLog(store)
         dual = DualControl(store, hsm, audit, clock=clock)
-        ws = cls(hsm=hsm, store=store, audit=audit, approver=dual, dual=dual, demo=demo)
+        ws = cls(
+            hsm=hsm,
+            store=store,
+            audit=audit,
+            approver=dual,
+            dual=dual,
+            anchors=Anchors(store, hsm, audit),
+            demo=demo,
+        )
         ws.ensure_defaults()
         return ws
 
@@ -112,7 +123,7 @@ class Workstation:
         return self.hsm.info()
 
     def login(self, pin: str, actor: str = "console") -> TokenInfo:
-        """Log in to the token; both a success and a refusal are audited (never the PIN)."""
+        """Log in, then refuse a rolled-back trail before anything else runs; all audited."""
         try:
             info = self.hsm.login(pin)
         except errors.HsmError as exc:
@@ -123,20 +134,39 @@ class Workstation:
                 params={**session_context(), "error": type(exc).__name__},
             )
             raise
+        problem = self.anchors.check_head()
+        if problem:
+            self.hsm.logout()  # first: nothing may mirror this database's head on the token
+            self.audit.append(
+                "audit.head-mismatch",
+                actor=actor,
+                outcome=Outcome.FAILURE,
+                params={**session_context(), "problem": problem},
+            )
+            raise errors.AuditTampered(
+                f"AUDIT TRAIL ROLLED BACK OR CUT SHORT: {problem}.",
+                "Nothing else will run on this database. Restore the latest backup made by "
+                "kmtui, or keep the files for investigation and call the security officer.",
+            )
         self.audit.append(
             "token.login",
             actor=actor,
             outcome=Outcome.SUCCESS,
             params={**session_context(), "token": info.label, "serial": info.serial},
         )
+        self.anchors.public_key()
+        self.anchors.sync()
         return info
 
     def logout(self, actor: str = "console", reason: str = "") -> None:
+        """Sign a checkpoint for the session, mirror the head, then log out."""
         if self.hsm.logged_in:
-            self.hsm.logout()
             self.audit.append(
                 "token.logout", actor=actor, outcome=Outcome.SUCCESS, params={"reason": reason}
             )
+            self.anchors.checkpoint("session end")
+            self.anchors.sync()
+            self.hsm.logout()
 
     # -- policies -----------------------------------------------------------------------------
 
@@ -212,6 +242,7 @@ class Workstation:
                 },
             )
             raise
+        self.anchors.sync()
         result: dict[str, Any] = {"intent": intent.seq}
         try:
             apply = work(result)
@@ -228,6 +259,8 @@ class Workstation:
                     **result,
                 },
             )
+            with suppress(errors.KmtuiError):  # the token may be what failed; keep that error
+                self.anchors.sync()
             raise
         with self.store.transaction():
             if apply is not None:
@@ -239,6 +272,7 @@ class Workstation:
                 key_id=op.key_id,
                 params=result,
             )
+        self.anchors.sync()
         result["audit_seq"] = outcome.seq
         return result
 

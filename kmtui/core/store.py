@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shlex
 import sqlite3
 import threading
@@ -209,10 +210,35 @@ def _migration_3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migration_4(conn: sqlite3.Connection) -> None:
+    """Audit anchors: the registry's identity, HSM-signed checkpoints, the audit public key."""
+    for statement in (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE audit_checkpoints (
+            seq INTEGER PRIMARY KEY,
+            head_hash TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            token_serial TEXT NOT NULL,
+            key_fingerprint TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            signature TEXT NOT NULL
+        )""",
+        """CREATE TABLE audit_keys (
+            fingerprint TEXT PRIMARY KEY,
+            pem TEXT NOT NULL,
+            token_serial TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+    ):
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('registry_id', ?)", (secrets.token_hex(8),))
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 ]
 
 
