@@ -52,6 +52,11 @@ def pin_of(p: paths.Paths) -> str:
     return (p.data_dir / _PIN_FILE).read_text(encoding="utf-8").strip()
 
 
+def so_pin_of(p: paths.Paths) -> str:
+    """The demo token's security-officer PIN (demo only: a real SO types it)."""
+    return (p.data_dir / "demo-so-pin").read_text(encoding="utf-8").strip()
+
+
 def _write_secret(path: Path, value: str) -> None:
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kmtui.commands import common
+from kmtui.commands import common, distribution
 from kmtui.core import errors, reconcile
 from kmtui.core.models import KeyState
 from kmtui.core.operations import OpKind
@@ -52,6 +52,13 @@ def add_parsers(
     p.add_argument("--purpose", choices=[x.value for x in Purpose])
     p.add_argument("--policy", default="default")
     p.add_argument("--exportable", action="store_true")
+    p.add_argument(
+        "--trusted",
+        action="store_true",
+        help="a KEK the security officer creates (may wrap exportable keys)",
+    )
+    p.add_argument("--so-pin-file", type=Path, metavar="FILE", help="the SO PIN (else prompted)")
+    distribution.add_parsers(ksub, [common_args, as_json, approvals])
     for name, kind in TRANSITIONS.items():
         p = ksub.add_parser(
             name,
@@ -105,7 +112,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.action in ("list", "show", "due"):
         with common.workstation(args) as ws:
             return _read_only(ws, args)
+    if args.action in ("export", "import", "components-create", "components-import"):
+        return distribution.cmd(args)
     with common.workstation(args, login=True) as ws:
+        officer_pin = ""
         if args.action == "create":
             prepared = ws.prepare_create(
                 label=args.label,
@@ -113,7 +123,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 purpose=args.purpose,
                 policy_name=args.policy,
                 exportable=args.exportable,
+                trusted=args.trusted,
             )
+            if args.trusted:
+                officer_pin = distribution.so_pin(args, common.home(args))
         else:
             kind = TRANSITIONS[args.action]
             params: dict[str, Any] = {}
@@ -122,7 +135,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
             prepared = ws.prepare(kind, args.key, **params)
             if kind == OpKind.KEY_DESTROY:
                 _confirm_destroy(ws, args, prepared.key.label if prepared.key else "")
-        result = ws.run(prepared, common.approvals(args, prepared), actor="cli")
+        result = ws.run(
+            prepared, common.approvals(args, prepared), actor="cli", officer_pin=officer_pin
+        )
         key = ws.get_key(prepared.operation.key_id)
         data = {**ws.describe(key), "result": result}
         if args.json:

@@ -507,7 +507,25 @@ class Hsm:
                 private_template=template.private,
             )
             objects = {ObjectClass.PUBLIC_KEY: public, ObjectClass.PRIVATE_KEY: private}
+        return self._prove(template, objects)
 
+    def adopt(self, template: KeyTemplate) -> GeneratedKey:
+        """Prove a key another session made (the security officer's trusted KEK) as if ours."""
+
+        def run() -> GeneratedKey:
+            obj = self._find(template.cka_id, ObjectClass.SECRET_KEY)
+            if obj is None:
+                raise errors.ObjectGone(
+                    f"The security officer's key {template.label!r} is not on the token.",
+                    "Run the creation again.",
+                )
+            return self._prove(template, {ObjectClass.SECRET_KEY: obj})
+
+        return self._run(run)
+
+    def _prove(self, template: KeyTemplate, objects: dict[ObjectClass, Any]) -> GeneratedKey:
+        """Read every attribute back in one call per object; refuse a key that differs."""
+        spec = template.algorithm
         read_back: dict[str, dict[str, Any]] = {}
         differences: dict[str, tuple[object, object]] = {}
         extra = {
@@ -862,6 +880,99 @@ class Hsm:
 
         return self._run(run)
 
+    # -- distribution: wrap, unwrap, keys entered from components -----------------------------
+
+    def wrap(self, target: bytes, wrapper: bytes, mechanism: Mechanism) -> bytes:
+        """The target key (secret) wrapped by the wrapping key; the token enforces the rules."""
+
+        def run() -> bytes:
+            key = self._get_key(target, ObjectClass.SECRET_KEY)
+            kek = self._wrapping_key(wrapper)
+            try:
+                return bytes(kek.wrap_key(key, mechanism=mechanism))
+            except (p11.KeyUnextractable, p11.KeyNotWrappable):
+                raise errors.PolicyRefused(
+                    "The token refused to wrap this key with that wrapping key.",
+                    "Exportable keys can only be wrapped by a trusted key-encryption key "
+                    "(made with --trusted by the security officer).",
+                ) from None
+
+        return self._run(run)
+
+    def _wrapping_key(self, wrapper: bytes) -> Any:
+        obj = self._find(wrapper, ObjectClass.SECRET_KEY) or self._find(
+            wrapper, ObjectClass.PUBLIC_KEY
+        )
+        if obj is None:
+            raise errors.ObjectGone(f"No wrapping key with CKA_ID {wrapper!r} on the token.")
+        return obj
+
+    def unwrap(
+        self, wrapper: bytes, blob: bytes, mechanism: Mechanism, template: KeyTemplate
+    ) -> None:
+        """Unwrap onto the token as `template` says (check `kcv_of_blob` first: unwrapped keys
+        carry no CKA_CHECK_VALUE on SoftHSM, and a key-encryption key may not encrypt)."""
+
+        def run() -> None:
+            kek = self._get_key(wrapper, ObjectClass.SECRET_KEY)
+            try:
+                key = kek.unwrap_key(
+                    ObjectClass.SECRET_KEY,
+                    template.algorithm.key_type,
+                    blob,
+                    mechanism=mechanism,
+                    capabilities=0,
+                    template=templates.unwrap_target(template),
+                )
+            except p11.PKCS11Error:
+                raise _bad_blob() from None
+            self._handles[(template.cka_id, ObjectClass.SECRET_KEY)] = key
+
+        self._run(run)
+
+    def kcv_of_blob(
+        self, wrapper: bytes, blob: bytes, mechanism: Mechanism, template: KeyTemplate
+    ) -> str:
+        """The KCV of the key inside a wrapped blob, from a session twin destroyed right after."""
+
+        def run() -> str:
+            kek = self._get_key(wrapper, ObjectClass.SECRET_KEY)
+            try:
+                probe = kek.unwrap_key(
+                    ObjectClass.SECRET_KEY,
+                    template.algorithm.key_type,
+                    blob,
+                    mechanism=mechanism,
+                    capabilities=0,
+                    template=templates.kcv_probe(template),
+                )
+            except p11.PKCS11Error:
+                raise _bad_blob() from None
+            try:
+                return (
+                    bytes(probe.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)[:3]).hex().upper()
+                )
+            finally:
+                probe.destroy()
+
+        return self._run(run)
+
+    def create_from_value(self, value: bytes, template: KeyTemplate) -> str:
+        """A key entered from components: created on the token, its KCV computed there."""
+
+        def run() -> str:
+            session = self._require_session()
+            probe = session.create_object({**templates.kcv_probe(template), Attribute.VALUE: value})
+            try:
+                kcv = bytes(probe.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)[:3]).hex().upper()
+            finally:
+                probe.destroy()
+            key = session.create_object(templates.with_value(template, value))
+            self._handles[(template.cka_id, ObjectClass.SECRET_KEY)] = key
+            return kcv
+
+        return self._run(run)
+
     # -- audit anchors: the checkpoint signing key and the head mirrored on the token --------
 
     def ensure_audit_key(self) -> str:
@@ -977,6 +1088,14 @@ _PUBLIC_VALUE_ATTRS: dict[KeyType, list[Attribute]] = {
     KeyType.RSA: [Attribute.MODULUS, Attribute.PUBLIC_EXPONENT],
     KeyType.EC: [Attribute.EC_PARAMS, Attribute.EC_POINT],
 }
+
+
+def _bad_blob() -> errors.KmtuiError:
+    return errors.PolicyRefused(
+        "The wrapped key could not be unwrapped: the file is damaged or truncated, or it was "
+        "wrapped under another key-encryption key.",
+        "Check the file and the KEK named in its manifest; nothing was registered.",
+    )
 
 
 def _head_seq(value: bytes) -> int:

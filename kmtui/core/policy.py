@@ -68,6 +68,7 @@ class Rules:
     approver_roles: list[str] = field(default_factory=lambda: ["custodian", "officer"])
     approval_expiry_seconds: int = MAX_APPROVAL_EXPIRY
     console_only: list[str] = field(default_factory=lambda: [str(k) for k in CONSOLE_ONLY])
+    min_components: int = 3  # split knowledge: 2 is allowed by a policy, with a warning
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +138,9 @@ def parse(policy: Policy) -> Rules:
     console = merged["console_only"]
     if not isinstance(console, list) or not set(console) <= {str(o) for o in OpKind}:
         raise errors.PolicyRefused(f"{where}: console_only lists operation names.")
+    components = merged["min_components"]
+    if not isinstance(components, int) or not 2 <= components <= 9:
+        raise errors.PolicyRefused(f"{where}: min_components must be 2 to 9.")
     rules = Rules(
         algorithms={k: list(v) for k, v in algorithms.items()},
         originator_usage_days=days("originator_usage_days"),
@@ -149,6 +153,7 @@ def parse(policy: Policy) -> Rules:
         approver_roles=[str(r) for r in roles],
         approval_expiry_seconds=expiry,
         console_only=[str(c) for c in console],
+        min_components=components,
     )
     if rules.recipient_usage_days < rules.originator_usage_days:
         raise errors.PolicyRefused(

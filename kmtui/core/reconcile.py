@@ -8,6 +8,7 @@ that disagrees is a finding: audited, shown, and resolved only by a dual-control
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pkcs11 import ObjectClass
 
 from kmtui.core import errors, templates
-from kmtui.core.hsm import SEAL_KEY_ID, ObjectInfo
+from kmtui.core.hsm import HEAD_LABEL, SEAL_KEY_ID, ObjectInfo
 from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
 from kmtui.core.operations import OpKind
 
@@ -50,7 +51,8 @@ class Finding:
     @property
     def ident(self) -> str:
         """Stable name of this finding, used to acknowledge it."""
-        return f"{self.kind}:{self.key_id or '-'}:{self.version}:{self.cka_id}"
+        where = self.cka_id or "label-" + hashlib.sha256(self.label.encode()).hexdigest()[:12]
+        return f"{self.kind}:{self.key_id or '-'}:{self.version}:{where}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -287,30 +289,39 @@ def _compare(
         report.matched += 1
         _check_object(ws, key, version, report)
 
-    for cka_id, objs in objects.items():
+    for cka_id, group in objects.items():
         if cka_id in registered or cka_id == SEAL_KEY_ID or cka_id.startswith(SYSTEM_PREFIX):
             continue
-        label = objs[0].label
-        classes = ", ".join(sorted(o.object_class or "?" for o in objs))
-        if templates.parse_cka_id(cka_id) is not None:
-            report.findings.append(
-                Finding(
-                    FindingKind.UNKNOWN,
-                    cka_id.hex(),
-                    f"A kmtui-style object ({classes}) the registry does not know: substituted, or "
-                    "left by an operation outside this workstation. Never destroyed automatically.",
-                    label=label,
-                )
+        # Objects without a CKA_ID are unrelated to each other: one finding each.
+        for objs in [group] if cka_id else [[o] for o in group]:
+            _unregistered(cka_id, objs, report)
+
+
+def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report) -> None:
+    label = objs[0].label
+    if objs[0].object_class == "DATA" and label.startswith(HEAD_LABEL + ":"):
+        return  # an audit head kept on the token (this registry's or another's)
+    classes = ", ".join(sorted(o.object_class or "?" for o in objs))
+    if templates.parse_cka_id(cka_id) is not None:
+        report.findings.append(
+            Finding(
+                FindingKind.UNKNOWN,
+                cka_id.hex(),
+                f"A kmtui-style object ({classes}) the registry does not know: substituted, or "
+                "left by an operation outside this workstation. Never destroyed automatically.",
+                label=label,
             )
-        else:
-            report.findings.append(
-                Finding(
-                    FindingKind.FOREIGN,
-                    cka_id.hex(),
-                    f"An object kmtui did not create ({classes}). Left untouched.",
-                    label=label,
-                )
+        )
+    else:
+        report.findings.append(
+            Finding(
+                FindingKind.FOREIGN,
+                cka_id.hex(),
+                f"An object kmtui did not create ({classes}, handle {objs[0].handle}). "
+                "Left untouched.",
+                label=label,
             )
+        )
 
 
 def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report) -> None:
@@ -324,6 +335,7 @@ def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report
         cka_id=version.cka_id,
         label=key.label or "?",
         exportable=key.exportable,
+        trusted="trusted" in key.tags,
     )
     cls = ObjectClass.SECRET_KEY if spec.symmetric else ObjectClass.PRIVATE_KEY
     try:
@@ -368,6 +380,9 @@ def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report
         "NEVER_EXTRACTABLE",
     )
     expected = {a.name: v for a, v in template.expected(cls).items()}
+    if {"imported", "components"} & set(key.tags):  # entered, not generated on this token
+        for name in ("ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE"):
+            expected.pop(name, None)
     drift = [
         f"{name} is {actual.get(name)!r}, expected {expected[name]!r}"
         for name in watched

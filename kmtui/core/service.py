@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from kmtui.core import errors, lifecycle, policy, templates, uri
+from kmtui.core import errors, lifecycle, officer, policy, templates, uri
 from kmtui.core.anchors import Anchors
 from kmtui.core.audit import AuditLog
 from kmtui.core.dualcontrol import DualControl, Enrollment
@@ -362,7 +362,9 @@ class Workstation:
         purpose: str | None = None,
         policy_name: str = "default",
         exportable: bool = False,
+        trusted: bool = False,
     ) -> Prepared:
+        """`trusted`: a KEK the security officer creates (the SO PIN is given to `run`)."""
         _check_label(label)
         key_id = new_key_id()
         template = templates.build(
@@ -371,6 +373,7 @@ class Workstation:
             cka_id=templates.cka_id(key_id, 1),
             label=label,
             exportable=exportable,
+            trusted=trusted,
         )
         rules = self.rules(policy_name)
         policy.check_create(
@@ -385,6 +388,7 @@ class Workstation:
                 "purpose": template.purpose.value,
                 "policy": policy_name,
                 "exportable": exportable,
+                "trusted": trusted,
                 "cka_id": template.cka_id.hex(),
             },
         )
@@ -392,6 +396,7 @@ class Workstation:
             f"Create {template.algorithm.name} {template.purpose.value} key "
             f"{clean(label, 60)!r} under policy {policy_name!r}"
             + (" (exportable)" if exportable else "")
+            + (" as a TRUSTED key-encryption key (security officer)" if trusted else "")
         )
         return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
 
@@ -433,6 +438,11 @@ class Workstation:
         if kind == OpKind.KEY_SCHEDULE_DESTROY:
             base["destroy_after"] = iso(utcnow() + timedelta(days=rules.destroy_wait_days))
         if kind == OpKind.KEY_ROTATE:
+            if "trusted" in key.tags:
+                raise errors.PolicyRefused(
+                    "A trusted key-encryption key is replaced, not rotated.",
+                    "Create a new one with --trusted (security officer), then retire this one.",
+                )
             base["new_version"] = key.current_version + 1
         summary = _summary(kind, key, base)
         return Prepared(Operation(kind, key.id, base), summary, key, rules.requirement(kind).quorum)
@@ -440,7 +450,12 @@ class Workstation:
     # -- keys: executing ----------------------------------------------------------------------
 
     def run(
-        self, prepared: Prepared, approvals: Sequence[ApprovalInput] = (), *, actor: str = "console"
+        self,
+        prepared: Prepared,
+        approvals: Sequence[ApprovalInput] = (),
+        *,
+        actor: str = "console",
+        officer_pin: str = "",
     ) -> dict[str, Any]:
         """Execute a prepared operation (the approvals are checked against its digest)."""
         op = prepared.operation
@@ -452,7 +467,15 @@ class Workstation:
             OpKind.KEY_DESTROY: self._work_destroy,
             OpKind.KEY_SELFCHECK: self._work_selfcheck,
         }
-        work = handlers.get(op.kind, self._work_transition)(prepared)
+        if op.kind == OpKind.KEY_CREATE and op.params.get("trusted"):
+            if not officer_pin:
+                raise errors.UsageError(
+                    "A trusted KEK is created by the security officer.",
+                    "The SO enters the SO PIN (--so-pin-file for scripts).",
+                )
+            work = self._work_create(prepared, officer_pin)
+        else:
+            work = handlers.get(op.kind, self._work_transition)(prepared)
         policy_name = (
             str(op.params["policy"])
             if "policy" in op.params
@@ -490,7 +513,9 @@ class Workstation:
         self.run(prepared, approvals, actor=actor)
         return self.get_key(prepared.operation.key_id)
 
-    def _work_create(self, prepared: Prepared) -> Callable[[dict[str, Any]], Apply | None]:
+    def _work_create(
+        self, prepared: Prepared, officer_pin: str = ""
+    ) -> Callable[[dict[str, Any]], Apply | None]:
         op = prepared.operation
         p = op.params
         template = templates.build(
@@ -499,13 +524,25 @@ class Workstation:
             cka_id=bytes.fromhex(str(p["cka_id"])),
             label=str(p["label"]),
             exportable=bool(p["exportable"]),
+            trusted=bool(p.get("trusted")),
         )
 
         def work(result: dict[str, Any]) -> Apply:
             serial = self.hsm.info().serial
             now = iso(utcnow())
             try:
-                generated = self.hsm.generate(template)
+                if officer_pin:
+                    officer.create_trusted_kek(
+                        self.hsm.module,
+                        self.hsm.softhsm2_conf,
+                        self.hsm.token_label,
+                        self.hsm.token_serial,
+                        officer_pin,
+                        template,
+                    )
+                    generated = self.hsm.adopt(template)
+                else:
+                    generated = self.hsm.generate(template)
             except errors.TemplateMismatch:
                 version = KeyVersion(
                     op.key_id, 1, KeyState.QUARANTINED, template.cka_id, serial, now
@@ -530,6 +567,8 @@ class Workstation:
                 fingerprint=generated.fingerprint,
             )
             key = self.created_key(op.key_id, dict(p), version)
+            if p.get("trusted"):
+                key.tags = ["trusted"]
             result.update(kcv=generated.kcv, fingerprint=generated.fingerprint, version=1)
             return lambda: self.store.add_key(key)
 

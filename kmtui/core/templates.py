@@ -165,8 +165,14 @@ def build(
     cka_id: bytes,
     label: str,
     exportable: bool = False,
+    trusted: bool = False,
 ) -> KeyTemplate:
-    """One template per (algorithm, purpose); refuses combinations kmtui does not support."""
+    """One template per (algorithm, purpose); refuses combinations kmtui does not support.
+
+    `trusted` makes a key-encryption key the security officer creates (CKA_TRUSTED can only be
+    set by the SO, who sees public objects only): the one kind of key that may wrap exportable
+    keys, which are all WRAP_WITH_TRUSTED.
+    """
     spec = algorithm(algorithm_name)
     try:
         chosen = Purpose(purpose) if purpose else spec.default_purpose
@@ -182,13 +188,16 @@ def build(
     common = {Attribute.ID: cka_id, Attribute.LABEL: label, Attribute.KEY_TYPE: spec.key_type}
     mechanism = GENERATE_MECHANISM[spec.key_type]
 
+    if trusted and (chosen != Purpose.WRAP or not spec.symmetric or exportable):
+        raise UsageError("Only a non-exportable AES key-encryption key can be made trusted.")
     if spec.symmetric:
         secret = {
             Attribute.CLASS: ObjectClass.SECRET_KEY,
             **common,
             **_protection(exportable),
             **_usage(ObjectClass.SECRET_KEY, chosen),
-            Attribute.TRUSTED: False,
+            Attribute.PRIVATE: not trusted,
+            Attribute.TRUSTED: trusted,
             Attribute.VALUE_LEN: spec.bits // 8,
         }
         template = KeyTemplate(spec, chosen, exportable, mechanism, cka_id, label, secret=secret)
@@ -226,6 +235,38 @@ def build(
         if attrs and (problems := violations(cls, attrs)):
             raise AssertionError(f"template for {spec.name}/{chosen} breaks: {problems}")
     return template
+
+
+def unwrap_target(template: KeyTemplate) -> dict[Attribute, Any]:
+    """What an imported (unwrapped) key becomes: the generation template less what the blob
+    fixes (CKA_VALUE_LEN) and what SoftHSM 2.6 refuses on unwrap (CKA_MODIFIABLE)."""
+    target = dict(template.secret)
+    del target[Attribute.VALUE_LEN], target[Attribute.MODIFIABLE]
+    return target
+
+
+def kcv_probe(template: KeyTemplate) -> dict[Attribute, Any]:
+    """A session twin of an imported key that may encrypt, only to compute its KCV."""
+    probe = unwrap_target(template)
+    probe.update(
+        {
+            Attribute.TOKEN: False,
+            Attribute.EXTRACTABLE: False,
+            Attribute.WRAP_WITH_TRUSTED: False,
+            Attribute.ID: b"kmtui-kcv-probe",
+            Attribute.LABEL: "kmtui KCV probe",
+            **_usage(ObjectClass.SECRET_KEY, Purpose.ENCRYPT),
+        }
+    )
+    return probe
+
+
+def with_value(template: KeyTemplate, value: bytes) -> dict[Attribute, Any]:
+    """A key entered from components: C_CreateObject with its value (SoftHSM refuses
+    CKA_MODIFIABLE and CKA_VALUE_LEN there, as on unwrap)."""
+    created = unwrap_target(template)
+    created[Attribute.VALUE] = value
+    return created
 
 
 def session_probe() -> dict[Attribute, Any]:

@@ -301,6 +301,7 @@ def test_reconcile_is_clean_after_normal_operations(team: Team) -> None:
     report = reconcile.run(team.ws)
     mine = [f for f in report.findings if f.key_id]
     assert mine == [] and report.matched >= 3
+    assert not any(f.label.startswith("kmtui-audit-head") for f in report.findings)
 
 
 def test_reconcile_flags_missing_unknown_and_substituted_objects(team: Team) -> None:

@@ -1,0 +1,181 @@
+"""`kmtui keys export|import|components-create|components-import` — keys that travel."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+from kmtui import demo
+from kmtui.commands import common
+from kmtui.core import distribution as dist
+from kmtui.core import errors
+from kmtui.core.models import Key
+from kmtui.core.safetext import clean
+from kmtui.core.service import Workstation
+from kmtui.core.templates import Purpose
+
+EXIT_OK = 0
+CLEAR = "\x1b[H\x1b[2J\x1b[3J"  # clear the screen and the scrollback (xterm and most others)
+
+
+def add_parsers(ksub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = ksub.add_parser("export", parents=parents, help="wrap a key under a trusted KEK to a file")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--wrap-with", required=True, metavar="KEK")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE")
+    p = ksub.add_parser("import", parents=parents, help="unwrap a key file onto the token")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--unwrap-with", required=True, metavar="KEK")
+    p.add_argument("--label", required=True)
+    p.add_argument("--kcv", default="", help="the KCV from the paper form (checked as well)")
+    p.add_argument("--policy", default="default")
+    for name, what in (
+        ("components-create", "generate a key as XOR components"),
+        ("components-import", "enter a key from XOR components"),
+    ):
+        p = ksub.add_parser(name, parents=parents, help=what)
+        p.add_argument("--label", required=True)
+        p.add_argument("--algorithm", default="AES-256", choices=["AES-128", "AES-192", "AES-256"])
+        p.add_argument(
+            "--purpose", default="wrap", choices=[Purpose.ENCRYPT.value, Purpose.WRAP.value]
+        )
+        p.add_argument(
+            "--custodians",
+            required=True,
+            metavar="A,B,C",
+            help="one custodian per component, in order",
+        )
+        p.add_argument("--policy", default="default")
+        p.add_argument(
+            "--components-dir",
+            type=Path,
+            metavar="DIR",
+            help="component files (one per custodian) instead of the screen",
+        )
+        if name == "components-import":
+            p.add_argument("--kcv", default="", help="the whole key's KCV, if known")
+
+
+def so_pin(args: argparse.Namespace, p: Any) -> str:
+    """The security officer's PIN: --so-pin-file, the demo home, or a prompt (never argv)."""
+    if getattr(args, "so_pin_file", None):
+        return common.pin_from_file(args.so_pin_file)
+    if demo.is_demo(p):
+        return demo.so_pin_of(p)
+    if not sys.stdin.isatty():
+        raise errors.UsageError("No SO PIN: stdin is not a terminal.", "Use --so-pin-file FILE.")
+    return getpass.getpass("Security officer: SO PIN: ")
+
+
+def cmd(args: argparse.Namespace) -> int:
+    with common.workstation(args, login=True) as ws:
+        if args.action == "export":
+            prepared = dist.prepare_export(ws, args.key, args.wrap_with)
+            result = dist.run_export(
+                ws, prepared, common.approvals(args, prepared), args.out, actor="cli"
+            )
+            _report(
+                args,
+                {"file": str(args.out), "manifest": prepared.operation.params, "result": result},
+            )
+            return EXIT_OK
+        if args.action == "import":
+            wrapped = dist.read_wrapped(args.file)
+            prepared = dist.prepare_import(
+                ws,
+                wrapped,
+                args.unwrap_with,
+                label=args.label,
+                policy_name=args.policy,
+                kcv=args.kcv,
+            )
+            key = dist.run_import(
+                ws, prepared, wrapped, common.approvals(args, prepared), actor="cli"
+            )
+            _report(args, ws.describe(key))
+            return EXIT_OK
+        return _components(ws, args)
+
+
+def _report(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json:
+        common.print_json(data)
+    else:
+        for name, value in data.items():
+            if isinstance(value, str | int):
+                print(f"{name:<15} {clean(value)}")
+        print(f"{args.action}: done")
+
+
+def _components(ws: Workstation, args: argparse.Namespace) -> int:
+    custodians = [c.strip() for c in args.custodians.split(",") if c.strip()]
+    generate = args.action == "components-create"
+    if not generate:
+        entered = _enter(args, custodians, dist.size_of(args.algorithm))
+    prepared = dist.prepare_components(
+        ws,
+        label=args.label,
+        algorithm=args.algorithm,
+        purpose=args.purpose,
+        custodians=custodians,
+        policy_name=args.policy,
+        generate=generate,
+        expected_kcv=getattr(args, "kcv", ""),
+    )
+    approvals = common.approvals(args, prepared)
+    key, shares = dist.run_components(
+        ws, prepared, approvals, None if generate else entered, actor="cli"
+    )
+    if generate:
+        _hand_out(args, shares, key)
+    _report(args, ws.describe(key))
+    return EXIT_OK
+
+
+def _hand_out(args: argparse.Namespace, shares: list[dist.Component], key: Key) -> None:
+    """Each component once, to its custodian only: on screen (then cleared) or in a file each."""
+    if args.components_dir:
+        args.components_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for share in shares:
+            dist.write_component(args.components_dir / f"{share.custodian}.txt", share)
+        print(
+            f"{len(shares)} component files written to {args.components_dir} (one per "
+            "custodian; deliver each sealed, then delete).",
+            file=sys.stderr,
+        )
+        return
+    if not sys.stdin.isatty():
+        raise errors.UsageError(
+            "Components are shown at a terminal, one custodian at a time.",
+            "Or use --components-dir DIR.",
+        )
+    for number, share in enumerate(shares, 1):
+        input(f"{share.custodian}: press Enter when only you can see the screen. ")
+        print(f"Component {number} of {len(shares)} for {share.custodian}:")
+        print(f"  {dist.grouped(share.value)}")
+        print(f"  KCV {share.kcv}")
+        input("Write it down, then press Enter to clear the screen. ")
+        print(CLEAR, end="", flush=True)
+    print(f"Key {clean(key.label, 60)!r} KCV {key.versions[0].kcv}")
+
+
+def _enter(args: argparse.Namespace, custodians: list[str], size: int) -> list[dist.Component]:
+    """Each custodian types their component and its KCV; a typo is caught at that component."""
+    shares: list[dist.Component] = []
+    for number, name in enumerate(custodians, 1):
+        if args.components_dir:
+            value, typed_kcv = dist.read_component(args.components_dir / f"{name}.txt", size)
+        else:
+            if not sys.stdin.isatty():
+                raise errors.UsageError(
+                    "Components are typed at a terminal.", "Or use --components-dir DIR."
+                )
+            value = dist.parse_component(getpass.getpass(f"{name}: component {number}: "), size)
+            typed_kcv = input(f"{name}: KCV of component {number}: ")
+        kcv = dist.check_component(value, typed_kcv, [s.value for s in shares], number)
+        shares.append(dist.Component(name, value, kcv))
+        print(f"component {number} ({name}): KCV {kcv} matches", file=sys.stderr)
+    return shares

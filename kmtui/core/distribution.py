@@ -1,0 +1,493 @@
+"""Keys that travel: export under a key-encryption key, import, and keys held as components.
+
+All of it runs through the gate (dual control, intent and outcome audited). Wrapped files carry a
+manifest (key id, version, algorithm, KCV, wrapping key, mechanism) so the receiving side can check
+what it unwrapped. Components (split knowledge) are XOR shares: no custodian sees the whole key.
+SoftHSM 2.6 offers no CKM_XOR_BASE_AND_DATA, so the shares are combined in this process's memory
+for one C_CreateObject and dropped; the KCV is then computed on the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from pkcs11 import Mechanism
+
+from kmtui.core import errors, lifecycle, policy, templates
+from kmtui.core.lifecycle import Use
+from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, utcnow
+from kmtui.core.operations import ApprovalInput, Operation, OpKind
+from kmtui.core.safetext import clean
+from kmtui.core.service import Apply, Prepared, Workstation
+
+FILE_FORMAT = "kmtui-wrapped-key-v1"
+MECHANISMS = {"aes-key-wrap-pad": Mechanism.AES_KEY_WRAP_PAD}  # RFC 5649
+MAX_FILE = 64 * 1024
+MAX_COMPONENTS = 9
+
+
+def kcv_of(value: bytes) -> str:
+    """The standard AES KCV: first 3 bytes of AES-ECB(value, 16 zero bytes)."""
+    encryptor = Cipher(algorithms.AES(value), modes.ECB()).encryptor()  # noqa: S305 - KCV only
+    return (encryptor.update(bytes(16)) + encryptor.finalize())[:3].hex().upper()
+
+
+def _xor(parts: Sequence[bytes]) -> bytes:
+    out = bytearray(len(parts[0]))
+    for part in parts:
+        for i, byte in enumerate(part):
+            out[i] ^= byte
+    return bytes(out)
+
+
+def _kek(ws: Workstation, ref: str) -> Key:
+    kek = ws.get_key(ref)
+    if kek.purpose != "wrap" or not templates.ALGORITHMS[kek.algorithm].symmetric:
+        raise errors.UsageError(
+            f"{clean(kek.label, 60)!r} is not an AES key-encryption key.",
+            "Name a key created with --purpose wrap.",
+        )
+    lifecycle.require_use(kek.state, Use.WRAP if kek.state == KeyState.ACTIVE else Use.UNWRAP)
+    return kek
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def prepare_export(ws: Workstation, ref: str, kek_ref: str) -> Prepared:
+    key, kek = ws.get_key(ref), _kek(ws, ref=kek_ref)
+    if not key.exportable:
+        raise errors.PolicyRefused(
+            f"Key {clean(key.label, 60)!r} is not exportable: policy {key.policy!r} made it "
+            "non-extractable on the token, so no one can take it out, by design.",
+            "Keys that must travel are created under an exportable policy (e.g. exportable-dek).",
+        )
+    if lifecycle.ALLOWED_USES[key.state].isdisjoint({Use.ENCRYPT, Use.DECRYPT}):
+        raise errors.PolicyRefused(f"A key in state {key.state} is not exported.")
+    if "trusted" not in kek.tags:
+        raise errors.PolicyRefused(
+            f"{clean(kek.label, 60)!r} is not a trusted key-encryption key.",
+            "Exportable keys are wrapped only under a KEK the security officer created "
+            "(`kmtui keys create --purpose wrap --trusted`).",
+        )
+    current, kek_version = _current(key), _current(kek)
+    op = Operation(
+        OpKind.KEY_EXPORT,
+        key.id,
+        {
+            "label": key.label,
+            "version": current.version,
+            "algorithm": key.algorithm,
+            "kcv": current.kcv,
+            "wrapping_key": kek.id,
+            "wrapping_key_kcv": kek_version.kcv,
+            "mechanism": "aes-key-wrap-pad",
+        },
+    )
+    summary = (
+        f"Export key {clean(key.label, 60)!r} (KCV {current.kcv}) wrapped under "
+        f"{clean(kek.label, 60)!r} (KCV {kek_version.kcv})"
+    )
+    return Prepared(op, summary, key, ws.rules(key.policy).requirement(op.kind).quorum)
+
+
+def run_export(
+    ws: Workstation,
+    prepared: Prepared,
+    approvals: Sequence[ApprovalInput],
+    out: Path,
+    *,
+    actor: str = "console",
+) -> dict[str, Any]:
+    """Wrap on the token and write the file (owner-only, never overwriting one)."""
+    p = prepared.operation.params
+    key = ws.get_key(prepared.operation.key_id)
+    kek = ws.get_key(str(p["wrapping_key"]))
+
+    def work(result: dict[str, Any]) -> Apply:
+        blob = ws.hsm.wrap(
+            _current(key).cka_id, _current(kek).cka_id, MECHANISMS[str(p["mechanism"])]
+        )
+        manifest = {
+            "key_id": key.id,
+            "version": p["version"],
+            "label": key.label,
+            "algorithm": key.algorithm,
+            "purpose": key.purpose,
+            "kcv": p["kcv"],
+            "wrapping_key_id": kek.id,
+            "wrapping_key_kcv": p["wrapping_key_kcv"],
+            "mechanism": p["mechanism"],
+            "exported_at": iso(utcnow()),
+        }
+        document = {
+            "format": FILE_FORMAT,
+            "manifest": manifest,
+            "wrapped": base64.b64encode(blob).decode("ascii"),
+        }
+        _write_new(out, json.dumps(document, indent=2, sort_keys=True) + "\n")
+        result.update(file=str(out), blob_sha256=hashlib.sha256(blob).hexdigest())
+        return lambda: ws.store.link_keys(key.id, kek.id, "wrapped-by")
+
+    return ws.execute(prepared, approvals, work, rules=ws.rules(key.policy), actor=actor)
+
+
+def _write_new(path: Path, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise errors.UsageError(
+            f"{path} already exists.", "kmtui never overwrites a key file."
+        ) from None
+    except OSError as exc:
+        raise errors.UsageError(f"Cannot write {path}: {exc.strerror}.") from None
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(text)
+
+
+# -- import -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrappedFile:
+    manifest: dict[str, Any]
+    blob: bytes
+
+
+def read_wrapped(path: Path) -> WrappedFile:
+    """Parse a wrapped-key file, saying which part is wrong when it is."""
+    try:
+        raw = path.read_bytes()[: MAX_FILE + 1]
+    except OSError as exc:
+        raise errors.UsageError(f"Cannot read {path}: {exc.strerror}.") from None
+    if len(raw) > MAX_FILE:
+        raise errors.UsageError(f"{path} is too large to be a wrapped-key file.")
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.UsageError(
+            f"{path} is not a complete kmtui key file (truncated or damaged JSON).",
+            "Ask for the file again.",
+        ) from None
+    if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
+        raise errors.UsageError(f"{path} is not a {FILE_FORMAT} file.")
+    manifest = document.get("manifest")
+    needed = ("algorithm", "purpose", "kcv", "mechanism", "label")
+    if not isinstance(manifest, dict) or any(not isinstance(manifest.get(k), str) for k in needed):
+        raise errors.UsageError(
+            f"The manifest in {path} is incomplete (needs {', '.join(needed)})."
+        )
+    if manifest["mechanism"] not in MECHANISMS:
+        raise errors.UsageError(f"Unknown wrapping mechanism {manifest['mechanism']!r}.")
+    try:
+        blob = base64.b64decode(str(document.get("wrapped", "")), validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.UsageError(
+            f"The wrapped key in {path} is not valid base64 (damaged)."
+        ) from None
+    if len(blob) < 24 or len(blob) % 8:
+        raise errors.UsageError(f"The wrapped key in {path} is truncated ({len(blob)} bytes).")
+    return WrappedFile(manifest, blob)
+
+
+def prepare_import(
+    ws: Workstation,
+    wrapped: WrappedFile,
+    kek_ref: str,
+    *,
+    label: str,
+    policy_name: str = "default",
+    kcv: str = "",
+) -> Prepared:
+    kek = _kek(ws, kek_ref)
+    manifest = wrapped.manifest
+    typed = kcv.strip().upper()
+    if typed and typed != str(manifest["kcv"]).upper():
+        raise errors.PolicyRefused(
+            f"The KCV typed ({clean(typed, 12)}) differs from the file's manifest "
+            f"({clean(manifest['kcv'], 12)}).",
+            "Check the paper form; nothing was imported.",
+        )
+    key_id = new_key_id()
+    template = templates.build(
+        str(manifest["algorithm"]),
+        str(manifest["purpose"]),
+        cka_id=templates.cka_id(key_id, 1),
+        label=label,
+    )
+    rules = ws.rules(policy_name)
+    policy.check_create(rules, policy_name, template.algorithm.name, template.purpose.value, False)
+    op = Operation(
+        OpKind.KEY_IMPORT,
+        key_id,
+        {
+            "label": label,
+            "algorithm": template.algorithm.name,
+            "purpose": template.purpose.value,
+            "policy": policy_name,
+            "exportable": False,
+            "cka_id": template.cka_id.hex(),
+            "expected_kcv": str(manifest["kcv"]).upper(),
+            "unwrapping_key": kek.id,
+            "mechanism": manifest["mechanism"],
+            "source_key_id": str(manifest.get("key_id", "")),
+            "blob_sha256": hashlib.sha256(wrapped.blob).hexdigest(),
+        },
+    )
+    summary = (
+        f"Import {template.algorithm.name} key as {clean(label, 60)!r} (expected KCV "
+        f"{op.params['expected_kcv']}) unwrapped by {clean(kek.label, 60)!r}"
+    )
+    return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+
+
+def run_import(
+    ws: Workstation,
+    prepared: Prepared,
+    wrapped: WrappedFile,
+    approvals: Sequence[ApprovalInput],
+    *,
+    actor: str = "console",
+) -> Key:
+    """Check the KCV on a session twin first; only a matching key lands on the token."""
+    op = prepared.operation
+    p = op.params
+    kek = ws.get_key(str(p["unwrapping_key"]))
+    template = templates.build(
+        str(p["algorithm"]),
+        str(p["purpose"]),
+        cka_id=bytes.fromhex(str(p["cka_id"])),
+        label=str(p["label"]),
+    )
+    mechanism = MECHANISMS[str(p["mechanism"])]
+
+    def work(result: dict[str, Any]) -> Apply:
+        observed = ws.hsm.kcv_of_blob(_current(kek).cka_id, wrapped.blob, mechanism, template)
+        result["kcv"] = observed
+        if observed != p["expected_kcv"]:
+            raise errors.PolicyRefused(
+                f"KCV mismatch: the token computed {observed}, the manifest says "
+                f"{p['expected_kcv']}. Wrong key-encryption key, or a substituted file.",
+                "Nothing was registered.",
+            )
+        ws.hsm.unwrap(_current(kek).cka_id, wrapped.blob, mechanism, template)
+        return _register(ws, op, observed, "imported", links=[(kek.id, "wrapped-by")])
+
+    ws.execute(prepared, approvals, work, rules=ws.rules(str(p["policy"])), actor=actor)
+    return ws.get_key(op.key_id)
+
+
+def _register(
+    ws: Workstation, op: Operation, kcv: str, tag: str, links: Sequence[tuple[str, str]] = ()
+) -> Apply:
+    version = KeyVersion(
+        op.key_id,
+        1,
+        KeyState.ACTIVE,
+        bytes.fromhex(str(op.params["cka_id"])),
+        ws.hsm.info().serial,
+        iso(utcnow()),
+        kcv=kcv,
+    )
+    key = ws.created_key(op.key_id, dict(op.params), version)
+    key.tags = [tag]
+
+    def apply() -> None:
+        ws.store.add_key(key)
+        for related, relation in links:
+            ws.store.link_keys(key.id, related, relation)
+
+    return apply
+
+
+# -- components (split knowledge) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Component:
+    custodian: str
+    value: bytes = b""
+    kcv: str = ""
+
+    def __repr__(self) -> str:  # a component must never reach a log or a traceback
+        return f"Component(custodian={self.custodian!r}, kcv={self.kcv!r}, value=<hidden>)"
+
+
+def parse_component(text: str, size: int) -> bytes:
+    """Hex as custodians type it (spaces and dashes allowed); the length must be exact."""
+    cleaned = "".join(ch for ch in text if ch not in " -\t")
+    try:
+        value = bytes.fromhex(cleaned)
+    except ValueError:
+        raise errors.UsageError(
+            "A component is hexadecimal digits (0-9, A-F), in groups if you like.",
+            "Type it again from the form.",
+        ) from None
+    if len(value) != size:
+        raise errors.UsageError(
+            f"The component has {len(value)} bytes; this key needs {size}.",
+            "A digit group is missing or doubled: type it again.",
+        )
+    return value
+
+
+def size_of(algorithm: str) -> int:
+    return templates.algorithm(algorithm).bits // 8
+
+
+def grouped(value: bytes) -> str:
+    """Hex in groups of four, as printed on a component form."""
+    text = value.hex().upper()
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def write_component(path: Path, share: Component) -> None:
+    """One custodian's component form (owner-only file, never overwriting one)."""
+    _write_new(
+        path, f"custodian {share.custodian}\ncomponent {grouped(share.value)}\nkcv {share.kcv}\n"
+    )
+
+
+def read_component(path: Path, size: int) -> tuple[bytes, str]:
+    try:
+        lines = dict(
+            line.split(" ", 1)
+            for line in path.read_text(encoding="ascii").splitlines()
+            if " " in line
+        )
+    except (OSError, UnicodeDecodeError):
+        raise errors.UsageError(f"Cannot read the component form {path}.") from None
+    if "component" not in lines or "kcv" not in lines:
+        raise errors.UsageError(f"{path} lacks a component or kcv line.")
+    return parse_component(lines["component"], size), lines["kcv"].strip()
+
+
+def check_component(value: bytes, typed_kcv: str, entered: Sequence[bytes], number: int) -> str:
+    """Each component's own KCV catches a typo at that component, not at the end."""
+    kcv = kcv_of(value)
+    if typed_kcv.strip().upper() != kcv:
+        raise errors.UsageError(
+            f"Component {number} does not match its KCV "
+            f"(computed {kcv}, form says {clean(typed_kcv, 12)}).",
+            f"Custodian {number}: type component {number} again.",
+        )
+    if value in entered:
+        raise errors.UsageError(
+            f"Component {number} is the same as an earlier component.",
+            "Each custodian enters their own, different component.",
+        )
+    return kcv
+
+
+def prepare_components(
+    ws: Workstation,
+    *,
+    label: str,
+    algorithm: str,
+    purpose: str,
+    custodians: Sequence[str],
+    policy_name: str = "default",
+    generate: bool = True,
+    expected_kcv: str = "",
+) -> Prepared:
+    """Generate a key as XOR components, or enter one from them (`generate=False`)."""
+    rules = ws.rules(policy_name)
+    names = list(custodians)
+    if len(names) < rules.min_components:
+        raise errors.PolicyRefused(
+            f"Policy {policy_name!r} needs at least {rules.min_components} components.",
+            "Name one custodian per component.",
+        )
+    if len(set(names)) != len(names) or len(names) > MAX_COMPONENTS:
+        raise errors.UsageError("Each component needs its own custodian (2 to 9, no repeats).")
+    key_id = new_key_id()
+    template = templates.build(algorithm, purpose, cka_id=templates.cka_id(key_id, 1), label=label)
+    if not template.algorithm.symmetric or template.algorithm.key_type.name != "AES":
+        raise errors.UsageError("Components are for AES keys.")
+    policy.check_create(rules, policy_name, template.algorithm.name, template.purpose.value, False)
+    kind = OpKind.KEY_CREATE if generate else OpKind.KEY_IMPORT
+    op = Operation(
+        kind,
+        key_id,
+        {
+            "label": label,
+            "algorithm": template.algorithm.name,
+            "purpose": template.purpose.value,
+            "policy": policy_name,
+            "exportable": False,
+            "cka_id": template.cka_id.hex(),
+            "components": len(names),
+            "custodians": names,
+            "expected_kcv": expected_kcv.strip().upper(),
+        },
+    )
+    verb = "Generate" if generate else "Enter"
+    warning = " (only 2 components: weaker split knowledge)" if len(names) == 2 else ""
+    summary = (
+        f"{verb} {template.algorithm.name} key {clean(label, 60)!r} as {len(names)} "
+        f"components held by {', '.join(names)}{warning}"
+    )
+    return Prepared(op, summary, None, rules.requirement(kind).quorum)
+
+
+def run_components(
+    ws: Workstation,
+    prepared: Prepared,
+    approvals: Sequence[ApprovalInput],
+    components: Sequence[Component] | None = None,
+    *,
+    actor: str = "console",
+) -> tuple[Key, list[Component]]:
+    """Create the key on the token from components (generated here when none are given)."""
+    op = prepared.operation
+    p = op.params
+    template = templates.build(
+        str(p["algorithm"]),
+        str(p["purpose"]),
+        cka_id=bytes.fromhex(str(p["cka_id"])),
+        label=str(p["label"]),
+    )
+    size = template.algorithm.bits // 8
+    names = [str(n) for n in p["custodians"]]
+    if components is None:
+        values = [secrets.token_bytes(size) for _ in names]
+        shares = [Component(n, v, kcv_of(v)) for n, v in zip(names, values, strict=True)]
+    else:
+        shares = list(components)
+        if [c.custodian for c in shares] != names:
+            raise errors.UsageError("The components do not come from the custodians named.")
+
+    def work(result: dict[str, Any]) -> Apply:
+        whole = _xor([c.value for c in shares])
+        expected = kcv_of(whole)
+        observed = ws.hsm.create_from_value(whole, template)
+        del whole
+        result.update(kcv=observed, custodians=names, component_checks=[c.kcv for c in shares])
+        if observed != expected or (p["expected_kcv"] and observed != p["expected_kcv"]):
+            ws.hsm.destroy(template.cka_id)
+            raise errors.PolicyRefused(
+                f"The combined key's KCV is {observed}, expected "
+                f"{p['expected_kcv'] or expected}: a component was mistyped.",
+                "Nothing was registered; enter the components again.",
+            )
+        return _register(ws, op, observed, "components")
+
+    ws.execute(prepared, approvals, work, rules=ws.rules(str(p["policy"])), actor=actor)
+    return ws.get_key(op.key_id), shares if components is None else []
+
+
+def _current(key: Key) -> KeyVersion:
+    current = key.current
+    if current is None:
+        raise errors.UsageError(f"Key {clean(key.label, 60)!r} has no current version.")
+    return current

@@ -1,0 +1,93 @@
+"""What only the security officer may do: create a trusted key-encryption key.
+
+CKA_TRUSTED can be set only in an SO session, and PKCS#11 login is per process (this process is
+logged in as the user), so the SO works in a child process. The SO PIN reaches it on stdin, never
+in argv or the environment; the child makes the key from kmtui's own template and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from kmtui.core import errors, templates
+
+
+def create_trusted_kek(
+    module: str,
+    softhsm2_conf: str,
+    token_label: str,
+    token_serial: str,
+    so_pin: str,
+    template: templates.KeyTemplate,
+) -> None:
+    """Generate `template` (a trusted AES KEK) in an SO session of a child process."""
+    request = json.dumps(
+        {
+            "module": module,
+            "token_label": token_label,
+            "token_serial": token_serial,
+            "so_pin": so_pin,
+            "algorithm": template.algorithm.name,
+            "cka_id": template.cka_id.hex(),
+            "label": template.label,
+        }
+    )
+    env = dict(os.environ)
+    if softhsm2_conf:
+        env["SOFTHSM2_CONF"] = softhsm2_conf
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmtui.core.officer"],
+        input=request,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        reason = proc.stdout.strip()[-300:] or "the security officer's session failed"
+        raise (
+            errors.PinIncorrect(reason, "Check the SO PIN; nothing was created.")
+            if ("PinIncorrect" in reason)
+            else errors.HsmError(reason, "Nothing was created.")
+        )
+
+
+def _child() -> None:
+    import pkcs11
+    from pkcs11 import exceptions as p11
+
+    request = json.loads(sys.stdin.read())
+    lib = pkcs11.lib(request["module"])
+    query = (
+        {"token_label": request["token_label"]}
+        if request["token_label"]
+        else {"token_serial": request["token_serial"].encode()}
+    )
+    template = templates.build(
+        request["algorithm"],
+        "wrap",
+        cka_id=bytes.fromhex(request["cka_id"]),
+        label=request["label"],
+        trusted=True,
+    )
+    try:
+        token = lib.get_token(**query)
+        with token.open(rw=True, so_pin=request["so_pin"]) as session:
+            session.generate_key(
+                template.algorithm.key_type,
+                template.algorithm.bits,
+                capabilities=pkcs11.MechanismFlag(0),
+                mechanism=template.mechanism,
+                template=template.secret,
+            )
+    except p11.PKCS11Error as exc:
+        print(f"The token refused the security officer's request ({type(exc).__name__}).")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    _child()

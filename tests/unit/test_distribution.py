@@ -1,0 +1,241 @@
+"""Export under a trusted KEK, import with KCV checks, and keys held as XOR components."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from pkcs11 import ObjectClass
+
+from kmtui.core import distribution as dist
+from kmtui.core import errors
+from kmtui.core.models import Key
+from kmtui.core.operations import OpKind
+from tests.conftest import SoftHsm, Team
+
+
+def trusted_kek(team: Team, so_pin: str, label: str = "transport-kek") -> Key:
+    prepared = team.ws.prepare_create(
+        label=label, algorithm="AES-256", purpose="wrap", trusted=True
+    )
+    team.ws.run(prepared, team.codes("alice", "bob"), officer_pin=so_pin)
+    return team.ws.get_key(prepared.operation.key_id)
+
+
+def exportable(team: Team, label: str = "app-dek") -> Key:
+    return team.ws.create_key(
+        label=label,
+        algorithm="AES-256",
+        policy_name="exportable-dek",
+        exportable=True,
+        approvals=team.codes("alice", "bob"),
+    )
+
+
+def export(team: Team, key: Key, kek: Key, out: Path) -> dict:
+    prepared = dist.prepare_export(team.ws, key.id, kek.id)
+    return dist.run_export(team.ws, prepared, team.codes("alice", "carol"), out)
+
+
+def do_import(team: Team, path: Path, kek: Key, label: str, kcv: str = "") -> Key:
+    wrapped = dist.read_wrapped(path)
+    prepared = dist.prepare_import(team.ws, wrapped, kek.id, label=label, kcv=kcv)
+    return dist.run_import(team.ws, prepared, wrapped, team.codes("bob", "carol"))
+
+
+@pytest.fixture
+def kek(team: Team, softhsm_token: SoftHsm) -> Key:
+    return trusted_kek(team, softhsm_token.so_pin)
+
+
+def test_a_trusted_kek_is_made_by_the_security_officer(team: Team, kek: Key) -> None:
+    attrs = team.ws.hsm.attributes(kek.versions[0].cka_id, ObjectClass.SECRET_KEY)
+    assert attrs["WRAP"] is True and attrs["ENCRYPT"] is False
+    assert kek.tags == ["trusted"] and len(kek.versions[0].kcv) == 6
+    with pytest.raises(errors.PolicyRefused, match="replaced, not rotated"):
+        team.ws.prepare(OpKind.KEY_ROTATE, kek.id)
+
+
+def test_a_wrong_so_pin_creates_nothing(team: Team) -> None:
+    before = team.ws.store.count_keys()
+    prepared = team.ws.prepare_create(
+        label="nope", algorithm="AES-256", purpose="wrap", trusted=True
+    )
+    with pytest.raises(errors.HsmError):
+        team.ws.run(prepared, team.codes("alice", "bob"), officer_pin="not-the-so-pin")
+    assert team.ws.store.count_keys() == before
+    assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
+
+
+def test_export_then_import_round_trips_with_the_same_kcv(
+    team: Team, kek: Key, tmp_path: Path
+) -> None:
+    key = exportable(team)
+    result = export(team, key, kek, tmp_path / "dek.json")
+    document = json.loads((tmp_path / "dek.json").read_text())
+    assert (tmp_path / "dek.json").stat().st_mode & 0o777 == 0o600
+    manifest = document["manifest"]
+    assert manifest["kcv"] == key.versions[0].kcv and manifest["wrapping_key_id"] == kek.id
+    assert result["blob_sha256"]
+    imported = do_import(team, tmp_path / "dek.json", kek, "app-dek-copy")
+    assert imported.versions[0].kcv == key.versions[0].kcv
+    assert team.ws.hsm.kcv(imported.versions[0].cka_id) == key.versions[0].kcv
+    assert imported.tags == ["imported"] and not imported.exportable
+    dependents = {k for k, _ in team.ws.store.dependents(kek.id)}
+    assert {key.id, imported.id} <= dependents  # revoking the KEK will name both
+
+
+def test_a_non_exportable_key_is_refused_with_the_reason(team: Team, kek: Key) -> None:
+    key = team.ws.create_key(
+        label="stays", algorithm="AES-256", approvals=team.codes("alice", "bob")
+    )
+    with pytest.raises(errors.PolicyRefused, match="not exportable"):
+        dist.prepare_export(team.ws, key.id, kek.id)
+
+
+def test_an_untrusted_kek_cannot_wrap_an_exportable_key(team: Team, tmp_path: Path) -> None:
+    plain = team.ws.create_key(
+        label="plain-kek", algorithm="AES-256", purpose="wrap", approvals=team.codes("alice", "bob")
+    )
+    key = exportable(team)
+    with pytest.raises(errors.PolicyRefused, match="not a trusted"):
+        dist.prepare_export(team.ws, key.id, plain.id)
+
+
+def _tamper(path: Path, how: str) -> None:
+    document = json.loads(path.read_text())
+    blob = bytearray(base64.b64decode(document["wrapped"]))
+    if how == "flip":
+        blob[len(blob) // 2] ^= 0x01
+        document["wrapped"] = base64.b64encode(bytes(blob)).decode()
+    elif how == "short":
+        document["wrapped"] = base64.b64encode(bytes(blob[:-8])).decode()
+    elif how == "kcv":
+        document["manifest"]["kcv"] = "000000"
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("flip", "could not be unwrapped"),
+        ("short", "could not be unwrapped|truncated"),
+        ("kcv", "KCV mismatch"),
+    ],
+)
+def test_tampered_files_are_refused_and_nothing_is_registered(
+    team: Team, kek: Key, tmp_path: Path, how: str, message: str
+) -> None:
+    key = exportable(team)
+    export(team, key, kek, tmp_path / "k.json")
+    _tamper(tmp_path / "k.json", how)
+    before = team.ws.store.count_keys()
+    with pytest.raises(errors.KmtuiError, match=message):
+        do_import(team, tmp_path / "k.json", kek, "tampered")
+    assert team.ws.store.count_keys() == before
+    if how != "short" or "truncated" not in message:
+        last = team.ws.audit.events(action="key.import", limit=1)
+        assert not last or last[0].outcome in ("failure", "refused")
+
+
+def test_truncated_json_and_a_wrong_kek_are_refused(team: Team, kek: Key, tmp_path: Path) -> None:
+    key = exportable(team)
+    export(team, key, kek, tmp_path / "k.json")
+    text = (tmp_path / "k.json").read_text()
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])
+    with pytest.raises(errors.UsageError, match="truncated or damaged JSON"):
+        dist.read_wrapped(tmp_path / "cut.json")
+    other = team.ws.create_key(
+        label="other-kek", algorithm="AES-256", purpose="wrap", approvals=team.codes("alice", "bob")
+    )
+    with pytest.raises(errors.PolicyRefused, match="could not be unwrapped"):
+        do_import(team, tmp_path / "k.json", other, "wrong")
+    with pytest.raises(errors.PolicyRefused, match="differs from the file"):
+        do_import(team, tmp_path / "k.json", kek, "typed", kcv="ABCDEF")
+
+
+def test_components_generate_a_key_no_custodian_holds_alone(team: Team) -> None:
+    prepared = dist.prepare_components(
+        team.ws,
+        label="zmk",
+        algorithm="AES-256",
+        purpose="wrap",
+        custodians=["alice", "bob", "carol"],
+    )
+    key, shares = dist.run_components(team.ws, prepared, team.codes("alice", "bob"))
+    assert [s.custodian for s in shares] == ["alice", "bob", "carol"]
+    assert len({s.value for s in shares}) == 3
+    whole = dist._xor([s.value for s in shares])
+    assert key.versions[0].kcv == dist.kcv_of(whole)
+    assert team.ws.hsm.kcv(key.versions[0].cka_id) == dist.kcv_of(whole)
+    assert all(s.kcv == dist.kcv_of(s.value) for s in shares)
+    trail = "\n".join(json.dumps(e.params) for e in team.ws.audit.events(limit=50))
+    assert "alice" in trail and shares[0].kcv in trail
+    for share in shares:
+        assert share.value.hex() not in trail.lower() and share.value.hex().upper() not in trail
+    assert "value=<hidden>" in repr(shares[0])
+
+
+def test_components_entered_by_custodians_are_checked_one_by_one(team: Team) -> None:
+    values = [bytes([n]) * 16 for n in (1, 2, 3)]
+    typed = [
+        dist.parse_component(" ".join(v.hex()[i : i + 4] for i in range(0, 32, 4)), 16)
+        for v in values
+    ]
+    assert typed == values
+    with pytest.raises(errors.UsageError, match="Component 2 does not match its KCV"):
+        dist.check_component(typed[1], "000000", [typed[0]], 2)
+    with pytest.raises(errors.UsageError, match="same as an earlier"):
+        dist.check_component(typed[0], dist.kcv_of(typed[0]), [typed[0]], 2)
+    with pytest.raises(errors.UsageError, match="needs 16"):
+        dist.parse_component("0011", 16)
+    shares = [
+        dist.Component(n, v, dist.check_component(v, dist.kcv_of(v), values[:i], i + 1))
+        for i, (n, v) in enumerate(zip(["alice", "bob", "carol"], values, strict=True))
+    ]
+    prepared = dist.prepare_components(
+        team.ws,
+        label="entered",
+        algorithm="AES-128",
+        purpose="encrypt",
+        custodians=["alice", "bob", "carol"],
+        generate=False,
+        expected_kcv=dist.kcv_of(dist._xor(values)),
+    )
+    key, _ = dist.run_components(team.ws, prepared, team.codes("alice", "carol"), shares)
+    assert team.ws.hsm.kcv(key.versions[0].cka_id) == dist.kcv_of(dist._xor(values))
+
+
+def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
+    values = [bytes([n]) * 16 for n in (4, 5, 6)]
+    shares = [
+        dist.Component(n, v, dist.kcv_of(v))
+        for n, v in zip(["alice", "bob", "carol"], values, strict=True)
+    ]
+    prepared = dist.prepare_components(
+        team.ws,
+        label="bad",
+        algorithm="AES-128",
+        purpose="encrypt",
+        custodians=["alice", "bob", "carol"],
+        generate=False,
+        expected_kcv="123456",
+    )
+    before = team.ws.store.count_keys()
+    with pytest.raises(errors.PolicyRefused, match="mistyped"):
+        dist.run_components(team.ws, prepared, team.codes("alice", "bob"), shares)
+    assert team.ws.store.count_keys() == before
+    assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
+
+
+def test_fewer_components_than_the_policy_wants_are_refused(team: Team) -> None:
+    with pytest.raises(errors.PolicyRefused, match="at least 3 components"):
+        dist.prepare_components(
+            team.ws,
+            label="two",
+            algorithm="AES-128",
+            purpose="encrypt",
+            custodians=["alice", "bob"],
+        )
