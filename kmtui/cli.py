@@ -161,10 +161,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _log_crash(exc: BaseException) -> Path | None:
+def _log_crash(exc: BaseException, home: str | None) -> Path | None:
     """Frames only (no locals, no exception text, which could hold a value) to the log dir."""
     try:
-        log_dir = paths.resolve().ensure().log_dir
+        log_dir = paths.resolve(home).ensure().log_dir
         target = log_dir / "crash.log"
         frames = "".join(traceback.format_tb(exc.__traceback__))
         with target.open("a", encoding="utf-8") as fh:
@@ -172,6 +172,17 @@ def _log_crash(exc: BaseException) -> Path | None:
         return target
     except OSError:
         return None
+
+
+def _home_in(argv: Sequence[str] | None) -> str | None:
+    """--home from the command line, found even when parsing itself failed."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    for n, word in enumerate(words):
+        if word == "--home" and n + 1 < len(words):
+            return words[n + 1]
+        if word.startswith("--home="):
+            return word.split("=", 1)[1]
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kmtui: interrupted; nothing further was done.", file=sys.stderr)
         return 130
     except Exception as exc:
-        where = _log_crash(exc)
+        where = _log_crash(exc, _home_in(argv))
         print(
             f"kmtui: internal error ({type(exc).__name__}). No secret is shown here;"
             f" the failing frames are in {where or 'the log directory'}.",

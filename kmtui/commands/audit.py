@@ -1,16 +1,18 @@
-"""`kmtui audit verify|export|checkpoint|pubkey` — the auditor's commands."""
+"""`kmtui audit verify|export|forward|checkpoint|pubkey` — the auditor's commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from kmtui import demo
 from kmtui.commands import common
-from kmtui.core import anchors, errors, export
+from kmtui.core import anchors, errors, export, forward
 from kmtui.core.safetext import clean
 from kmtui.core.store import Store
 
@@ -43,6 +45,42 @@ def add_parsers(
     p = asub.add_parser("export", parents=[common_args], help="events, one per line, on stdout")
     p.add_argument("--format", choices=export.FORMATS, default="jsonl")
     p.add_argument("--since", default="", metavar="SEQ|TIME", help="events after SEQ or TIME")
+    p = asub.add_parser(
+        "forward",
+        parents=[common_args, as_json],
+        help="send new events to a syslog collector (RFC 5424 over TCP or TLS)",
+        description="Send the events the collector has not confirmed yet, oldest first, as "
+        "RFC 5424 messages with octet-counting framing (RFC 6587), over TLS with --tls (RFC "
+        "5425). A per-collector cursor in the database makes delivery at-least-once: after an "
+        "outage the unconfirmed batch is sent again, and duplicates carry the same seq.",
+    )
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="HOST:PORT",
+        help="the collector, e.g. siem.example.org:6514 or [2001:db8::1]:601",
+    )
+    p.add_argument("--tls", action="store_true", help="TLS, verifying the collector's certificate")
+    p.add_argument(
+        "--ca",
+        metavar="FILE",
+        type=Path,
+        help="trust only the CA certificate(s) in this PEM file (implies --tls)",
+    )
+    p.add_argument(
+        "--format",
+        choices=export.FORMATS,
+        default="syslog",
+        help="the message body; seq and hashes are in the structured data either way",
+    )
+    p.add_argument("--follow", action="store_true", help="keep forwarding new events until Ctrl-C")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --follow: how often to look for new events (default 5)",
+    )
     asub.add_parser(
         "checkpoint",
         parents=[common_args, as_json],
@@ -68,6 +106,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         finally:
             store.close()
         return EXIT_OK
+    if args.action == "forward":
+        return _forward(args)
     with common.workstation(args, login=True) as ws:
         if args.action == "pubkey":
             pem, fingerprint = ws.anchors.public_key()
@@ -94,6 +134,62 @@ def _open_existing(path: Path) -> Store:
     if not path.exists():
         raise errors.UsageError(f"No database at {path}.", "Check --home / KMTUI_HOME.")
     return Store.open(path)
+
+
+_ENDPOINT = re.compile(
+    r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>\d{1,5})|(?P<host>[^\s:\[\]]+):(?P<port>\d{1,5})"
+)
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    match = _ENDPOINT.fullmatch(text.strip())
+    port = int(match["p6"] or match["port"]) if match else 0
+    if match is None or not 0 < port < 65536:
+        raise errors.UsageError(
+            f"--to {clean(text)!r} is not HOST:PORT.",
+            "E.g. siem.example.org:6514, 10.0.0.5:601 or [2001:db8::1]:6514.",
+        )
+    return match["v6"] or match["host"], port
+
+
+def _forward(args: argparse.Namespace) -> int:
+    host, port = _endpoint(args.to)
+    if args.follow and not args.interval > 0:
+        raise errors.UsageError("--interval must be a positive number of seconds.")
+    tls = forward.tls_context(args.ca) if args.tls or args.ca else None
+    store = _open_existing(common.home(args).database)
+    try:
+        forwarder = forward.Forwarder(store, host, port, tls=tls, fmt=args.format)
+
+        def report(count: int, cursor: int) -> None:
+            if args.json:
+                data = {"to": forwarder.where, "forwarded": count, "cursor": cursor}
+                print(json.dumps(data, sort_keys=True), flush=True)
+            else:
+                print(
+                    f"forwarded {count} events to {forwarder.where}; cursor at event {cursor}",
+                    flush=True,
+                )
+
+        if not args.follow:
+            report(forwarder.send_pending(), forwarder.cursor())
+            return EXIT_OK
+
+        def retrying(exc: forward.ForwardError, delay: float) -> None:
+            print(f"kmtui: {clean(exc.message)}", file=sys.stderr)
+            print(f"  retrying in {delay:g} s (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+        if not args.json:
+            print(
+                f"following the audit trail to {forwarder.where} from event "
+                f"{forwarder.cursor()}; Ctrl-C to stop",
+                flush=True,
+            )
+        # Runs until Ctrl-C: main() turns the KeyboardInterrupt into exit code 130.
+        forwarder.follow(args.interval, threading.Event(), on_forwarded=report, on_error=retrying)
+        return EXIT_OK
+    finally:
+        store.close()
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -84,7 +84,7 @@ def add_parsers(
         parents=[common_args, as_json],
         help="keys whose rotation or cryptoperiod end is near",
     )
-    p.add_argument("--within", type=int, default=30, metavar="DAYS")
+    p.add_argument("--within", type=_days, default=30, metavar="DAYS")
 
     pol = sub.add_parser("policies", parents=[common_args], help="key policies")
     psub = pol.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -106,6 +106,14 @@ def add_parsers(
     )
     rec.add_argument("--acknowledge", metavar="FINDING", help="resolve one finding (dual control)")
     rec.add_argument("--note", default="", help="why the finding is acknowledged")
+
+
+def _days(text: str) -> int:
+    """A number of days from 0 to 36500 (argparse turns the ValueError into a usage error)."""
+    value = int(text)
+    if not 0 <= value <= 36500:
+        raise ValueError(text)
+    return value
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -8,9 +8,11 @@ stays put and the next attempt resends the whole batch, so the SIEM may hold an 
 the same seq and the same bytes.
 
 A syslog collector sends no acknowledgements, so this is the strongest receipt TCP gives: a
-collector that closes with a FIN read everything sent (Linux resets a connection closed with
-unread data, and resets data that arrives after the close). Events it read but lost before
-storing them are beyond what any sender can see.
+collector that closes (FIN) after its stack acknowledged every byte had read them all, since a
+socket closed with unread data, or receiving data after its close, answers with a reset. On
+Linux the acknowledgement is read from the send queue (SIOCOUTQ); elsewhere only the clean close
+and the absence of a reset are checked. Events a collector read and then lost, or a collector
+that half-closes early and stops reading, are beyond what a sender can see.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from kmtui.core import errors, lifecycle, officer, policy, templates, uri
 from kmtui.core.anchors import Anchors
 from kmtui.core.audit import AuditLog
-from kmtui.core.dualcontrol import DualControl, Enrollment
+from kmtui.core.dualcontrol import DualControl, Enrollment, valid_name
 from kmtui.core.hsm import Hsm, TokenInfo
 from kmtui.core.lifecycle import Use
 from kmtui.core.models import (
@@ -29,6 +29,7 @@ from kmtui.core.models import (
     KeyVersion,
     OperatorState,
     Outcome,
+    Role,
     Policy,
     iso,
     new_key_id,
@@ -618,7 +619,9 @@ class Workstation:
                 updated.revocation_reason = str(op.params["reason"])
                 updated.deactivated_at = updated.deactivated_at or now
                 if target == KeyState.COMPROMISED:
-                    updated.compromised_at = str(op.params["compromised_at"])
+                    # A compromise is dated by its earliest report; a later revoke never moves it.
+                    reported = str(op.params["compromised_at"])
+                    updated.compromised_at = min(filter(None, (key.compromised_at, reported)))
                 result["dependents"] = [
                     {"key_id": k, "relation": rel} for k, rel in self.store.dependents(key.id)
                 ]
@@ -816,6 +819,12 @@ class Workstation:
         return name in first or len(first) < self.BOOTSTRAP_OPERATORS
 
     def prepare_operator(self, kind: OpKind, name: str, role: str = "") -> Prepared:
+        if not valid_name(name):  # refused before anyone spends an approval on it
+            self.dual.get(name)  # raises the message that says what a name may hold
+        if kind == OpKind.OPERATOR_ENROLL and role not in {r.value for r in Role}:
+            raise errors.UsageError(
+                f"Unknown role {clean(role, 20)!r}.", "Roles: custodian, officer, auditor."
+            )
         existing = next((o for o in self.dual.operators() if o.name == name), None)
         operator = existing if kind != OpKind.OPERATOR_ENROLL else None
         if kind != OpKind.OPERATOR_ENROLL and existing is None:
