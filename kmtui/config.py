@@ -10,6 +10,7 @@ from typing import Any
 from kmtui.core.errors import ConfigError
 
 DEFAULT_IDLE_LOCK_MINUTES = 15
+UI_STATE = "ui-state.toml"
 
 EXAMPLE = """\
 # kmtui configuration. Name the token by label or serial, never by slot number:
@@ -108,6 +109,23 @@ def load(path: Path, *, demo: bool = False) -> Config:
         source=path,
         demo=demo,
     )
+
+
+def remembered_theme(state_dir: Path) -> str:
+    """The theme last chosen at run time ('' when none was): it wins over the config file."""
+    try:
+        data = tomllib.loads((state_dir / UI_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ""
+    theme = data.get("theme", "")
+    return theme if isinstance(theme, str) else ""
+
+
+def remember_theme(state_dir: Path, name: str) -> None:
+    """Keep the run-time theme choice for the next start (a state file, not the config)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    (state_dir / UI_STATE).write_text(f'theme = "{escaped}"\n', encoding="utf-8")
 
 
 def write(path: Path, token: TokenConfig, ui: UiConfig | None = None) -> None:

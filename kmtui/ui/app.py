@@ -1,27 +1,44 @@
-"""The kmtui application: log-in, then the workstation screens."""
+"""The kmtui application: log-in, the workstation screens, themes, keymap and the idle lock."""
 
 from __future__ import annotations
 
+import time
 import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App
+from textual.binding import Binding, BindingType
 
 from kmtui import __version__
-from kmtui.config import Config
+from kmtui.config import Config, remember_theme, remembered_theme
 from kmtui.core.errors import KmtuiError
-from kmtui.core.service import Workstation
+from kmtui.core.operations import ApprovalInput
+from kmtui.core.service import Prepared, Workstation
 from kmtui.paths import Paths
-from kmtui.ui.messages import LoggedIn, LoginFailed
+from kmtui.ui import themes
+from kmtui.ui.commands import KmtuiCommands
+from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed
+from kmtui.ui.screens.approval import ApprovalScreen
+from kmtui.ui.screens.help import HelpScreen
 from kmtui.ui.screens.login import LoginScreen
-from kmtui.ui.screens.main import MainScreen
+from kmtui.ui.screens.main import PANES, MainScreen
+from kmtui.ui.widgets.audit_pane import AuditPane
+from kmtui.ui.workers import attempt
+
+ACTIVITY = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)
 
 
 class KmtuiApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "kmtui"
-    ENABLE_COMMAND_PALETTE = False
+    COMMANDS: ClassVar[set[Any]] = {KmtuiCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1", "help", "Help", id="app.help", show=False),
+        Binding("ctrl+l", "lock", "Lock now", id="app.lock", show=False),
+    ]
 
     def __init__(
         self, workstation: Workstation, config: Config, *, paths: Paths, pin: str | None = None
@@ -32,10 +49,36 @@ class KmtuiApp(App[int]):
         self.paths = paths
         self._pin = pin
         self.sub_title = f"v{__version__}" + (" · DEMO" if workstation.demo else "")
-        if config.ui.theme in self.available_themes:
-            self.theme = config.ui.theme
+        self.token_label = ""
+        self.findings: int | None = None
+        self.chain_status = ""
+        self.locked = False
+        self.idle_seconds = config.ui.idle_lock_minutes * 60
+        self.last_activity = time.monotonic()
+        loaded = themes.load(themes.SHIPPED_DIR, paths.user_themes_dir)
+        for theme in loaded.themes:
+            self.register_theme(theme)
+        self.theme_problems = loaded.problems
+        wanted = remembered_theme(paths.state_dir) or config.ui.theme
+        if wanted not in self.available_themes:
+            self.theme_problems.append(f"theme {wanted!r} is not available")
+            wanted = themes.DEFAULT_THEME
+        if wanted in self.available_themes:
+            self.theme = wanted
+        self.set_keymap(dict(config.ui.bindings))
+
+    # -- start, log-in, lock ----------------------------------------------------------------
 
     def on_mount(self) -> None:
+        if self.theme_problems:
+            self.notify(
+                "Some themes could not be used (kmtui falls back to its default):\n"
+                + "\n".join(self.theme_problems),
+                severity="warning",
+                markup=False,
+                timeout=15,
+            )
+        self.set_interval(1, self.lock_if_idle)
         if self._pin is not None:
             pin, self._pin = self._pin, None
             self.log_in(pin)
@@ -52,15 +95,107 @@ class KmtuiApp(App[int]):
         self.post_message(LoggedIn(info))
 
     def on_logged_in(self, message: LoggedIn) -> None:
-        main = MainScreen(self.workstation, message.info)
-        if isinstance(self.screen, LoginScreen):
-            self.switch_screen(main)
+        self.token_label = message.info.label
+        self.last_activity = time.monotonic()
+        if self.locked:
+            self.locked = False
+            self.pop_screen()
+            self.notify("Unlocked.", markup=False)
+        elif isinstance(self.screen, LoginScreen):
+            self.switch_screen(MainScreen(self.workstation))
         else:
-            self.push_screen(main)
+            self.push_screen(MainScreen(self.workstation))
 
     def on_login_failed(self, message: LoginFailed) -> None:
         self.push_screen(LoginScreen(self.workstation))
         self.notify(message.error, severity="error", markup=False)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, ACTIVITY):
+            self.last_activity = time.monotonic()
+        await super().on_event(event)
+
+    def idle_remaining(self) -> float:
+        return max(0.0, self.idle_seconds - (time.monotonic() - self.last_activity))
+
+    def lock_if_idle(self) -> None:
+        if not self.locked and self.main_screen() is not None and self.idle_remaining() <= 0:
+            self.action_lock()
+
+    def action_lock(self) -> None:
+        """Hide everything behind the PIN prompt and log out of the token."""
+        if self.locked or self.main_screen() is None:
+            return
+        self.locked = True
+        hint = ""
+        if self.workstation.demo:
+            hint = f"Demo: the PIN is in {self.paths.data_dir / 'demo-pin'}"
+        self.push_screen(LoginScreen(self.workstation, locked=True, hint=hint))
+        self.log_out()
+
+    @work(thread=True, exit_on_error=False, group="login")
+    def log_out(self) -> None:
+        attempt(self, "Logging out", lambda: self.workstation.logout(reason="idle lock"))
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        self.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
+
+    # -- what the panes and the palette use ---------------------------------------------------
+
+    def main_screen(self) -> MainScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, MainScreen)), None)
+
+    def approve(
+        self,
+        prepared: Prepared,
+        run: Callable[[Sequence[ApprovalInput]], Any],
+        *,
+        then: Callable[[Any], None] | None = None,
+        confirm_label: bool = False,
+    ) -> None:
+        """The one approval dialog; every pane reloads after the operation ran."""
+
+        def finished(result: Any) -> None:
+            if result is None:
+                return
+            main = self.main_screen()
+            if main is not None:
+                main.reload_all()
+            if then is not None:
+                then(result)
+
+        self.push_screen(ApprovalScreen(prepared, run, confirm_label=confirm_label), finished)
+
+    def show_audit_of(self, key_id: str) -> None:
+        main = self.main_screen()
+        if main is not None:
+            main.action_show("audit")
+            main.query_one(AuditPane).filter_text(f"key:{key_id}")
+
+    def use_theme(self, name: str) -> None:
+        """Switch theme now and remember it for the next start."""
+        self.theme = name
+        try:
+            remember_theme(self.paths.state_dir, name)
+        except OSError as exc:
+            self.notify(f"Could not remember the theme: {exc.strerror}", severity="warning")
+        main = self.main_screen()
+        if main is not None:
+            main.reload_all()
+
+    def action_help(self) -> None:
+        sections: list[tuple[str, list[Binding]]] = [
+            (
+                "Everywhere",
+                [b for b in (*self.BINDINGS, *MainScreen.BINDINGS) if isinstance(b, Binding)]
+                + [Binding(self.COMMAND_PALETTE_BINDING, "command_palette", "Command palette")],
+            )
+        ]
+        for _, title, cls in PANES:
+            sections.append((f"{title} pane", [b for b in cls.BINDINGS if isinstance(b, Binding)]))
+        self.push_screen(HelpScreen(sections, dict(self.config.ui.bindings)))
+
+    # -- safety ---------------------------------------------------------------------------------
 
     def _fatal_error(self) -> None:
         """Never Textual's default crash screen: it prints local variables, which may hold a PIN."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.message import Message
 
 from kmtui.core.hsm import TokenInfo
-from kmtui.core.models import Key
 from kmtui.core.reconcile import Report
 
 
@@ -21,11 +22,8 @@ class LoginFailed(Message):
         self.error = error
 
 
-class KeysLoaded(Message):
-    def __init__(self, keys: list[Key], total: int) -> None:
-        super().__init__()
-        self.keys = keys
-        self.total = total
+class LoggedOut(Message):
+    """The token session ended (idle lock); the lock screen asks for the PIN again."""
 
 
 class Reconciled(Message):
@@ -39,3 +37,12 @@ class WorkFailed(Message):
         super().__init__()
         self.what = what
         self.error = error
+
+
+class OperationDone(Message):
+    """An approved operation ran: every pane reloads what it shows."""
+
+    def __init__(self, kind: str, result: dict[str, Any]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.result = result

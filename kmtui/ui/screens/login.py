@@ -1,4 +1,4 @@
-"""Token log-in: the PIN goes from a password field straight to the token thread."""
+"""Token log-in, and the idle lock: the PIN goes from a password field straight to the token."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import BindingType
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
@@ -15,20 +15,28 @@ from kmtui.core.errors import KmtuiError
 from kmtui.core.service import Workstation
 from kmtui.ui.messages import LoggedIn, LoginFailed
 from kmtui.ui.text import plain
+from kmtui.ui.widgets.secret_input import SecretInput
 
 
 class LoginScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [("escape", "app.quit", "Quit")]
+    """Also the lock screen (locked=True): a full screen, so nothing of the workstation shows."""
 
-    def __init__(self, workstation: Workstation) -> None:
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.quit", "Quit", id="login.quit")]
+    AUTO_FOCUS = "#pin"
+
+    def __init__(self, workstation: Workstation, *, locked: bool = False, hint: str = "") -> None:
         super().__init__()
         self.workstation = workstation
+        self.locked = locked
+        self.hint = hint
 
     def compose(self) -> ComposeResult:
+        title = "kmtui — locked (idle): log in again" if self.locked else "kmtui — log in"
         with Vertical(id="login-box"):
-            yield Label("kmtui — log in to the token", id="login-title")
+            yield Label(title, id="login-title")
             yield Static(plain(f"Token {self.workstation.hsm.name}"), id="login-token")
-            yield Input(placeholder="user PIN", password=True, id="pin")
+            yield SecretInput(placeholder="user PIN", id="pin")
+            yield Static(plain(self.hint), id="login-hint")
             yield Static("", id="login-error")
         yield Footer()
 
@@ -47,6 +55,9 @@ class LoginScreen(Screen[None]):
             info = self.workstation.login(pin)
         except KmtuiError as exc:
             self.post_message(LoginFailed(str(exc)))
+            return
+        except Exception as exc:
+            self.post_message(LoginFailed(f"Internal error ({type(exc).__name__})."))
             return
         self.post_message(LoggedIn(info))
 

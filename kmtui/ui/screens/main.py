@@ -1,167 +1,102 @@
-"""The main screen (foundation placeholder): the token and the key registry, paged from SQLite."""
+"""The workstation: five panes as tabs (keys 1-5 or the mouse), a status line and the footer."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
-from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Footer, TabbedContent, TabPane
 
-from kmtui.core import reconcile
-from kmtui.core.errors import KmtuiError
-from kmtui.core.hsm import TokenInfo
-from kmtui.core.models import Key, KeyState
 from kmtui.core.service import Workstation
-from kmtui.ui.messages import KeysLoaded, Reconciled, WorkFailed
-from kmtui.ui.text import plain
+from kmtui.ui.messages import Reconciled
+from kmtui.ui.widgets.audit_pane import AuditPane
+from kmtui.ui.widgets.keys_pane import KeysPane
+from kmtui.ui.widgets.operators_pane import OperatorsPane
+from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.widgets.policies_pane import PoliciesPane
+from kmtui.ui.widgets.status_line import StatusLine
+from kmtui.ui.widgets.token_pane import TokenPane
 
-PAGE = 200
-STATE_STYLE = {
-    KeyState.ACTIVE: "bold green",
-    KeyState.PRE_ACTIVATION: "cyan",
-    KeyState.SUSPENDED: "yellow",
-    KeyState.DEACTIVATED: "dim",
-    KeyState.COMPROMISED: "bold red",
-    KeyState.DESTROY_SCHEDULED: "magenta",
-    KeyState.DESTROYED: "dim strike",
-    KeyState.DESTROYED_COMPROMISED: "dim red",
-    KeyState.QUARANTINED: "bold red reverse",
-}
+if TYPE_CHECKING:
+    from kmtui.ui.app import KmtuiApp
+
+PANES = (
+    ("keys", "Keys", KeysPane),
+    ("policies", "Policies", PoliciesPane),
+    ("audit", "Audit", AuditPane),
+    ("operators", "Operators", OperatorsPane),
+    ("token", "Token", TokenPane),
+)
 
 
 class MainScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "refresh", "Refresh", id="keys.refresh"),
+        *(
+            Binding(str(n), f"show('{pane}')", title, id=f"pane.{pane}", show=False)
+            for n, (pane, title, _) in enumerate(PANES, start=1)
+        ),
+        Binding("question_mark", "app.help", "Help", id="app.help_key"),
         Binding("q", "app.quit", "Quit", id="app.quit"),
     ]
 
-    def __init__(self, workstation: Workstation, info: TokenInfo) -> None:
+    def __init__(self, workstation: Workstation) -> None:
         super().__init__()
         self.workstation = workstation
-        self.info = info
 
     def compose(self) -> ComposeResult:
-        yield Header()
-        with Horizontal(id="body"):
-            with Vertical(id="token-pane"):
-                yield Static("Token", classes="pane-title")
-                yield Static(self._token_text(), id="token-info")
-                yield Static("Reconciling token and registry…", id="reconcile")
-            with Vertical(id="keys-pane"):
-                yield Static("Keys", classes="pane-title", id="keys-title")
-                yield DataTable(id="keys", cursor_type="row", zebra_stripes=True)
-        yield Static(self._status_text(), id="status")
+        yield StatusLine(id="status")
+        with TabbedContent(initial="tab-keys", id="panes"):
+            for n, (pane, title, cls) in enumerate(PANES, start=1):
+                with TabPane(f"{n} {title}", id=f"tab-{pane}"):
+                    yield cls(self.workstation, id=f"{pane}-pane")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#keys", DataTable)
-        for label in ("Label", "State", "Algorithm", "Purpose", "KCV / fingerprint", "Id"):
-            table.add_column(label, key=label.lower())
-        table.focus()
-        self.load_keys()
-        self.reconcile_now()
+        self.query_one(TokenPane).run_reconcile()
+        self.focus_pane("keys")
 
-    def _token_text(self) -> Text:
-        i = self.info
-        text = Text()
-        for name, value in (
-            ("Label", i.label),
-            ("Serial", i.serial),
-            ("Maker", i.manufacturer),
-            ("Model", i.model),
-            ("Firmware", i.firmware_version),
-            ("Library", i.library),
-        ):
-            text.append(f"{name:<9}", style="bold")
-            text.append_text(plain(value))
-            text.append("\n")
-        return text
+    def panes(self) -> list[Pane]:
+        return list(self.query(Pane))
 
-    def _status_text(self) -> Text:
-        text = Text()
-        text.append(
-            " ● logged in " if self.workstation.hsm.logged_in else " ○ logged out ", style="bold"
-        )
-        text.append_text(plain(f" token {self.info.label} · serial {self.info.serial}"))
-        if self.workstation.demo:
-            text.append("  DEMO WORKSTATION — not for real keys", style="bold reverse")
-        return text
+    def pane(self, name: str) -> Pane:
+        return self.query_one(f"#{name}-pane", Pane)
 
-    def action_refresh(self) -> None:
-        self.load_keys()
+    def action_show(self, name: str) -> None:
+        self.query_one(TabbedContent).active = f"tab-{name}"
+        self.focus_pane(name)
 
-    @work(thread=True, exit_on_error=False, exclusive=True, group="keys")
-    def load_keys(self) -> None:
-        try:
-            keys = self.workstation.store.page_keys(limit=PAGE)
-            total = self.workstation.store.count_keys()
-        except KmtuiError as exc:
-            self.post_message(WorkFailed("Loading keys", str(exc)))
-            return
-        self.post_message(KeysLoaded(keys, total))
+    def focus_pane(self, name: str) -> None:
+        pane = self.pane(name)
+        target = pane.query("DataTable").first() if pane.query("DataTable") else pane
+        target.focus()
+        self.call_after_refresh(target.focus)  # a pane shown in this same refresh
 
-    @work(thread=True, exit_on_error=False, exclusive=True, group="reconcile")
-    def reconcile_now(self) -> None:
-        """Token and registry compared at start: interrupted work finished, differences flagged."""
-        try:
-            report = reconcile.run(self.workstation, actor="console")
-        except KmtuiError as exc:
-            self.post_message(WorkFailed("Reconciliation", str(exc)))
-            return
-        self.post_message(Reconciled(report))
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id:
+            self.focus_pane(event.pane.id.removeprefix("tab-"))
+
+    def run_pane_action(self, pane: Pane, action: str) -> None:
+        """A command-palette entry: show the pane, then run its action."""
+        name = str(pane.id).removesuffix("-pane")
+        self.action_show(name)
+        getattr(pane, f"action_{action}")()
+
+    def reload_all(self) -> None:
+        for pane in self.panes():
+            pane.reload()
 
     def on_reconciled(self, message: Reconciled) -> None:
         report = message.report
-        text = Text()
-        if report.clean:
-            text.append("✓ token and registry agree", style="bold green")
-            text.append(f"\n  {report.matched} key versions matched")
-        else:
-            text.append(f"⚠ {len(report.findings)} findings", style="bold red")
-            for finding in report.findings[:8]:
-                text.append("\n• ")
-                text.append_text(
-                    plain(f"{finding.kind}: {finding.label or finding.key_id or '-'}", limit=32)
-                )
+        cast("KmtuiApp", self.app).findings = len(report.findings)
+        self.query_one(TokenPane).show_report(report)
+        if not report.clean:
             self.notify(
                 f"Reconciliation found {len(report.findings)} differences between token and "
-                "registry; see the Token pane or run `kmtui reconcile`.",
+                "registry: see the Token pane (5).",
                 severity="warning",
                 markup=False,
                 timeout=10,
             )
-        if report.completed:
-            text.append(f"\n  finished {len(report.completed)} interrupted operations")
-        self.query_one("#reconcile", Static).update(text)
-        self.load_keys()
-
-    def on_keys_loaded(self, message: KeysLoaded) -> None:
-        table = self.query_one("#keys", DataTable)
-        table.clear()
-        for key in message.keys:
-            table.add_row(*self._row(key), key=key.id)
-        shown = len(message.keys)
-        suffix = f" (first {shown} of {message.total})" if message.total > shown else ""
-        self.query_one("#keys-title", Static).update(f"Keys — {message.total}{suffix}")
-
-    @staticmethod
-    def _row(key: Key) -> list[Text]:
-        current = next((v for v in key.versions if v.version == key.current_version), None)
-        check = (current.kcv or current.fingerprint[:23]) if current else ""
-        state = KeyState(key.state)
-        return [
-            plain(key.label, limit=48),
-            plain(state.value, STATE_STYLE.get(state, "")),
-            plain(key.algorithm),
-            plain(key.purpose),
-            plain(check),
-            plain(key.id, "dim"),
-        ]
-
-    def on_work_failed(self, message: WorkFailed) -> None:
-        self.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
+        self.pane("keys").reload()

@@ -1,0 +1,154 @@
+"""One key in full: versions with check values and URIs, token attributes, policy, history."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pkcs11 import ObjectClass
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Label, Static
+
+from kmtui.core import templates
+from kmtui.core.models import AuditEvent, Key, KeyState
+from kmtui.core.service import Workstation
+from kmtui.ui.messages import WorkFailed
+from kmtui.ui.text import labelled, plain, state_styles, when
+from kmtui.ui.workers import attempt
+
+HISTORY = 50
+
+
+class KeyDetailScreen(ModalScreen[None]):
+    """Read-only; Escape goes back to where it was opened from (keys or audit)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,b", "back", "Back", id="detail.back"),
+    ]
+
+    class Loaded(Message):
+        def __init__(self, key: Key, data: dict[str, Any]) -> None:
+            super().__init__()
+            self.key = key
+            self.data = data
+
+    def __init__(self, workstation: Workstation, key_id: str) -> None:
+        super().__init__()
+        self.workstation = workstation
+        self.key_id = key_id
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="detail-box"):
+            yield Label(plain(f"Key {self.key_id}"), id="detail-title", classes="form-title")
+            yield Static("Loading…", id="detail-summary")
+            yield Label("Versions", classes="section")
+            yield DataTable(id="detail-versions", cursor_type="row", show_cursor=False)
+            yield Label("Token attributes (current version)", classes="section")
+            yield Static("", id="detail-attributes")
+            yield Label("Policy", classes="section")
+            yield Static("", id="detail-policy")
+            yield Label(f"Audit history (newest {HISTORY})", classes="section")
+            yield DataTable(id="detail-history", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#detail-versions", DataTable).add_columns(
+            "Ver", "State", "KCV / fingerprint", "Created", "PKCS#11 URI"
+        )
+        self.query_one("#detail-history", DataTable).add_columns(
+            "Seq", "Time", "Action", "Outcome", "Actor"
+        )
+        self._load()
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+    @work(thread=True, exit_on_error=False, group="detail")
+    def _load(self) -> None:
+        ws = self.workstation
+
+        def gather() -> tuple[Key, dict[str, Any]]:
+            key = ws.get_key(self.key_id)
+            data: dict[str, Any] = {
+                "describe": ws.describe(key),
+                "history": ws.audit.events(key_id=key.id, limit=HISTORY, newest_first=True),
+                "last_use": ws.last_use(key.id),
+                "rules": ws.rules(key.policy).to_json() if key.policy else {},
+                "attributes": {},
+            }
+            current = key.current
+            if current is not None and key.state not in (
+                KeyState.DESTROYED,
+                KeyState.DESTROYED_COMPROMISED,
+            ):
+                symmetric = templates.ALGORITHMS[key.algorithm].symmetric
+                cls = ObjectClass.SECRET_KEY if symmetric else ObjectClass.PRIVATE_KEY
+                data["attributes"] = (
+                    attempt(
+                        self,
+                        "Reading token attributes",
+                        lambda: ws.hsm.attributes(current.cka_id, cls),
+                    )
+                    or {}
+                )
+            return key, data
+
+        loaded = attempt(self, "Loading the key", gather)
+        if loaded is not None:
+            self.post_message(self.Loaded(*loaded))
+
+    def on_key_detail_screen_loaded(self, message: Loaded) -> None:
+        key, data = message.key, message.data
+        styles = state_styles(self.app.current_theme)
+        last: AuditEvent | None = data["last_use"]
+        self.query_one("#detail-title", Label).update(plain(f"Key {key.label}", limit=70))
+        self.query_one("#detail-summary", Static).update(
+            labelled(
+                [
+                    ("Id", key.id),
+                    ("State", plain(key.state, styles.get(key.state, ""))),
+                    ("Algorithm", f"{key.algorithm} ({key.purpose})"),
+                    ("Policy", key.policy),
+                    ("Exportable", "yes" if key.exportable else "no"),
+                    ("Created", when(key.created_at)),
+                    ("Activated", when(key.activated_at)),
+                    ("Rotation due", when(key.rotation_due_at) or "—"),
+                    ("Destroy after", when(key.destroy_after) or "—"),
+                    ("Revoked", key.revocation_reason or "—"),
+                    ("Tags", ", ".join(key.tags) or "—"),
+                    ("Last used", f"{when(last.ts)} {last.action}" if last else "never"),
+                ]
+            )
+        )
+        versions = self.query_one("#detail-versions", DataTable)
+        for v in data["describe"]["versions"]:
+            versions.add_row(
+                plain(v["version"]),
+                plain(v["state"], styles.get(KeyState(v["state"]), "")),
+                plain(v.get("kcv") or v.get("fingerprint", "")),
+                plain(when(v["created_at"])),
+                plain(v["pkcs11_uri"]),
+            )
+        attrs = data["attributes"]
+        self.query_one("#detail-attributes", Static).update(
+            labelled([(k, v) for k, v in sorted(attrs.items())], 20) if attrs else plain("—")
+        )
+        self.query_one("#detail-policy", Static).update(
+            labelled([(k, v) for k, v in data["rules"].items()], 24)
+        )
+        history = self.query_one("#detail-history", DataTable)
+        for e in data["history"]:
+            history.add_row(
+                plain(e.seq), plain(when(e.ts)), plain(e.action), plain(e.outcome), plain(e.actor)
+            )
+        history.focus()
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        message.stop()
+        self.app.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
+        if message.what == "Loading the key":
+            self.query_one("#detail-summary", Static).update(plain(message.error))

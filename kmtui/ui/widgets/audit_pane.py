@@ -1,0 +1,198 @@
+"""The audit trail, newest first, a keyset page at a time; chain verification with progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.widgets import DataTable, Input, ProgressBar, Static
+
+from kmtui.core.audit import VerifyResult
+from kmtui.ui.filters import AuditFilter
+from kmtui.ui.screens.key_detail import KeyDetailScreen
+from kmtui.ui.text import plain, when
+from kmtui.ui.widgets.paged_table import Page, PagedTable
+from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.workers import attempt
+
+PAGE = 100
+COLUMNS = ("Seq", "Time", "Actor", "Action", "Outcome", "Key", "Detail")
+DETAIL_FIELDS = ("label", "reason", "operator", "policy", "finding", "message", "error", "state")
+
+
+class AuditPane(Pane):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "filter", "Filter", id="audit.filter"),
+        Binding("V", "verify", "Verify chain", id="audit.verify"),
+        Binding("k", "key", "Open key", id="audit.key"),
+        Binding("f5", "refresh", "Refresh", id="audit.refresh", show=False),
+    ]
+    PALETTE: ClassVar[list[tuple[str, str]]] = [
+        ("audit: filter", "filter"),
+        ("audit: verify the chain now", "verify"),
+        ("audit: open the key of this event", "key"),
+        ("audit: refresh", "refresh"),
+    ]
+
+    class Progressed(Message):
+        def __init__(self, done: int, total: int) -> None:
+            super().__init__()
+            self.done = done
+            self.total = total
+
+    class Verified(Message):
+        def __init__(self, result: VerifyResult, seconds: float) -> None:
+            super().__init__()
+            self.result = result
+            self.seconds = seconds
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.audit_filter = AuditFilter()
+
+    def compose(self) -> ComposeResult:
+        yield Input(
+            placeholder="filter: key:ID op:alice action:key.rotate outcome:refused since:2026-05",
+            id="audit-filter",
+        )
+        with Horizontal(id="chain-row"):
+            yield Static(
+                Text("Chain not verified in this session — press V to verify."), id="chain"
+            )
+            yield ProgressBar(id="verify-progress", show_eta=False)
+        yield PagedTable(id="audit", page_size=PAGE)
+
+    def on_mount(self) -> None:
+        table = self.table
+        for name in COLUMNS:
+            table.add_column(name, key=name.lower())
+        self.query_one("#verify-progress", ProgressBar).display = False
+        self.reload()
+
+    @property
+    def table(self) -> PagedTable:
+        return self.query_one(PagedTable)
+
+    def reload(self) -> None:
+        self.table.reload(self._fetcher(self.audit_filter))
+
+    def _fetcher(self, f: AuditFilter) -> Any:
+        store = self.workstation.store
+
+        def fetch(after: Any) -> Page:
+            found = store.keyset_page(
+                "audit_events",
+                ("seq",),
+                None if after is None else (after,),
+                PAGE,
+                f.where,
+                f.params,
+                descending=True,
+            )
+            rows = [(str(r["seq"]), event_row(r)) for r in found]
+            return rows, (found[-1]["seq"] if len(found) == PAGE else None)
+
+        return fetch
+
+    def filter_text(self, text: str) -> None:
+        self.query_one("#audit-filter", Input).value = text
+
+    @on(Input.Changed, "#audit-filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        try:
+            self.audit_filter = AuditFilter.parse(event.value)
+        except ValueError as exc:
+            self.query_one("#chain", Static).update(plain(f"Filter: {exc}"))
+            return
+        self.reload()
+
+    @on(Input.Submitted, "#audit-filter")
+    def filter_done(self) -> None:
+        self.table.focus()
+
+    def action_filter(self) -> None:
+        self.query_one("#audit-filter", Input).focus()
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def action_key(self) -> None:
+        table = self.table
+        if not table.row_count:
+            return
+        key_id = table.get_row_at(table.cursor_row)[COLUMNS.index("Key")].plain
+        if not key_id:
+            self.notify("This event concerns no key.", severity="warning")
+            return
+        self.app.push_screen(KeyDetailScreen(self.workstation, key_id))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_key()
+
+    # -- verification ---------------------------------------------------------------------------
+
+    def action_verify(self) -> None:
+        bar = self.query_one("#verify-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self.query_one("#chain", Static).update("Verifying the chain…")
+        self._verify()
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="verify")
+    def _verify(self) -> None:
+        audit, store = self.workstation.audit, self.workstation.store
+        started = time.monotonic()
+
+        def run() -> VerifyResult:
+            total = int(store.rows("SELECT max(seq) AS n FROM audit_events")[0]["n"] or 0)
+            return audit.verify(progress=lambda n: self.post_message(self.Progressed(n, total)))
+
+        result = attempt(self, "Verifying the audit trail", run)
+        if result is not None:
+            self.post_message(self.Verified(result, time.monotonic() - started))
+
+    def on_audit_pane_progressed(self, message: Progressed) -> None:
+        self.query_one("#verify-progress", ProgressBar).update(
+            total=max(message.total, 1), progress=message.done
+        )
+
+    def on_audit_pane_verified(self, message: Verified) -> None:
+        self.query_one("#verify-progress", ProgressBar).display = False
+        r = message.result
+        if r.ok:
+            text = Text(f"✓ chain intact: {r.reason} in {message.seconds:.1f} s", style="bold")
+        else:
+            text = Text(f"✗ CHAIN BROKEN at event {r.first_bad_seq}: ", style="bold reverse")
+            text.append_text(plain(r.reason))
+        self.query_one("#chain", Static).update(text)
+        self.kmtui.chain_status = "intact" if r.ok else "BROKEN"
+
+
+def detail(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={params[k]}" for k in DETAIL_FIELDS if params.get(k) not in (None, ""))
+
+
+def event_row(r: dict[str, Any]) -> list[Text]:
+    try:
+        params = json.loads(r["params"]) if isinstance(r["params"], str) else dict(r["params"])
+    except (ValueError, TypeError):
+        params = {}
+    outcome = str(r["outcome"])
+    style = {"refused": "bold reverse", "failure": "bold"}.get(outcome, "")
+    return [
+        plain(r["seq"]),
+        plain(when(r["ts"])),
+        plain(r["actor"], limit=24),
+        plain(r["action"]),
+        plain(outcome, style),
+        plain(r["key_id"] or "", "dim"),
+        plain(detail(params) if isinstance(params, dict) else "", limit=80),
+    ]

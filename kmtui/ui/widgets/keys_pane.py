@@ -1,0 +1,264 @@
+"""The key registry: filter as you type, paged from SQLite, every action through one approval."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Input, Static
+
+from kmtui.core.lifecycle import RevocationReason
+from kmtui.core.models import Key, KeyState, iso, utcnow
+from kmtui.core.operations import OpKind
+from kmtui.ui.filters import KeyFilter
+from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen, NewKey
+from kmtui.ui.screens.key_detail import KeyDetailScreen
+from kmtui.ui.text import plain, state_styles, when
+from kmtui.ui.widgets.paged_table import Page, PagedTable
+from kmtui.ui.widgets.pane import Pane
+
+PAGE = 100
+SCAN = 5000  # rows examined per fetch for filters SQL cannot answer (algorithm, policy, tag, id)
+DUE_SOON = timedelta(days=30)
+COLUMNS = ("Label", "State", "Marks", "Algorithm", "KCV / fingerprint", "Policy", "Purpose", "Id")
+SORTS = ("label", "state", "marks", "algorithm", "policy")
+
+
+class KeysPane(Pane):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "filter", "Filter", id="keys.filter"),
+        Binding("n", "create", "New", id="keys.create"),
+        Binding("o", "rotate", "Rotate", id="keys.rotate"),
+        Binding("u", "suspend", "Suspend/resume", id="keys.suspend"),
+        Binding("v", "revoke", "Revoke", id="keys.revoke"),
+        Binding("x", "schedule", "Schedule/cancel destroy", id="keys.schedule"),
+        Binding("D", "destroy", "Destroy", id="keys.destroy", show=False),
+        Binding("c", "check", "Self-check", id="keys.check", show=False),
+        Binding("s", "sort", "Sort", id="keys.sort", show=False),
+        Binding("a", "history", "Audit of key", id="keys.history", show=False),
+        Binding("f5", "refresh", "Refresh", id="keys.refresh", show=False),
+    ]
+    PALETTE: ClassVar[list[tuple[str, str]]] = [
+        ("keys: filter", "filter"),
+        ("keys: create…", "create"),
+        ("keys: rotate…", "rotate"),
+        ("keys: suspend or resume…", "suspend"),
+        ("keys: revoke…", "revoke"),
+        ("keys: schedule or cancel destruction…", "schedule"),
+        ("keys: destroy…", "destroy"),
+        ("keys: self-check…", "check"),
+        ("keys: details", "details"),
+        ("keys: sort by next column", "sort"),
+        ("keys: audit history of key", "history"),
+        ("keys: refresh", "refresh"),
+    ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_filter = KeyFilter()
+        self.sort = 0
+
+    def compose(self) -> ComposeResult:
+        yield Input(
+            placeholder="filter: label prefix · state:active alg:AES policy:kek tag:pci id:k…",
+            id="keys-filter",
+        )
+        yield Static("", id="keys-summary", classes="pane-summary")
+        yield PagedTable(id="keys", page_size=PAGE)
+
+    def on_mount(self) -> None:
+        table = self.query_one(PagedTable)
+        for name in COLUMNS:
+            table.add_column(name, key=name.lower().split()[0])
+        self.reload()
+
+    @property
+    def table(self) -> PagedTable:
+        return self.query_one(PagedTable)
+
+    def reload(self) -> None:
+        self.table.reload(self._fetcher(self.key_filter))
+
+    def _fetcher(self, f: KeyFilter) -> Any:
+        store = self.workstation.store
+        styles = state_styles(self.app.current_theme)
+
+        def fetch(after: Any) -> Page:
+            rows: list[tuple[str, list[Text]]] = []
+            cursor, scanned = after, 0
+            limit = PAGE if f.sql_only else 500
+            while len(rows) < PAGE and scanned < SCAN:
+                batch = store.page_keys(
+                    after=cursor, limit=limit, state=f.state, label_prefix=f.label_prefix or None
+                )
+                for key in batch:
+                    cursor, scanned = (key.label, key.id), scanned + 1
+                    if f.matches(key):
+                        rows.append((key.id, row(key, styles)))
+                        if len(rows) == PAGE:
+                            break
+                if len(batch) < limit and len(rows) < PAGE:
+                    return rows, None
+            return rows, cursor
+
+        return fetch
+
+    @on(Input.Changed, "#keys-filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        try:
+            self.key_filter = KeyFilter.parse(event.value)
+        except ValueError as exc:
+            self.query_one("#keys-summary", Static).update(plain(exc))
+            return
+        self.reload()
+
+    @on(Input.Submitted, "#keys-filter")
+    def filter_done(self) -> None:
+        self.table.focus()
+
+    def on_paged_table_page_loaded(self, message: PagedTable.PageLoaded) -> None:
+        self.call_after_refresh(self._summarise)
+
+    def _summarise(self) -> None:
+        table = self.table
+        shown = table.row_count
+        f = self.key_filter
+        text = f"{shown} keys" + (" matching the filter" if f != KeyFilter() else "")
+        if not table.exhausted:
+            text += " so far (more load as you scroll)"
+        if self.sort:
+            text += f" · loaded rows sorted by {SORTS[self.sort]}"
+        self.query_one("#keys-summary", Static).update(plain(text))
+
+    # -- the selected key ---------------------------------------------------------------------
+
+    def selected(self) -> Key | None:
+        table = self.table
+        if not table.row_count:
+            self.notify("No key selected.", severity="warning")
+            return None
+        key_id = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        key = self.workstation.store.get_key(str(key_id))
+        if key is None:
+            self.notify("That key is no longer in the registry.", severity="warning")
+        return key
+
+    def action_filter(self) -> None:
+        self.query_one("#keys-filter", Input).focus()
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def action_sort(self) -> None:
+        self.sort = (self.sort + 1) % len(SORTS)
+        if self.sort == 0:
+            self.reload()
+            return
+        self.table.sort(SORTS[self.sort], key=lambda cell: cell.plain)
+        self._summarise()
+
+    def action_details(self) -> None:
+        if key := self.selected():
+            self.app.push_screen(KeyDetailScreen(self.workstation, key.id))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_details()
+
+    def action_history(self) -> None:
+        if key := self.selected():
+            self.kmtui.show_audit_of(key.id)
+
+    def action_create(self) -> None:
+        def chosen(new: NewKey | None) -> None:
+            if new is None:
+                return
+            prepared = self.prepare(
+                lambda: self.workstation.prepare_create(
+                    label=new.label,
+                    algorithm=new.algorithm,
+                    purpose=new.purpose,
+                    policy_name=new.policy_name,
+                    exportable=new.exportable,
+                )
+            )
+            if prepared:
+                self.approve(prepared)
+
+        self.app.push_screen(CreateKeyScreen(self.workstation), chosen)
+
+    def _simple(self, kind: OpKind, **params: Any) -> None:
+        if key := self.selected():
+            prepared = self.prepare(lambda: self.workstation.prepare(kind, key.id, **params))
+            if prepared:
+                self.approve(prepared, confirm_label=kind == OpKind.KEY_DESTROY)
+
+    def action_rotate(self) -> None:
+        self._simple(OpKind.KEY_ROTATE)
+
+    def action_check(self) -> None:
+        self._simple(OpKind.KEY_SELFCHECK)
+
+    def action_destroy(self) -> None:
+        self._simple(OpKind.KEY_DESTROY)
+
+    def action_suspend(self) -> None:
+        if key := self.selected():
+            kind = OpKind.KEY_RESUME if key.state == KeyState.SUSPENDED else OpKind.KEY_SUSPEND
+            self._simple(kind)
+
+    def action_schedule(self) -> None:
+        if key := self.selected():
+            scheduled = key.state == KeyState.DESTROY_SCHEDULED
+            self._simple(OpKind.KEY_CANCEL_DESTROY if scheduled else OpKind.KEY_SCHEDULE_DESTROY)
+
+    def action_revoke(self) -> None:
+        if self.selected() is None:
+            return
+
+        def chosen(reason: str | None) -> None:
+            if reason:
+                self._simple(OpKind.KEY_REVOKE, reason=reason)
+
+        reasons = [r.value for r in RevocationReason]
+        self.app.push_screen(ChoiceScreen("Revoke the key: why?", reasons), chosen)
+
+    def select_key(self, key_id: str) -> None:
+        """Put the cursor on a key if it is loaded (after a jump from the audit trail)."""
+        table = self.table
+        if key_id in table.rows:
+            table.move_cursor(row=table.get_row_index(key_id))
+
+
+def marks(key: Key) -> Text:
+    """Rotation due and scheduled destruction, in words as well as colour."""
+    text = Text()
+    now = utcnow()
+    if key.state == KeyState.DESTROY_SCHEDULED and key.destroy_after:
+        text.append(f"✖ destroy {when(key.destroy_after)[:10]}", style="bold")
+    elif key.rotation_due_at and key.state in (KeyState.ACTIVE, KeyState.SUSPENDED):
+        if key.rotation_due_at <= iso(now):
+            text.append("⟳ rotation overdue", style="bold reverse")
+        elif key.rotation_due_at <= iso(now + DUE_SOON):
+            text.append(f"⟳ rotate by {when(key.rotation_due_at)[:10]}", style="bold")
+    return text
+
+
+def row(key: Key, styles: dict[KeyState, str]) -> list[Text]:
+    current = key.current
+    check = (current.kcv or current.fingerprint[:23]) if current else ""
+    state = KeyState(key.state)
+    return [
+        plain(key.label, limit=40),
+        plain(state.value, styles.get(state, "")),
+        marks(key),
+        plain(key.algorithm),
+        plain(check),
+        plain(key.policy),
+        plain(key.purpose),
+        plain(key.id, "dim"),
+    ]

@@ -1,0 +1,128 @@
+"""Operators: role, state and last approval; enrolment with a QR code, lock/unlock/revoke."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Static
+
+from kmtui.core.dualcontrol import Enrollment
+from kmtui.core.models import OperatorState, Role
+from kmtui.core.operations import OpKind
+from kmtui.ui.screens.enrolment import EnrolmentScreen
+from kmtui.ui.screens.forms import ChoiceScreen
+from kmtui.ui.text import plain, when
+from kmtui.ui.widgets.pane import Pane
+
+STATE_STYLE = {
+    OperatorState.ACTIVE: "bold",
+    OperatorState.PENDING: "italic",
+    OperatorState.LOCKED: "bold reverse",
+    OperatorState.REVOKED: "dim strike",
+}
+
+
+class OperatorsPane(Pane):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("n", "enroll", "Enrol", id="operators.enroll"),
+        Binding("l", "lock", "Lock", id="operators.lock"),
+        Binding("u", "unlock", "Unlock", id="operators.unlock"),
+        Binding("R", "revoke", "Revoke", id="operators.revoke", show=False),
+        Binding("f5", "refresh", "Refresh", id="operators.refresh", show=False),
+    ]
+    PALETTE: ClassVar[list[tuple[str, str]]] = [
+        ("operators: enrol…", "enroll"),
+        ("operators: lock…", "lock"),
+        ("operators: unlock…", "unlock"),
+        ("operators: revoke…", "revoke"),
+        ("operators: refresh", "refresh"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="operators-summary", classes="pane-summary")
+        yield DataTable(id="operators", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns(
+            "Name", "Role", "State", "Enrolled", "Failed codes", "Last approval"
+        )
+        self.reload()
+
+    def reload(self) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        last = {
+            r["operator"]: r["at"]
+            for r in self.workstation.store.rows(
+                "SELECT operator, max(approved_at) AS at FROM approvals GROUP BY operator"
+            )
+        }
+        operators = self.workstation.dual.operators()
+        for o in operators:
+            table.add_row(
+                plain(o.name),
+                plain(o.role),
+                plain(o.state, STATE_STYLE.get(o.state, "")),
+                plain(when(o.enrolled_at)),
+                plain(o.failures),
+                plain(when(last.get(o.name, "")) or "never"),
+                key=o.name,
+            )
+        active = sum(o.state == OperatorState.ACTIVE for o in operators)
+        self.query_one("#operators-summary", Static).update(
+            plain(f"{len(operators)} operators, {active} active")
+        )
+
+    def _selected(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            self.notify("No operator selected.", severity="warning")
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def _change(self, kind: OpKind) -> None:
+        name = self._selected()
+        if name is None:
+            return
+        prepared = self.prepare(lambda: self.workstation.prepare_operator(kind, name))
+        if prepared:
+            self.approve(prepared, lambda a: self.workstation.run_operator(prepared, a))
+
+    def action_lock(self) -> None:
+        self._change(OpKind.OPERATOR_LOCK)
+
+    def action_unlock(self) -> None:
+        self._change(OpKind.OPERATOR_UNLOCK)
+
+    def action_revoke(self) -> None:
+        self._change(OpKind.OPERATOR_REVOKE)
+
+    def action_enroll(self) -> None:
+        def chosen(answer: tuple[str, str] | None) -> None:
+            if answer is None:
+                return
+            name, role = answer
+            prepared = self.prepare(
+                lambda: self.workstation.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
+            )
+            if prepared:
+                self.approve(
+                    prepared,
+                    lambda a: self.workstation.run_operator(prepared, a),
+                    then=self._show_qr,
+                )
+
+        roles = [r.value for r in Role]
+        self.app.push_screen(ChoiceScreen("Enrol an operator", roles, with_name=True), chosen)
+
+    def _show_qr(self, result: Any) -> None:
+        _, enrollment = result
+        if isinstance(enrollment, Enrollment):
+            self.app.push_screen(
+                EnrolmentScreen(self.workstation, enrollment), lambda _: self.reload()
+            )

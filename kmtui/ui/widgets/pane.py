@@ -1,0 +1,62 @@
+"""What every pane shares: the workstation, palette entries and the way to run an approval."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from textual.binding import Binding
+from textual.containers import Vertical
+
+from kmtui.core.errors import KmtuiError
+from kmtui.core.operations import ApprovalInput
+from kmtui.core.service import Prepared, Workstation
+from kmtui.ui.messages import WorkFailed
+
+if TYPE_CHECKING:
+    from kmtui.ui.app import KmtuiApp
+
+
+class Pane(Vertical):
+    """A tab of the main screen; PALETTE lists (title, action) for the command palette."""
+
+    PALETTE: ClassVar[list[tuple[str, str]]] = []
+
+    def __init__(self, workstation: Workstation, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.workstation = workstation
+
+    @property
+    def kmtui(self) -> KmtuiApp:
+        from kmtui.ui.app import KmtuiApp
+
+        return cast(KmtuiApp, self.app)
+
+    def bindings(self) -> list[Binding]:
+        return [b for b in self.BINDINGS if isinstance(b, Binding)]
+
+    def reload(self) -> None:
+        """Show fresh data (after an operation, a reconciliation or a theme change)."""
+
+    def prepare(self, what: Callable[[], Prepared]) -> Prepared | None:
+        """Prepare on the UI thread (registry reads only); a refusal becomes a notification."""
+        try:
+            return what()
+        except KmtuiError as exc:
+            self.notify(str(exc), severity="error", markup=False, timeout=8)
+            return None
+
+    def approve(
+        self,
+        prepared: Prepared,
+        run: Callable[[Sequence[ApprovalInput]], Any] | None = None,
+        *,
+        then: Callable[[Any], None] | None = None,
+        confirm_label: bool = False,
+    ) -> None:
+        runner = run or (lambda approvals: self.workstation.run(prepared, approvals))
+        self.kmtui.approve(prepared, runner, then=then, confirm_label=confirm_label)
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        message.stop()
+        self.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)

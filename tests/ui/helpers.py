@@ -1,0 +1,61 @@
+"""Driving the app in tests: start it on the team's workstation, wait, approve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.pilot import Pilot
+from textual.widgets import Button, Input
+
+from kmtui.config import Config
+from kmtui.core.operations import ApprovalInput
+from kmtui.core.service import Workstation
+from kmtui.paths import under
+from kmtui.ui.app import KmtuiApp
+from kmtui.ui.screens.approval import ApprovalScreen
+from kmtui.ui.screens.main import MainScreen
+from kmtui.ui.widgets.paged_table import PagedTable
+
+SIZE = (100, 30)
+
+
+def app_for(ws: Workstation, tmp_path: Path, pin: str | None, config: Config | None = None):
+    return KmtuiApp(ws, config or Config(), paths=under(tmp_path / "home"), pin=pin)
+
+
+async def until(pilot: Pilot, condition: Callable[[], object], what: str = "") -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await pilot.pause(0.03)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+async def main_ready(pilot: Pilot) -> MainScreen:
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, MainScreen), "the main screen")
+    screen = app.screen
+    assert isinstance(screen, MainScreen)
+    await until(pilot, lambda: app.findings is not None, "reconciliation")
+    return screen
+
+
+async def keys_loaded(pilot: Pilot, count: int) -> PagedTable:
+    table = pilot.app.screen.query_one("#keys", PagedTable)
+    await until(pilot, lambda: table.row_count == count, f"{count} keys listed")
+    return table
+
+
+async def approve(pilot: Pilot, approvals: list[ApprovalInput], label: str = "") -> None:
+    """Fill the approval dialog like two people at the console would, and run it."""
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, ApprovalScreen), "the approval dialog")
+    dialog = app.screen
+    if label:
+        dialog.query_one("#confirm-label", Input).value = label
+    for i, a in enumerate(approvals):
+        dialog.query_one(f"#name-{i}", Input).value = a.operator
+        dialog.query_one(f"#code-{i}", Input).value = a.code
+    dialog.query_one("#approve", Button).press()
+    await until(pilot, lambda: app.screen is not dialog, "the operation to run")

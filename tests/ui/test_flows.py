@@ -1,0 +1,244 @@
+"""Each custodian flow driven through the TUI on the real token, approvals and all."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pyotp
+from textual.widgets import Input, Select, Static
+
+from kmtui.core.dualcontrol import Enrollment, current_code
+from kmtui.core.models import KeyState, OperatorState, iso, utcnow
+from kmtui.core.operations import OpKind
+from kmtui.ui.screens.approval import ApprovalScreen
+from kmtui.ui.screens.enrolment import EnrolmentScreen
+from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen
+from kmtui.ui.screens.login import LoginScreen
+from kmtui.ui.screens.main import MainScreen
+from kmtui.ui.widgets.paged_table import PagedTable
+from tests.conftest import SoftHsm, Team
+from tests.ui.helpers import SIZE, app_for, approve, keys_loaded, main_ready, until
+
+
+async def test_create_a_key_through_the_form_and_two_approvals(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, CreateKeyScreen))
+        form = app.screen
+        form.query_one("#label", Input).value = "orders-dek"
+        form.query_one("#purpose", Select).value = "encrypt"
+        await pilot.pause()
+        form.query_one("#algorithm", Select).value = "AES-128"
+        await pilot.click("#ok")
+        await approve(pilot, team.codes("alice", "bob"))
+        table = await keys_loaded(pilot, 1)
+        assert table.get_row_at(0)[0].plain == "orders-dek"
+    (key,) = team.ws.store.find_keys(label="orders-dek")
+    assert key.algorithm == "AES-128" and key.state == KeyState.ACTIVE
+
+
+async def test_rotate_suspend_resume_revoke_and_schedule_then_cancel_destruction(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    key = ws.create_key(label="rotating", algorithm="AES-256", approvals=team.codes("alice", "bob"))
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await keys_loaded(pilot, 1)
+        await pilot.press("o")
+        await approve(pilot, team.codes("alice", "bob"))
+        assert ws.get_key(key.id).current_version == 2
+
+        await pilot.press("u")  # suspend needs no approvals under the default policy
+        await approve(pilot, [])
+        assert ws.get_key(key.id).state == KeyState.SUSPENDED
+        await pilot.press("u")
+        await approve(pilot, [])
+        assert ws.get_key(key.id).state == KeyState.ACTIVE
+
+        await pilot.press("x")
+        await approve(pilot, team.codes("alice", "carol"))
+        assert ws.get_key(key.id).state == KeyState.DESTROY_SCHEDULED
+        table = app.screen.query_one("#keys", PagedTable)
+        await until(pilot, lambda: "destroy" in table.get_row_at(0)[2].plain, "the marker")
+        await pilot.press("x")
+        await approve(pilot, team.codes("alice", "bob"))
+        assert ws.get_key(key.id).state == KeyState.ACTIVE
+
+        await pilot.press("v")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        app.screen.query_one(Select).value = "superseded"
+        await pilot.click("#ok")
+        await approve(pilot, team.codes("bob", "carol"))
+        assert ws.get_key(key.id).state == KeyState.DEACTIVATED
+        await until(pilot, lambda: table.get_row_at(0)[1].plain == "deactivated")
+
+
+async def test_wrong_codes_show_per_approver_results_and_change_nothing(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    key = ws.create_key(label="kept", algorithm="AES-256", approvals=team.codes("alice", "bob"))
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await keys_loaded(pilot, 1)
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen))
+        dialog = app.screen
+        good = team.codes("alice")[0]
+        wrong = "000000" if good.code != "000000" else "111111"
+        for i, (name, code) in enumerate([("alice", good.code), ("bob", wrong)]):
+            dialog.query_one(f"#name-{i}", Input).value = name
+            dialog.query_one(f"#code-{i}", Input).value = code
+        await pilot.click("#approve")
+        result = dialog.query_one("#result-1", Static)
+        await until(pilot, lambda: "wrong code" in str(result.render()), "bob's refusal")
+        assert "accepted" in str(dialog.query_one("#result-0", Static).render())
+        assert app.screen is dialog
+        await pilot.press("escape")
+    assert ws.get_key(key.id).current_version == 1
+
+
+async def test_destroy_waits_for_its_period_then_asks_for_the_label_to_be_typed(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    key = ws.create_key(label="doomed", algorithm="AES-256", approvals=team.codes("alice", "bob"))
+    ws.run(ws.prepare(OpKind.KEY_SCHEDULE_DESTROY, key.id), team.codes("alice", "bob"))
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    seen: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (seen.append(str(message)), notify(message, **kw))[1]
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await keys_loaded(pilot, 1)
+        await pilot.press("D")
+        await until(pilot, lambda: any("only after" in s for s in seen), "the refusal")
+        assert isinstance(app.screen, MainScreen)
+        past = iso(utcnow() - timedelta(days=1))
+        ws.store.conn.execute("UPDATE keys SET destroy_after = ? WHERE id = ?", (past, key.id))
+        ws.store.conn.commit()
+        await pilot.press("D")
+        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen))
+        dialog = app.screen
+        dialog.query_one("#confirm-label", Input).value = "doomed-not"
+        await pilot.click("#approve")
+        assert "does not match" in str(dialog.query_one("#approval-error", Static).render())
+        await approve(pilot, team.codes("alice", "bob"), label="doomed")
+    assert ws.get_key(key.id).state == KeyState.DESTROYED
+
+
+async def test_enrol_an_operator_shows_the_qr_code_and_confirms_the_first_code(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    enrolled: list[Enrollment] = []
+    begin = ws.dual.begin_enrollment
+
+    def capture(name: str, role: str) -> Enrollment:  # the test stands in for dave's phone
+        enrolled.append(begin(name, role))
+        return enrolled[-1]
+
+    ws.dual.begin_enrollment = capture  # type: ignore[method-assign]
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await pilot.press("4")
+        await pilot.pause()
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        app.screen.query_one("#name", Input).value = "dave"
+        await pilot.click("#ok")
+        await approve(pilot, team.codes("alice", "bob"))
+        await until(pilot, lambda: isinstance(app.screen, EnrolmentScreen), "the QR code")
+        qr = str(app.screen.query_one("#qr", Static).render())
+        assert "█" in qr or "▀" in qr
+        seed = pyotp.parse_uri(enrolled[0].otpauth_uri).secret
+        team.clock.advance(30)
+        app.screen.query_one("#first-code", Input).value = current_code(seed, team.clock())
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen), "the confirmation")
+    assert ws.dual.get("dave").state == OperatorState.ACTIVE
+
+
+async def test_audit_filter_narrows_the_trail_and_a_row_opens_its_key(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    key = ws.create_key(label="audited", algorithm="AES-256", approvals=team.codes("alice", "bob"))
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await pilot.press("3")
+        table = app.screen.query_one("#audit", PagedTable)
+        await until(pilot, lambda: table.row_count > 5, "the trail")
+        first = int(table.get_row_at(0)[0].plain)
+        assert first == max(int(table.get_row_at(i)[0].plain) for i in range(table.row_count))
+        app.screen.query_one("#audit-filter", Input).value = "action:key.create outcome:success"
+        await until(pilot, lambda: table.row_count == 1, "the filtered trail")
+        assert table.get_row_at(0)[3].plain == "key.create"
+        app.screen.query_one("#audit-filter", Input).value = "op:carol"
+        await until(
+            pilot,
+            lambda: (
+                table.row_count
+                and all("carol" in table.get_row_at(i)[2].plain for i in range(table.row_count))
+            ),
+            "carol's events",
+        )
+        app.screen.query_one("#audit-filter", Input).value = f"key:{key.id} action:key.create"
+        await until(
+            pilot,
+            lambda: (
+                [table.get_row_at(i)[4].plain for i in range(table.row_count)]
+                == ["success", "intent"]
+            ),
+            "the key's intent and outcome",
+        )
+        table.focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen.__class__.__name__ == "KeyDetailScreen")
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen), "back to the trail")
+        assert table.row_count == 2
+
+
+async def test_verify_now_reports_an_intact_chain(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await pilot.press("3")
+        await pilot.pause()
+        await pilot.press("V")
+        chain = app.screen.query_one("#chain", Static)
+        await until(pilot, lambda: "chain intact" in str(chain.render()), "verification")
+
+
+async def test_idle_lock_hides_the_workstation_logs_out_and_the_pin_unlocks(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        app.last_activity = time.monotonic() - app.idle_seconds - 1
+        await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the lock screen")
+        await until(pilot, lambda: not ws.hsm.logged_in, "the token log-out")
+        assert app.screen.locked
+        assert not app.screen.query("#keys")  # nothing of the workstation is on the screen
+        app.screen.query_one("#pin", Input).value = softhsm_token.pin
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen), "the unlocked screen")
+        assert ws.hsm.logged_in and not app.locked
+    reasons = [e.params.get("reason") for e in ws.audit.events(action="token.logout")]
+    assert "idle lock" in reasons

@@ -1,0 +1,83 @@
+"""Hostile text stays inert in every pane and dialog; a failing token never takes the app down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kmtui.core.errors import HsmError
+from kmtui.core.models import Outcome
+from kmtui.ui.screens.main import MainScreen
+from tests.conftest import SoftHsm, Team
+from tests.ui.helpers import SIZE, app_for, keys_loaded, main_ready, until
+
+MARKUP = "[red]x[/][/b]"
+HOSTILE = MARKUP + "\x1b]52;c;aGVsbG8=\x07\x9b31m\u202eevil\x1b[2J"
+RAW = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+def assert_inert(svg: str, where: str) -> None:
+    assert MARKUP in svg, f"{where}: the markup is not shown literally"
+    for ch in RAW:
+        assert ch not in svg, f"{where}: {ch!r} reached the screen"
+
+
+async def test_a_hostile_label_is_literal_and_inert_in_every_pane_and_dialog(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    key = ws.create_key(label="plain", algorithm="AES-256", approvals=team.codes("alice", "bob"))
+    ws.store.conn.execute("UPDATE keys SET label = ? WHERE id = ?", (HOSTILE, key.id))
+    ws.store.conn.execute("UPDATE policies SET description = ? WHERE name = 'default'", (HOSTILE,))
+    ws.store.conn.commit()
+    ws.audit.append(
+        "key.note", actor="alice", outcome=Outcome.INFO, key_id=key.id, params={"label": HOSTILE}
+    )
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await main_ready(pilot)
+        await keys_loaded(pilot, 1)
+        await pilot.pause(0.2)
+        assert_inert(app.export_screenshot(), "keys pane")
+        await pilot.press("enter")
+        await until(pilot, lambda: "KeyDetail" in type(app.screen).__name__)
+        await pilot.pause(0.5)
+        assert_inert(app.export_screenshot(), "key detail")
+        await pilot.press("escape")
+        await pilot.press("o")
+        await until(pilot, lambda: "Approval" in type(app.screen).__name__)
+        await pilot.pause(0.1)
+        assert_inert(app.export_screenshot(), "approval dialog")
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        for pane in ("2", "3"):
+            await pilot.press(pane)
+            await pilot.pause(0.5)
+            assert_inert(app.export_screenshot(), f"pane {pane}")
+
+
+async def test_an_hsm_error_inside_a_worker_shows_a_message_and_the_app_stays_up(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path, monkeypatch
+) -> None:
+    ws = team.ws
+
+    def gone() -> list[object]:
+        raise HsmError("The token was removed.", "Reinsert it.")
+
+    def broken() -> list[str]:
+        raise RuntimeError("secret-looking detail")
+
+    monkeypatch.setattr(ws.hsm, "objects", gone)
+    monkeypatch.setattr(ws.hsm, "mechanisms", broken)
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    seen: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (seen.append(str(message)), notify(message, **kw))[1]
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        await until(pilot, lambda: any("Reconciliation failed" in s for s in seen))
+        await until(pilot, lambda: any("internal error (RuntimeError)" in s for s in seen))
+        assert not any("secret-looking" in s for s in seen)
+        await pilot.press("n")  # still alive and answering keys
+        await until(pilot, lambda: type(app.screen).__name__ == "CreateKeyScreen")
+        await pilot.press("escape")
+    assert app.return_code in (None, 0)
