@@ -17,6 +17,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class Anchors:
     ) -> None:
         self._store, self._hsm, self._audit, self.every = store, hsm, audit, every
         self._checked = False  # the head is followed only once this database was checked
+        self._held = 0
 
     # -- the signing key ----------------------------------------------------------------------
 
@@ -175,8 +177,17 @@ class Anchors:
 
     def follow(self) -> None:
         """After every committed event: mirror it on the token while logged in (else it waits)."""
-        if self._hsm.logged_in:
+        if self._hsm.logged_in and not self._held:
             self.sync()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """One operation's events are mirrored once, at its end (the gate syncs explicitly)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
 
     def check_head(self) -> str:
         """'' when the database holds the token's head; otherwise why it does not (rollback)."""

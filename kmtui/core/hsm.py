@@ -254,6 +254,7 @@ class Hsm:
         self._mechanisms: frozenset[Mechanism] | None = None
         self._cdll: Any = None
         self._handles: dict[tuple[bytes, ObjectClass], Any] = {}
+        self._heads: dict[tuple[str, str], Any] = {}
 
     @property
     def name(self) -> str:
@@ -455,6 +456,7 @@ class Hsm:
     def _logout(self) -> None:
         session, self._session = self._session, None
         self._handles.clear()
+        self._heads.clear()
         if session is not None:
             with suppress(p11.PKCS11Error):
                 session.close()
@@ -1017,11 +1019,16 @@ class Hsm:
         return self._run(run)
 
     def write_head(self, registry: str, value: bytes) -> None:
-        """Create the new head object first, then destroy the older ones (a crash loses nothing)."""
+        """Create the new head object first, then destroy the older ones (a crash loses nothing).
+
+        The object written last is remembered, so a session searches the token only once.
+        """
 
         def run() -> None:
-            older = list(self._head_objects(registry))
-            self._require_session().create_object(
+            key = ("head", registry)
+            cached = self._heads.get(key)
+            older = [cached] if cached is not None else list(self._head_objects(registry))
+            self._heads[key] = self._require_session().create_object(
                 {
                     Attribute.CLASS: ObjectClass.DATA,
                     Attribute.TOKEN: True,
@@ -1033,7 +1040,8 @@ class Hsm:
                 }
             )
             for obj in older:
-                obj.destroy()
+                with suppress(*_GONE):  # another process already replaced it
+                    obj.destroy()
 
         self._run(run)
 

@@ -47,11 +47,18 @@ class Finding:
     key_id: str = ""
     version: int = 0
     label: str = ""
+    nth: int = 0  # objects without a CKA_ID: their rank among those sharing class and label
 
     @property
     def ident(self) -> str:
-        """Stable name of this finding, used to acknowledge it."""
-        where = self.cka_id or "label-" + hashlib.sha256(self.label.encode()).hexdigest()[:12]
+        """Stable name of this finding, used to acknowledge it.
+
+        Objects without a CKA_ID are named by class, label and rank: acknowledging N of them
+        covers N, so one planted later under the same label still raises a finding.
+        """
+        where = self.cka_id or (
+            "label-" + hashlib.sha256(self.label.encode()).hexdigest()[:12] + f"-{self.nth}"
+        )
         return f"{self.kind}:{self.key_id or '-'}:{self.version}:{where}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -293,11 +300,14 @@ def _compare(
         if cka_id in registered or cka_id == SEAL_KEY_ID or cka_id.startswith(SYSTEM_PREFIX):
             continue
         # Objects without a CKA_ID are unrelated to each other: one finding each.
+        seen: dict[tuple[str, str], int] = {}
         for objs in [group] if cka_id else [[o] for o in group]:
-            _unregistered(cka_id, objs, report)
+            rank = seen.get((objs[0].object_class, objs[0].label), 0)
+            seen[(objs[0].object_class, objs[0].label)] = rank + 1
+            _unregistered(cka_id, objs, report, rank)
 
 
-def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report) -> None:
+def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report, rank: int) -> None:
     label = objs[0].label
     if objs[0].object_class == "DATA" and label.startswith(HEAD_LABEL + ":"):
         return  # an audit head kept on the token (this registry's or another's)
@@ -320,6 +330,7 @@ def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report) -> None
                 f"An object kmtui did not create ({classes}, handle {objs[0].handle}). "
                 "Left untouched.",
                 label=label,
+                nth=rank,
             )
         )
 

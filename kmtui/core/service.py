@@ -8,6 +8,7 @@ reconciliation finds the intent without an outcome and finishes or flags it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +30,8 @@ from kmtui.core.models import (
     KeyVersion,
     OperatorState,
     Outcome,
-    Role,
     Policy,
+    Role,
     iso,
     new_key_id,
     parse_iso,
@@ -45,6 +46,10 @@ Apply = Callable[[], None]
 """Registry writes of an operation, run in the same transaction as its outcome event."""
 
 USE_ACTIONS = (str(OpKind.KEY_SELFCHECK), str(OpKind.KEY_EXPORT), "key.use")
+
+
+_RULES: dict[tuple[str, str], policy.Rules] = {}
+"""Parsed policies by (name, rules JSON); Rules are immutable, so sharing them is safe."""
 
 
 def session_context() -> dict[str, str]:
@@ -172,13 +177,21 @@ class Workstation:
     # -- policies -----------------------------------------------------------------------------
 
     def get_policy(self, name: str) -> Policy:
-        for p in self.store.policies():
-            if p.name == name:
-                return p
-        raise errors.UsageError(f"No policy named {name!r}.", "See `kmtui policies list`.")
+        rows = self.store.rows("SELECT * FROM policies WHERE name = ?", (name,))
+        if not rows:
+            raise errors.UsageError(f"No policy named {name!r}.", "See `kmtui policies list`.")
+        row = rows[0]
+        return Policy(row["name"], row["description"], json.loads(row["rules"]), row["updated_at"])
 
     def rules(self, name: str) -> policy.Rules:
-        return policy.parse(self.get_policy(name))
+        """Parsed once per stored version of the rules (read fresh: another process may change
+        them)."""
+        stored = self.get_policy(name)
+        key = (name, json.dumps(stored.rules, sort_keys=True))
+        parsed = _RULES.get(key)
+        if parsed is None:
+            parsed = _RULES[key] = policy.parse(stored)
+        return parsed
 
     # -- the gate -----------------------------------------------------------------------------
 
@@ -193,10 +206,37 @@ class Workstation:
         exclude: frozenset[str] = frozenset(),
         requirement: Requirement | None = None,
     ) -> dict[str, Any]:
-        """Run one operation through policy, approvals, intent, token, registry and outcome."""
+        """Run one operation through policy, approvals, intent, token, registry and outcome.
+
+        Its events are mirrored on the token once, at the end (one token write per operation;
+        an operation cut off by a crash is re-anchored by the next log-in).
+        """
+        with self.anchors.held():
+            try:
+                return self._execute(
+                    prepared,
+                    approvals,
+                    work,
+                    rules=rules,
+                    actor=actor,
+                    requirement=requirement or rules.requirement(prepared.operation.kind, exclude),
+                )
+            finally:
+                with suppress(errors.HsmError):  # the token may be what failed; keep that error
+                    self.anchors.sync()
+
+    def _execute(
+        self,
+        prepared: Prepared,
+        approvals: Sequence[ApprovalInput],
+        work: Callable[[dict[str, Any]], Apply | None],
+        *,
+        rules: policy.Rules,
+        actor: str,
+        requirement: Requirement,
+    ) -> dict[str, Any]:
         op = prepared.operation
         context = session_context()
-        requirement = requirement or rules.requirement(op.kind, exclude)
         approvers = sorted({a.operator for a in approvals}) if requirement.quorum else []
         try:
             policy.check_origin(rules, op.kind, context["via"])
@@ -243,7 +283,6 @@ class Workstation:
                 },
             )
             raise
-        self.anchors.sync()
         result: dict[str, Any] = {"intent": intent.seq}
         try:
             apply = work(result)
@@ -260,8 +299,6 @@ class Workstation:
                     **result,
                 },
             )
-            with suppress(errors.KmtuiError):  # the token may be what failed; keep that error
-                self.anchors.sync()
             raise
         with self.store.transaction():
             if apply is not None:
@@ -273,7 +310,6 @@ class Workstation:
                 key_id=op.key_id,
                 params=result,
             )
-        self.anchors.sync()
         result["audit_seq"] = outcome.seq
         return result
 

@@ -9,42 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from kmtui import __version__
 from kmtui.demo import DEMO_KEYS
-
-
-def kmtui(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KMTUI_HOME", "SOFTHSM2_CONF")}
-    return subprocess.run(
-        [sys.executable, "-m", "kmtui", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        input=stdin,
-        timeout=120,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo workstation made by the same code `kmtui demo` runs, in a separate process."""
-    base = tmp_path_factory.mktemp("kmtui-home")
-    code = "from kmtui import demo, paths; print(demo.ensure(paths.resolve()).home)"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-        env={
-            **{k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"},
-            "KMTUI_HOME": str(base),
-        },
-    )
-    return Path(out.stdout.strip())
+from tests.e2e.helpers import kmtui
 
 
 def test_version() -> None:
