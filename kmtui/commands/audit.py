@@ -12,7 +12,8 @@ from typing import Any
 
 from kmtui import demo
 from kmtui.commands import common
-from kmtui.core import anchors, errors, export, forward
+from kmtui.core import anchors, errors, export, forward, transcript
+from kmtui.core.models import iso, utcnow
 from kmtui.core.safetext import clean
 from kmtui.core.store import Store
 
@@ -86,6 +87,19 @@ def add_parsers(
         parents=[common_args, as_json],
         help="sign a checkpoint of the current head on the token now",
     )
+    p = asub.add_parser(
+        "transcript",
+        parents=[common_args],
+        help="the ceremony transcript (what was done, by whom) closed by a signed checkpoint",
+    )
+    p.add_argument(
+        "--since",
+        default="",
+        metavar="SEQ|TIME",
+        help="events after SEQ or TIME (default: since the start of today, UTC)",
+    )
+    p.add_argument("--format", choices=["text", "html"], default="text")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write it here (else stdout)")
     asub.add_parser(
         "pubkey",
         parents=[common_args, as_json],
@@ -109,6 +123,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.action == "forward":
         return _forward(args)
     with common.workstation(args, login=True) as ws:
+        if args.action == "transcript":
+            since = export.resolve_since(ws.store, args.since or iso(utcnow())[:10] + "T00:00:00Z")
+            document = transcript.build(ws.audit, ws.anchors, ws.hsm.name, since)
+            text = document.to_html() if args.format == "html" else document.to_text()
+            if args.out:
+                args.out.write_text(text, encoding="utf-8")
+                print(
+                    f"transcript of events {document.first_seq}-{document.last_seq} written "
+                    f"to {args.out}"
+                )
+            else:
+                sys.stdout.write(text)
+            return EXIT_OK
         if args.action == "pubkey":
             pem, fingerprint = ws.anchors.public_key()
             if args.json:

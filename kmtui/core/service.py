@@ -839,7 +839,7 @@ class Workstation:
         later (five wrong codes lock anyone) must never reopen enrolment without approvals.
         """
         confirmed = self.store.rows(
-            "SELECT count(*) AS n FROM audit_events WHERE action = 'operator.confirm' "
+            "SELECT count(*) AS n FROM audit_events WHERE action = 'operator.confirmed' "
             "AND outcome = 'success'"
         )[0]["n"]
         if confirmed >= self.BOOTSTRAP_OPERATORS:
@@ -916,14 +916,9 @@ class Workstation:
         return result, (enrolled[0] if enrolled else None)
 
     def confirm_operator(self, name: str, code: str) -> None:
-        """The new operator's first code proves their authenticator holds the seed."""
-        operator = self.dual.confirm_enrollment(name, code)
-        self.audit.append(
-            "operator.confirm",
-            actor=name,
-            outcome=Outcome.SUCCESS,
-            params={"operator": name, "role": str(operator.role)},
-        )
+        """The new operator's first code proves their authenticator holds the seed (audited by
+        dual control as operator.confirmed)."""
+        self.dual.confirm_enrollment(name, code)
 
     # -- reconciliation findings ------------------------------------------------------------
 

@@ -102,3 +102,17 @@ def test_export_since_a_time_or_a_sequence(demo_home: Path) -> None:
     assert json.loads(by_time.splitlines()[0])["ts"] >= middle["ts"]
     bad = kmtui(demo_home, "audit", "export", "--since", "yesterday")
     assert bad.returncode == 2 and "neither a sequence number nor a time" in bad.stderr
+
+
+def test_transcript_is_written_as_text_or_html_with_a_signed_checkpoint(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    text = kmtui(demo_home, "audit", "transcript", "--since", "0")
+    assert text.returncode == 0, text.stderr
+    assert "kmtui ceremony transcript" in text.stdout and "signature" in text.stdout
+    assert "present        alice, bob, carol" in text.stdout  # the demo set-up's approvers
+    out = tmp_path / "t.html"
+    page = kmtui(
+        demo_home, "audit", "transcript", "--since", "0", "--format", "html", "--out", str(out)
+    )
+    assert page.returncode == 0 and out.read_text().startswith("<!doctype html>")
