@@ -25,6 +25,7 @@ from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.help import HelpScreen
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import PANES, MainScreen
+from kmtui.ui.screens.transcript import TranscriptScreen
 from kmtui.ui.widgets.audit_pane import AuditPane
 from kmtui.ui.workers import attempt
 
@@ -67,9 +68,28 @@ class KmtuiApp(App[int]):
             self.theme = wanted
         self.set_keymap(dict(config.ui.bindings))
 
-    # -- start, log-in, lock ----------------------------------------------------------------
+    # -- start, log-in, lock, end of session ------------------------------------------------
+
+    def action_end_session(self) -> None:
+        """Quit through the ceremony transcript (signed on the token) when logged in."""
+        if not self.workstation.hsm.logged_in:
+            self.exit()
+            return
+
+        def done(quit_now: bool | None) -> None:
+            if quit_now:
+                self.exit()
+
+        self.push_screen(
+            TranscriptScreen(
+                self.workstation, self.session_since, self.paths.data_dir / "transcripts"
+            ),
+            done,
+        )
 
     def on_mount(self) -> None:
+        newest = self.workstation.audit.events(limit=1)
+        self.session_since = newest[0].seq if newest else 0  # the transcript starts here
         if self.theme_problems:
             self.notify(
                 "Some themes could not be used (kmtui falls back to its default):\n"

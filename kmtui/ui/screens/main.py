@@ -38,7 +38,7 @@ class MainScreen(Screen[None]):
             for n, (pane, title, _) in enumerate(PANES, start=1)
         ),
         Binding("question_mark", "app.help", "Help", id="app.help_key"),
-        Binding("q", "app.quit", "Quit", id="app.quit"),
+        Binding("q", "app.end_session", "Quit", id="app.quit"),
     ]
 
     def __init__(self, workstation: Workstation) -> None:
