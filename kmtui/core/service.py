@@ -448,6 +448,11 @@ class Workstation:
             "version": key.current_version,
             "check": (current.kcv or current.fingerprint) if current else "",
         }
+        note = str(params.get("note") or "")
+        if note:  # why: recorded with the transition, shown to the approvers
+            if clean(note) != note or len(note) > 500:
+                raise errors.UsageError("A note is up to 500 printable characters.")
+            base["note"] = note
         if kind == OpKind.KEY_REVOKE:
             reason = lifecycle.parse_reason(str(params.get("reason", "")))
             base["reason"] = reason.value

@@ -256,11 +256,12 @@ def _mutate(kind: str, conn: sqlite3.Connection, n: int, data: Any) -> None:
 
 
 @settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(events=st.integers(1, 60), kind=st.sampled_from(MUTATIONS), data=st.data())
+@pytest.mark.slow
+@given(events=st.integers(1, 500), kind=st.sampled_from(MUTATIONS), data=st.data())
 def test_every_mutation_is_detected(
     hsm: Hsm, tmp_path_factory: pytest.TempPathFactory, events: int, kind: str, data: Any
 ) -> None:

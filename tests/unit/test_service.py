@@ -157,7 +157,9 @@ def test_rotation_makes_a_new_current_version_and_deactivates_the_old(team: Team
 
 def test_suspend_and_resume_need_no_quorum_but_are_audited(team: Team) -> None:
     key = create(team, "pausable")
-    run(team, OpKind.KEY_SUSPEND, key.id)
+    run(team, OpKind.KEY_SUSPEND, key.id, note="HSM firmware upgrade tonight")
+    why = team.ws.audit.events(key_id=key.id, action="key.suspend", limit=2)[-1]
+    assert (why.outcome, why.params["note"]) == ("intent", "HSM firmware upgrade tonight")
     assert team.ws.get_key(key.id).state == KeyState.SUSPENDED
     with pytest.raises(errors.PolicyRefused, match="cannot be rotated"):
         team.ws.prepare(OpKind.KEY_ROTATE, key.id)
