@@ -123,7 +123,7 @@ def test_forward_follow_waits_out_an_outage_then_stops_on_ctrl_c_with_130(
             time.sleep(0.05)
         assert set(collector.seqs()) == set(range(1, head + 1))
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(WAIT) == 130
+        assert proc.wait(3 * WAIT) == 130  # generous: a loaded 2-core machine is slow to schedule
     finally:
         if proc.poll() is None:
             proc.kill()
