@@ -1,4 +1,5 @@
-"""`kmtui keys export|import|components-create|components-import` — keys that travel."""
+"""`kmtui keys export|import|import-public|components-create|components-import` — keys that
+travel."""
 
 from __future__ import annotations
 
@@ -22,15 +23,38 @@ CLEAR = "\x1b[H\x1b[2J\x1b[3J"  # clear the screen and the scrollback (xterm and
 
 
 def add_parsers(ksub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = ksub.add_parser("export", parents=parents, help="wrap a key under a trusted KEK to a file")
+    p = ksub.add_parser(
+        "export",
+        parents=parents,
+        help="wrap a key under a trusted KEK or recipient public key to a file",
+    )
     p.add_argument("key", metavar="KEY")
-    p.add_argument("--wrap-with", required=True, metavar="KEK")
+    p.add_argument(
+        "--wrap-with",
+        required=True,
+        metavar="KEK|RECIPIENT",
+        help="a trusted AES KEK (AES key wrap) or recipient public key (RSA-OAEP, SHA-1)",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="FILE")
     p = ksub.add_parser("import", parents=parents, help="unwrap a key file onto the token")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--unwrap-with", required=True, metavar="KEK")
     p.add_argument("--label", required=True)
     p.add_argument("--kcv", default="", help="the KCV from the paper form (checked as well)")
+    p.add_argument("--policy", default="default")
+    p = ksub.add_parser(
+        "import-public",
+        parents=parents,
+        help="register a recipient's RSA public key (PEM) to wrap exports for them",
+    )
+    p.add_argument("--pem", required=True, type=Path, metavar="FILE", help="RSA public key, PEM")
+    p.add_argument("--label", required=True)
+    p.add_argument(
+        "--trusted",
+        action="store_true",
+        help="imported by the security officer: may wrap exportable keys",
+    )
+    p.add_argument("--so-pin-file", type=Path, metavar="FILE", help="the SO PIN (else prompted)")
     p.add_argument("--policy", default="default")
     for name, what in (
         ("components-create", "generate a key as XOR components"),
@@ -96,6 +120,22 @@ def cmd(args: argparse.Namespace) -> int:
                 ws, prepared, wrapped, common.approvals(args, prepared), actor="cli"
             )
             _report(args, ws.describe(key))
+            return EXIT_OK
+        if args.action == "import-public":
+            recipient = dist.load_recipient(ws, args.pem, actor="cli")
+            prepared = dist.prepare_import_public(
+                ws, recipient, label=args.label, trusted=args.trusted, policy_name=args.policy
+            )
+            officer_pin = so_pin(args, common.home(args)) if args.trusted else ""
+            key = dist.run_import_public(
+                ws,
+                prepared,
+                recipient,
+                common.approvals(args, prepared),
+                officer_pin=officer_pin,
+                actor="cli",
+            )
+            _report(args, {**ws.describe(key), "fingerprint": recipient.fingerprint})
             return EXIT_OK
         return _components(ws, args)
 

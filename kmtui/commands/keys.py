@@ -66,6 +66,7 @@ def add_parsers(
             help=f"{kind} (dual control where the policy says so)",
         )
         p.add_argument("key", metavar="KEY", help="key id, unique label or PKCS#11 URI")
+        p.add_argument("--note", default="", help="why (recorded in the audit trail)")
         if kind == OpKind.KEY_REVOKE:
             p.add_argument("--reason", required=True, help="e.g. key-compromise, superseded")
             p.add_argument(
@@ -120,7 +121,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.action in ("list", "show", "due"):
         with common.workstation(args) as ws:
             return _read_only(ws, args)
-    if args.action in ("export", "import", "components-create", "components-import"):
+    if args.action in (
+        "export",
+        "import",
+        "import-public",
+        "components-create",
+        "components-import",
+    ):
         return distribution.cmd(args)
     with common.workstation(args, login=True) as ws:
         officer_pin = ""
@@ -137,9 +144,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 officer_pin = distribution.so_pin(args, common.home(args))
         else:
             kind = TRANSITIONS[args.action]
-            params: dict[str, Any] = {}
+            params: dict[str, Any] = {"note": args.note}
             if kind == OpKind.KEY_REVOKE:
-                params = {"reason": args.reason, "compromised_at": args.compromised_at}
+                params.update(reason=args.reason, compromised_at=args.compromised_at)
             prepared = ws.prepare(kind, args.key, **params)
             if kind == OpKind.KEY_DESTROY:
                 _confirm_destroy(ws, args, prepared.key.label if prepared.key else "")

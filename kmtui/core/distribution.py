@@ -1,10 +1,15 @@
-"""Keys that travel: export under a key-encryption key, import, and keys held as components.
+"""Keys that travel: export under a key-encryption key or a recipient's RSA public key, import,
+and keys held as components.
 
 All of it runs through the gate (dual control, intent and outcome audited). Wrapped files carry a
 manifest (key id, version, algorithm, KCV, wrapping key, mechanism) so the receiving side can check
 what it unwrapped. Components (split knowledge) are XOR shares: no custodian sees the whole key.
 SoftHSM 2.6 offers no CKM_XOR_BASE_AND_DATA, so the shares are combined in this process's memory
 for one C_CreateObject and dropped; the KCV is then computed on the token.
+
+Recipients' RSA public keys come from PEM and wrap with RSA-OAEP. SoftHSM 2.6.1 accepts OAEP only
+with SHA-1 and MGF1-SHA1 (SHA-256 parameters: CKR_ARGUMENTS_BAD), hence "rsa-oaep-sha1". Such a
+file is opened by the recipient's private key on the recipient's own HSM, never here.
 """
 
 from __future__ import annotations
@@ -20,18 +25,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from pkcs11 import Mechanism
+from pkcs11 import MGF, Mechanism
 
-from kmtui.core import errors, lifecycle, policy, templates
+from kmtui.core import errors, lifecycle, officer, policy, templates
 from kmtui.core.lifecycle import Use
-from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, utcnow
+from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, new_key_id, utcnow
 from kmtui.core.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.safetext import clean
-from kmtui.core.service import Apply, Prepared, Workstation
+from kmtui.core.service import Apply, Prepared, Workstation, session_context
 
 FILE_FORMAT = "kmtui-wrapped-key-v1"
-MECHANISMS = {"aes-key-wrap-pad": Mechanism.AES_KEY_WRAP_PAD}  # RFC 5649
+MECHANISMS = {"aes-key-wrap-pad": Mechanism.AES_KEY_WRAP_PAD}  # RFC 5649; what import unwraps
+RSA_OAEP = "rsa-oaep-sha1"
+WRAP_MECHANISMS: dict[str, tuple[Mechanism, Any]] = {
+    "aes-key-wrap-pad": (Mechanism.AES_KEY_WRAP_PAD, None),
+    # SoftHSM 2.6.1 refuses any other OAEP hash (CKR_ARGUMENTS_BAD); the label is empty.
+    RSA_OAEP: (Mechanism.RSA_PKCS_OAEP, (Mechanism.SHA_1, MGF.SHA1, None)),
+}
+MAX_PEM = 16 * 1024
 MAX_FILE = 64 * 1024
 MAX_COMPONENTS = 9
 
@@ -65,7 +80,9 @@ def _kek(ws: Workstation, ref: str) -> Key:
 
 
 def prepare_export(ws: Workstation, ref: str, kek_ref: str) -> Prepared:
-    key, kek = ws.get_key(ref), _kek(ws, ref=kek_ref)
+    key = ws.get_key(ref)
+    wrapper = ws.get_key(kek_ref)
+    kek = _recipient(wrapper) if "recipient" in wrapper.tags else _kek(ws, ref=kek_ref)
     if not key.exportable:
         raise errors.PolicyRefused(
             f"Key {clean(key.label, 60)!r} is not exportable: policy {key.policy!r} made it "
@@ -74,30 +91,36 @@ def prepare_export(ws: Workstation, ref: str, kek_ref: str) -> Prepared:
         )
     if lifecycle.ALLOWED_USES[key.state].isdisjoint({Use.ENCRYPT, Use.DECRYPT}):
         raise errors.PolicyRefused(f"A key in state {key.state} is not exported.")
+    recipient = "recipient" in kek.tags
     if "trusted" not in kek.tags:
+        if recipient:
+            raise errors.PolicyRefused(
+                f"{clean(kek.label, 60)!r} is not a trusted recipient key: exportable keys are "
+                "WRAP_WITH_TRUSTED, so the token wraps them only under a trusted wrapping key.",
+                "The security officer imports the recipient's key with "
+                "`kmtui keys import-public --trusted` after checking its fingerprint.",
+            )
         raise errors.PolicyRefused(
             f"{clean(kek.label, 60)!r} is not a trusted key-encryption key.",
             "Exportable keys are wrapped only under a KEK the security officer created "
             "(`kmtui keys create --purpose wrap --trusted`).",
         )
     current, kek_version = _current(key), _current(kek)
-    op = Operation(
-        OpKind.KEY_EXPORT,
-        key.id,
-        {
-            "label": key.label,
-            "version": current.version,
-            "algorithm": key.algorithm,
-            "kcv": current.kcv,
-            "wrapping_key": kek.id,
-            "wrapping_key_kcv": kek_version.kcv,
-            "mechanism": "aes-key-wrap-pad",
-        },
-    )
-    summary = (
-        f"Export key {clean(key.label, 60)!r} (KCV {current.kcv}) wrapped under "
-        f"{clean(kek.label, 60)!r} (KCV {kek_version.kcv})"
-    )
+    params: dict[str, Any] = {
+        "label": key.label,
+        "version": current.version,
+        "algorithm": key.algorithm,
+        "kcv": current.kcv,
+        "wrapping_key": kek.id,
+    }
+    if recipient:
+        params.update(wrapping_key_fingerprint=kek_version.fingerprint, mechanism=RSA_OAEP)
+        under = f"{clean(kek.label, 60)!r} (RSA-OAEP, {kek_version.fingerprint[:23]})"
+    else:
+        params.update(wrapping_key_kcv=kek_version.kcv, mechanism="aes-key-wrap-pad")
+        under = f"{clean(kek.label, 60)!r} (KCV {kek_version.kcv})"
+    op = Operation(OpKind.KEY_EXPORT, key.id, params)
+    summary = f"Export key {clean(key.label, 60)!r} (KCV {current.kcv}) wrapped under {under}"
     return Prepared(op, summary, key, ws.rules(key.policy).requirement(op.kind).quorum)
 
 
@@ -114,10 +137,13 @@ def run_export(
     key = ws.get_key(prepared.operation.key_id)
     kek = ws.get_key(str(p["wrapping_key"]))
 
+    mechanism, param = WRAP_MECHANISMS[str(p["mechanism"])]
+    # The manifest names the wrapping key by what identifies it: a KEK's KCV, a public key's
+    # fingerprint (SHA-256 of its SubjectPublicKeyInfo).
+    named = {k: p[k] for k in ("wrapping_key_kcv", "wrapping_key_fingerprint") if k in p}
+
     def work(result: dict[str, Any]) -> Apply:
-        blob = ws.hsm.wrap(
-            _current(key).cka_id, _current(kek).cka_id, MECHANISMS[str(p["mechanism"])]
-        )
+        blob = ws.hsm.wrap(_current(key).cka_id, _current(kek).cka_id, mechanism, param)
         manifest = {
             "key_id": key.id,
             "version": p["version"],
@@ -126,7 +152,7 @@ def run_export(
             "purpose": key.purpose,
             "kcv": p["kcv"],
             "wrapping_key_id": kek.id,
-            "wrapping_key_kcv": p["wrapping_key_kcv"],
+            **named,
             "mechanism": p["mechanism"],
             "exported_at": iso(utcnow()),
         }
@@ -187,8 +213,16 @@ def read_wrapped(path: Path) -> WrappedFile:
         raise errors.UsageError(
             f"The manifest in {path} is incomplete (needs {', '.join(needed)})."
         )
+    if manifest["mechanism"] == RSA_OAEP:
+        raise errors.UsageError(
+            f"{path} is wrapped with RSA-OAEP under a recipient's public key (fingerprint "
+            f"{clean(str(manifest.get('wrapping_key_fingerprint', '?')), 80)}): it is meant "
+            "for that recipient's private key, on the recipient's own HSM, and cannot be "
+            "imported here.",
+            "Send it to the recipient; kmtui imports only files wrapped under a KEK it holds.",
+        )
     if manifest["mechanism"] not in MECHANISMS:
-        raise errors.UsageError(f"Unknown wrapping mechanism {manifest['mechanism']!r}.")
+        raise errors.UsageError(f"Unknown wrapping mechanism {clean(manifest['mechanism'], 40)!r}.")
     try:
         blob = base64.b64decode(str(document.get("wrapped", "")), validate=True)
     except (binascii.Error, ValueError):
@@ -288,7 +322,14 @@ def run_import(
 
 
 def _register(
-    ws: Workstation, op: Operation, kcv: str, tag: str, links: Sequence[tuple[str, str]] = ()
+    ws: Workstation,
+    op: Operation,
+    kcv: str,
+    tag: str,
+    links: Sequence[tuple[str, str]] = (),
+    *,
+    fingerprint: str = "",
+    more_tags: Sequence[str] = (),
 ) -> Apply:
     version = KeyVersion(
         op.key_id,
@@ -298,9 +339,10 @@ def _register(
         ws.hsm.info().serial,
         iso(utcnow()),
         kcv=kcv,
+        fingerprint=fingerprint,
     )
     key = ws.created_key(op.key_id, dict(op.params), version)
-    key.tags = [tag]
+    key.tags = [tag, *more_tags]
 
     def apply() -> None:
         ws.store.add_key(key)
@@ -308,6 +350,207 @@ def _register(
             ws.store.link_keys(key.id, related, relation)
 
     return apply
+
+
+# -- recipients' RSA public keys ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipientKey:
+    """A recipient's RSA public key as read from PEM (public values only)."""
+
+    modulus: int
+    exponent: int
+    fingerprint: str  # "SHA256:" + hex of the DER SubjectPublicKeyInfo, as for generated keys
+
+    @property
+    def bits(self) -> int:
+        return self.modulus.bit_length()
+
+
+def read_recipient_pem(path: Path) -> RecipientKey:
+    """An RSA public key (or the key of an X.509 certificate) from a PEM file; anything else,
+    or a key shorter than 2048 bits, is refused saying what is wrong."""
+    try:
+        raw = path.read_bytes()[: MAX_PEM + 1]
+    except OSError as exc:
+        raise errors.UsageError(f"Cannot read {path}: {exc.strerror}.") from None
+    if len(raw) > MAX_PEM:
+        raise errors.UsageError(f"{path} is too large to be a PEM public key.")
+    if b"PRIVATE KEY-----" in raw:
+        raise errors.UsageError(
+            f"{path} holds a PRIVATE key. Never send or import a recipient's private key.",
+            "Ask the recipient for their PUBLIC key (PEM, 'BEGIN PUBLIC KEY').",
+        )
+    public: Any
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in raw:
+            public = x509.load_pem_x509_certificate(raw).public_key()
+        else:
+            public = serialization.load_pem_public_key(raw)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise errors.UsageError(
+            f"{path} is not a readable PEM public key (damaged, truncated or another format).",
+            "Ask the recipient for their RSA public key as PEM ('BEGIN PUBLIC KEY').",
+        ) from None
+    if not isinstance(public, rsa.RSAPublicKey):
+        kind = type(public).__name__.removeprefix("_").replace("PublicKey", "") or "unknown"
+        raise errors.UsageError(
+            f"{path} holds a non-RSA public key ({clean(kind, 40)}); recipient keys for "
+            "RSA-OAEP wrapping must be RSA.",
+            "Ask the recipient for an RSA public key of at least 2048 bits.",
+        )
+    numbers = public.public_numbers()
+    if public.key_size < templates.MIN_RECIPIENT_BITS:
+        raise errors.UsageError(
+            f"The recipient key in {path} is too short: RSA-{public.key_size}, kmtui needs at "
+            f"least {templates.MIN_RECIPIENT_BITS} bits.",
+            "Ask the recipient for an RSA key of 2048, 3072 or 4096 bits.",
+        )
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return RecipientKey(numbers.n, numbers.e, "SHA256:" + hashlib.sha256(der).hexdigest())
+
+
+def load_recipient(ws: Workstation, path: Path, *, actor: str = "console") -> RecipientKey:
+    """`read_recipient_pem`, with a refused file audited (which file, and why; no key value)."""
+    try:
+        return read_recipient_pem(path)
+    except errors.KmtuiError as exc:
+        ws.audit.append(
+            str(OpKind.KEY_IMPORT),
+            actor=actor,
+            outcome=Outcome.REFUSED,
+            params={
+                "recipient_pem": path.name,
+                "error": type(exc).__name__,
+                "message": exc.message,
+                **session_context(),
+            },
+        )
+        raise
+
+
+def _recipient(key: Key) -> Key:
+    lifecycle.require_use(key.state, Use.WRAP)
+    return key
+
+
+def prepare_import_public(
+    ws: Workstation,
+    recipient: RecipientKey,
+    *,
+    label: str,
+    trusted: bool = False,
+    policy_name: str = "default",
+) -> Prepared:
+    """Register a recipient's RSA public key (dual-controlled). The policy's algorithm list
+    governs keys generated here; a recipient's key is bounded by `templates.recipient` (RSA of
+    2048, 3072 or 4096 bits, wrap only) and by the policy's approvals and lifecycle."""
+    key_id = new_key_id()
+    template = templates.recipient(
+        recipient.modulus,
+        recipient.exponent,
+        cka_id=templates.cka_id(key_id, 1),
+        label=label,
+        trusted=trusted,
+    )
+    rules = ws.rules(policy_name)
+    for row in ws.store.rows(
+        "SELECT key_id FROM key_versions WHERE fingerprint = ?", (recipient.fingerprint,)
+    ):
+        other = ws.store.get_key(str(row["key_id"]))
+        if other is not None and other.state not in (
+            KeyState.DESTROYED,
+            KeyState.DESTROYED_COMPROMISED,
+        ):
+            raise errors.UsageError(
+                f"This public key is already registered as {clean(other.label, 60)!r} "
+                f"({other.id}).",
+                "Use that key, or destroy it first to register the key again.",
+            )
+    op = Operation(
+        OpKind.KEY_IMPORT,
+        key_id,
+        {
+            "label": label,
+            "algorithm": template.algorithm.name,
+            "purpose": template.purpose.value,
+            "policy": policy_name,
+            "exportable": False,
+            "trusted": trusted,
+            "recipient": True,
+            "cka_id": template.cka_id.hex(),
+            "fingerprint": recipient.fingerprint,
+        },
+    )
+    summary = (
+        f"Import recipient public key {clean(label, 60)!r} ({template.algorithm.name}, "
+        f"{recipient.fingerprint})"
+        + (" as TRUSTED (security officer): it may wrap exportable keys" if trusted else "")
+    )
+    return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+
+
+def run_import_public(
+    ws: Workstation,
+    prepared: Prepared,
+    recipient: RecipientKey,
+    approvals: Sequence[ApprovalInput],
+    *,
+    officer_pin: str = "",
+    actor: str = "console",
+) -> Key:
+    """Create the PUBLIC_KEY object (by the security officer when trusted) and register it."""
+    op = prepared.operation
+    p = op.params
+    if recipient.fingerprint != p["fingerprint"]:
+        raise errors.UsageError("This is not the public key the operation was prepared for.")
+    trusted = bool(p["trusted"])
+    if trusted and not officer_pin:
+        raise errors.UsageError(
+            "A trusted recipient key is imported by the security officer.",
+            "The SO enters the SO PIN (--so-pin-file for scripts).",
+        )
+    template = templates.recipient(
+        recipient.modulus,
+        recipient.exponent,
+        cka_id=bytes.fromhex(str(p["cka_id"])),
+        label=str(p["label"]),
+        trusted=trusted,
+    )
+
+    def work(result: dict[str, Any]) -> Apply:
+        try:
+            if trusted:
+                officer.create_trusted_recipient(
+                    ws.hsm.module,
+                    ws.hsm.softhsm2_conf,
+                    ws.hsm.token_label,
+                    ws.hsm.token_serial,
+                    officer_pin,
+                    template,
+                )
+                made = ws.hsm.adopt(template)
+            else:
+                made = ws.hsm.create_public(template)
+            if made.fingerprint != p["fingerprint"]:
+                raise errors.TemplateMismatch(
+                    f"The token holds a public key with fingerprint {made.fingerprint[:23]}, "
+                    f"not {str(p['fingerprint'])[:23]}.",
+                    "Nothing was registered.",
+                    {"PUBLIC_KEY.fingerprint": (p["fingerprint"], made.fingerprint)},
+                )
+        except errors.TemplateMismatch:
+            ws.hsm.destroy(template.cka_id)  # a public object: nothing secret is lost
+            raise
+        result.update(fingerprint=made.fingerprint, trusted=trusted)
+        more = ["trusted"] if trusted else []
+        return _register(ws, op, "", "recipient", fingerprint=made.fingerprint, more_tags=more)
+
+    ws.execute(prepared, approvals, work, rules=ws.rules(str(p["policy"])), actor=actor)
+    return ws.get_key(op.key_id)
 
 
 # -- components (split knowledge) ----------------------------------------------------------------

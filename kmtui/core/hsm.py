@@ -512,16 +512,27 @@ class Hsm:
         return self._prove(template, objects)
 
     def adopt(self, template: KeyTemplate) -> GeneratedKey:
-        """Prove a key another session made (the security officer's trusted KEK) as if ours."""
+        """Prove a key another session made (the security officer's trusted KEK, or a trusted
+        recipient public key) as if ours."""
+        cls = ObjectClass.PUBLIC_KEY if template.public else ObjectClass.SECRET_KEY
 
         def run() -> GeneratedKey:
-            obj = self._find(template.cka_id, ObjectClass.SECRET_KEY)
+            obj = self._find(template.cka_id, cls)
             if obj is None:
                 raise errors.ObjectGone(
                     f"The security officer's key {template.label!r} is not on the token.",
                     "Run the creation again.",
                 )
-            return self._prove(template, {ObjectClass.SECRET_KEY: obj})
+            return self._prove(template, {cls: obj})
+
+        return self._run(run)
+
+    def create_public(self, template: KeyTemplate) -> GeneratedKey:
+        """A public key given by value (a recipient's, from PEM), created and proved."""
+
+        def run() -> GeneratedKey:
+            obj = self._require_session().create_object(template.public)
+            return self._prove(template, {ObjectClass.PUBLIC_KEY: obj})
 
         return self._run(run)
 
@@ -568,7 +579,7 @@ class Hsm:
         public = values[ObjectClass.PUBLIC_KEY]
         return GeneratedKey(
             template.cka_id,
-            (ObjectClass.PUBLIC_KEY.name, ObjectClass.PRIVATE_KEY.name),
+            tuple(cls.name for cls in objects),
             fingerprint=_fingerprint(spec.key_type, public),
             attributes=read_back,
         )
@@ -678,6 +689,7 @@ class Hsm:
             Attribute.LOCAL,
             Attribute.ALWAYS_SENSITIVE,
             Attribute.NEVER_EXTRACTABLE,
+            Attribute.TRUSTED,
             *_USAGE_ATTRS,
         ]
 
@@ -788,6 +800,14 @@ class Hsm:
 
                 check("mac-verify", mac)
             out["kcv"] = self._kcv(key)
+        elif purpose == templates.Purpose.WRAP:  # a recipient's public key: no private half here
+            public = self._get_key(cka_id, ObjectClass.PUBLIC_KEY)
+            check(
+                "wrap-only", lambda: not public[Attribute.ENCRYPT] and bool(public[Attribute.WRAP])
+            )
+            out["fingerprint"] = _fingerprint(
+                KeyType.RSA, self._read_attributes(public, _PUBLIC_VALUE_ATTRS[KeyType.RSA])
+            )
         else:
             private = self._get_key(cka_id, ObjectClass.PRIVATE_KEY)
             public = self._get_key(cka_id, ObjectClass.PUBLIC_KEY)
@@ -884,19 +904,20 @@ class Hsm:
 
     # -- distribution: wrap, unwrap, keys entered from components -----------------------------
 
-    def wrap(self, target: bytes, wrapper: bytes, mechanism: Mechanism) -> bytes:
-        """The target key (secret) wrapped by the wrapping key; the token enforces the rules."""
+    def wrap(self, target: bytes, wrapper: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+        """The target key (secret) wrapped by the wrapping key (a KEK, or a recipient's public
+        key with `param` its OAEP parameters); the token enforces the rules."""
 
         def run() -> bytes:
             key = self._get_key(target, ObjectClass.SECRET_KEY)
             kek = self._wrapping_key(wrapper)
             try:
-                return bytes(kek.wrap_key(key, mechanism=mechanism))
+                return bytes(kek.wrap_key(key, mechanism=mechanism, mechanism_param=param))
             except (p11.KeyUnextractable, p11.KeyNotWrappable):
                 raise errors.PolicyRefused(
                     "The token refused to wrap this key with that wrapping key.",
-                    "Exportable keys can only be wrapped by a trusted key-encryption key "
-                    "(made with --trusted by the security officer).",
+                    "Exportable keys can only be wrapped by a trusted key-encryption key or "
+                    "recipient key (made or imported with --trusted by the security officer).",
                 ) from None
 
         return self._run(run)

@@ -1,8 +1,9 @@
-"""What only the security officer may do: create a trusted key-encryption key.
+"""What only the security officer may do: create a trusted key-encryption key, or import a
+recipient's RSA public key as trusted.
 
 CKA_TRUSTED can be set only in an SO session, and PKCS#11 login is per process (this process is
 logged in as the user), so the SO works in a child process. The SO PIN reaches it on stdin, never
-in argv or the environment; the child makes the key from kmtui's own template and exits.
+in argv or the environment; the child makes the object from kmtui's own template and exits.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+
+from pkcs11 import Attribute
 
 from kmtui.core import errors, templates
 
@@ -24,23 +27,55 @@ def create_trusted_kek(
     template: templates.KeyTemplate,
 ) -> None:
     """Generate `template` (a trusted AES KEK) in an SO session of a child process."""
-    request = json.dumps(
+    _as_officer(
+        module,
+        softhsm2_conf,
         {
-            "module": module,
+            "action": "kek",
             "token_label": token_label,
             "token_serial": token_serial,
             "so_pin": so_pin,
             "algorithm": template.algorithm.name,
             "cka_id": template.cka_id.hex(),
             "label": template.label,
-        }
+        },
     )
+
+
+def create_trusted_recipient(
+    module: str,
+    softhsm2_conf: str,
+    token_label: str,
+    token_serial: str,
+    so_pin: str,
+    template: templates.KeyTemplate,
+) -> None:
+    """Create `template` (a recipient's RSA public key, trusted) in an SO session of a child
+    process; the child rebuilds the template from the public numbers with `templates.recipient`."""
+    public = template.public
+    _as_officer(
+        module,
+        softhsm2_conf,
+        {
+            "action": "recipient",
+            "token_label": token_label,
+            "token_serial": token_serial,
+            "so_pin": so_pin,
+            "modulus": bytes(public[Attribute.MODULUS]).hex(),
+            "exponent": bytes(public[Attribute.PUBLIC_EXPONENT]).hex(),
+            "cka_id": template.cka_id.hex(),
+            "label": template.label,
+        },
+    )
+
+
+def _as_officer(module: str, softhsm2_conf: str, request: dict[str, str]) -> None:
     env = dict(os.environ)
     if softhsm2_conf:
         env["SOFTHSM2_CONF"] = softhsm2_conf
     proc = subprocess.run(
         [sys.executable, "-m", "kmtui.core.officer"],
-        input=request,
+        input=json.dumps({"module": module, **request}),
         capture_output=True,
         text=True,
         env=env,
@@ -67,23 +102,32 @@ def _child() -> None:
         if request["token_label"]
         else {"token_serial": request["token_serial"].encode()}
     )
-    template = templates.build(
-        request["algorithm"],
-        "wrap",
-        cka_id=bytes.fromhex(request["cka_id"]),
-        label=request["label"],
-        trusted=True,
-    )
+    cka_id, label = bytes.fromhex(request["cka_id"]), request["label"]
+    if request.get("action") == "recipient":
+        template = templates.recipient(
+            int(request["modulus"], 16),
+            int(request["exponent"], 16),
+            cka_id=cka_id,
+            label=label,
+            trusted=True,
+        )
+    else:
+        template = templates.build(
+            request["algorithm"], "wrap", cka_id=cka_id, label=label, trusted=True
+        )
     try:
         token = lib.get_token(**query)
         with token.open(rw=True, so_pin=request["so_pin"]) as session:
-            session.generate_key(
-                template.algorithm.key_type,
-                template.algorithm.bits,
-                capabilities=pkcs11.MechanismFlag(0),
-                mechanism=template.mechanism,
-                template=template.secret,
-            )
+            if template.public:
+                session.create_object(template.public)
+            else:
+                session.generate_key(
+                    template.algorithm.key_type,
+                    template.algorithm.bits,
+                    capabilities=pkcs11.MechanismFlag(0),
+                    mechanism=template.mechanism,
+                    template=template.secret,
+                )
     except p11.PKCS11Error as exc:
         print(f"The token refused the security officer's request ({type(exc).__name__}).")
         raise SystemExit(1) from None

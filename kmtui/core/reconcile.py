@@ -340,15 +340,20 @@ def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report
     spec = templates.ALGORITHMS.get(key.algorithm)
     if spec is None:
         return
-    template = templates.build(
-        key.algorithm,
-        key.purpose,
-        cka_id=version.cka_id,
-        label=key.label or "?",
-        exportable=key.exportable,
-        trusted="trusted" in key.tags,
-    )
-    cls = ObjectClass.SECRET_KEY if spec.symmetric else ObjectClass.PRIVATE_KEY
+    if "recipient" in key.tags:  # a recipient's public key: no private half on this token
+        cls = ObjectClass.PUBLIC_KEY
+        wanted = templates.recipient_flags(trusted="trusted" in key.tags)
+    else:
+        template = templates.build(
+            key.algorithm,
+            key.purpose,
+            cka_id=version.cka_id,
+            label=key.label or "?",
+            exportable=key.exportable,
+            trusted="trusted" in key.tags,
+        )
+        cls = ObjectClass.SECRET_KEY if spec.symmetric else ObjectClass.PRIVATE_KEY
+        wanted = template.expected(cls)
     try:
         actual = ws.hsm.attributes(version.cka_id, cls)
         observed = _observed(ws, key.algorithm, version.cka_id)
@@ -387,10 +392,11 @@ def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report
         "SIGN",
         "VERIFY",
         "DERIVE",
+        "TRUSTED",
         "ALWAYS_SENSITIVE",
         "NEVER_EXTRACTABLE",
     )
-    expected = {a.name: v for a, v in template.expected(cls).items()}
+    expected = {a.name: v for a, v in wanted.items()}
     if {"imported", "components"} & set(key.tags):  # entered, not generated on this token
         for name in ("ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE"):
             expected.pop(name, None)

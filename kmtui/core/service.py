@@ -340,7 +340,13 @@ class Workstation:
         raise errors.UsageError(f"No key {clean(ref, 60)!r}.", "See `kmtui keys list`.")
 
     def version_uri(self, key: Key, version: KeyVersion) -> str:
-        kind = "secret-key" if templates.ALGORITHMS[key.algorithm].symmetric else "private"
+        kind = (
+            "secret-key"
+            if templates.ALGORITHMS[key.algorithm].symmetric
+            else "public"
+            if "recipient" in key.tags
+            else "private"
+        )
         return uri.build(
             token=self.hsm.token_label,
             serial=version.token_serial,
@@ -480,9 +486,10 @@ class Workstation:
         if kind == OpKind.KEY_SCHEDULE_DESTROY:
             base["destroy_after"] = iso(utcnow() + timedelta(days=rules.destroy_wait_days))
         if kind == OpKind.KEY_ROTATE:
-            if "trusted" in key.tags:
+            if {"trusted", "recipient"} & set(key.tags):
                 raise errors.PolicyRefused(
-                    "A trusted key-encryption key is replaced, not rotated.",
+                    "A trusted key-encryption key or a recipient's public key is replaced, "
+                    "not rotated.",
                     "Create a new one with --trusted (security officer), then retire this one.",
                 )
             base["new_version"] = key.current_version + 1

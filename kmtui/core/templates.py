@@ -237,6 +237,67 @@ def build(
     return template
 
 
+MIN_RECIPIENT_BITS = 2048
+RECIPIENT_BITS = (2048, 3072, 4096)
+"""RSA sizes kmtui registers as recipients' public keys (each has an RSA-<bits> entry above)."""
+
+
+def recipient_flags(trusted: bool) -> dict[Attribute, Any]:
+    """What a recipient's RSA public key object must carry besides its value: it wraps and does
+    nothing else, cannot be changed, and is trusted only when the security officer made it so."""
+    return {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: True,
+        Attribute.TRUSTED: trusted,
+        Attribute.ENCRYPT: False,
+        Attribute.WRAP: True,
+        Attribute.VERIFY: False,
+        Attribute.DERIVE: False,
+    }
+
+
+def recipient(
+    modulus: int, exponent: int, *, cka_id: bytes, label: str, trusted: bool = False
+) -> KeyTemplate:
+    """A recipient's RSA public key (imported from PEM) as a token PUBLIC_KEY object that may only
+    wrap. `trusted` objects are created by the security officer (CKA_TRUSTED is SO-only): the
+    only recipients that can wrap exportable keys, which are all WRAP_WITH_TRUSTED."""
+    bits = modulus.bit_length()
+    if bits < MIN_RECIPIENT_BITS:
+        raise UsageError(
+            f"The recipient's RSA key has {bits} bits; kmtui needs at least "
+            f"{MIN_RECIPIENT_BITS} (a recipient key that short is too weak to protect a key).",
+            "Ask the recipient for an RSA key of 2048, 3072 or 4096 bits.",
+        )
+    if bits not in RECIPIENT_BITS:
+        raise UsageError(
+            f"The recipient's RSA key has {bits} bits; kmtui registers RSA keys of "
+            f"{', '.join(map(str, RECIPIENT_BITS))} bits.",
+            "Ask the recipient for a key of one of those sizes.",
+        )
+    if exponent < 3 or exponent % 2 == 0:
+        raise UsageError("The recipient's RSA public exponent is not valid.", "Check the PEM.")
+    _check_label(label)
+    spec = ALGORITHMS[f"RSA-{bits}"]
+    public: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.KEY_TYPE: KeyType.RSA,
+        Attribute.ID: cka_id,
+        Attribute.LABEL: label,
+        **recipient_flags(trusted),
+        Attribute.MODULUS: modulus.to_bytes((bits + 7) // 8, "big"),
+        Attribute.PUBLIC_EXPONENT: exponent.to_bytes((exponent.bit_length() + 7) // 8, "big"),
+    }
+    if problems := violations(ObjectClass.PUBLIC_KEY, public):
+        raise AssertionError(f"recipient template breaks: {problems}")
+    return KeyTemplate(
+        spec, Purpose.WRAP, False, GENERATE_MECHANISM[KeyType.RSA], cka_id, label, public=public
+    )
+
+
 def unwrap_target(template: KeyTemplate) -> dict[Attribute, Any]:
     """What an imported (unwrapped) key becomes: the generation template less what the blob
     fixes (CKA_VALUE_LEN) and what SoftHSM 2.6 refuses on unwrap (CKA_MODIFIABLE)."""
