@@ -281,14 +281,38 @@ class AuditLog:
         key_id: str | None = None,
         actor: str | None = None,
         action: str | None = None,
+        outcome: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        actor_contains: str | None = None,
     ) -> list[AuditEvent]:
-        """One page of events; pass the last seq shown as `after_seq` for the next page."""
+        """One page of events; pass the last seq shown as `after_seq` for the next page.
+
+        `since`/`until` bound ts inclusively (ISO text); `actor_contains` finds an operator
+        inside a joint actor such as "alice+bob" (ASCII-case-insensitive).
+        """
         conditions: list[str] = []
         params: list[Any] = []
-        for column, value in (("key_id", key_id), ("actor", actor), ("action", action)):
+        for column, value in (
+            ("key_id", key_id),
+            ("actor", actor),
+            ("action", action),
+            ("outcome", outcome),
+        ):
             if value is not None:
                 conditions.append(f"{column} = ?")
                 params.append(value)
+        # Unary +: the trail is walked by seq, newest first, and rows are tested as they come;
+        # the ts index would cost a sort of every event in the range before the first row.
+        if since is not None:
+            conditions.append("+ts >= ?")
+            params.append(since)
+        if until is not None:
+            conditions.append("+ts <= ?")
+            params.append(until)
+        if actor_contains:
+            conditions.append("actor LIKE ? ESCAPE '\\'")
+            params.append("%" + re.sub(r"([\\%_])", r"\\\1", actor_contains) + "%")
         rows = self._store.keyset_page(
             "audit_events",
             ("seq",),

@@ -35,9 +35,19 @@ _KEY_COLUMNS = (
     "state_before, revocation_reason, compromised_at"
 )
 _VERSION_COLUMNS = "key_id, version, state, cka_id, token_serial, kcv, fingerprint, created_at"
-_KEY_ORDER = ("label COLLATE NOCASE", "id")
+NEVER_DUE = "~"  # sorts after every ISO date: keys with no rotation date come last
+KEY_ORDERS: dict[str, str] = {
+    "label": "label COLLATE NOCASE",
+    "state": "state",
+    "algorithm": "algorithm COLLATE NOCASE",
+    "policy": "ifnull(policy, '')",
+    "created_at": "created_at",
+    "rotation_due_at": f"ifnull(rotation_due_at, '{NEVER_DUE}')",
+}
+"""The orders page_keys seeks by: each expression is indexed together with id (migration 5)."""
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COLLATIONS = {"BINARY", "NOCASE", "RTRIM"}
+_WINDOW = 1000  # index entries page_keys walks before it scans the table instead
 _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
 _MESSAGE_LIMIT = 200
 
@@ -234,11 +244,24 @@ def _migration_4(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta VALUES ('registry_id', ?)", (secrets.token_hex(8),))
 
 
+def _migration_5(conn: sqlite3.Connection) -> None:
+    """One index per key order, each ending in id, so every sort is a seek and never a sort."""
+    for statement in (
+        "CREATE INDEX keys_by_state_id ON keys (state, id)",
+        "CREATE INDEX keys_by_algorithm ON keys (algorithm COLLATE NOCASE, id)",
+        "CREATE INDEX keys_by_policy_id ON keys (ifnull(policy, ''), id)",
+        "CREATE INDEX keys_by_created ON keys (created_at, id)",
+        f"CREATE INDEX keys_by_rotation_order ON keys (ifnull(rotation_due_at, '{NEVER_DUE}'), id)",
+    ):
+        conn.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 
 
@@ -753,18 +776,84 @@ class Store:
         limit: int = 100,
         state: str | None = None,
         label_prefix: str | None = None,
+        algorithm: str | None = None,
+        policy: str | None = None,
+        tag: str | None = None,
+        id_prefix: str | None = None,
+        order: str = "label",
+        descending: bool = False,
     ) -> list[Key]:
-        """Keys ordered by (label, case-insensitively; id); pass the last (label, id) to go on."""
-        conditions: list[str] = []
-        params: list[Any] = []
-        if state is not None:
-            conditions.append("state = ?")
-            params.append(str(state))
-        if label_prefix:
-            escaped = re.sub(r"([\\%_])", r"\\\1", label_prefix)
-            conditions.append("label LIKE ? ESCAPE '\\'")  # ASCII-case-insensitive, like NOCASE
-            params.append(escaped + "%")
-        rows = self.keyset_page("keys", _KEY_ORDER, after, limit, " AND ".join(conditions), params)
+        """One page of keys in `order` (then id); pass key_cursor(last key, order) to go on.
+
+        Every filter runs in SQL: label and algorithm are case-insensitive prefixes, id a
+        prefix, policy exact ('' for keys without one), tag one exact element of the tags.
+        """
+        expression = KEY_ORDERS.get(order)
+        if expression is None:
+            raise ValueError(f"cannot order keys by {order!r}; orders: {', '.join(KEY_ORDERS)}")
+        # `seek` narrows the order's own index; `check` is tested row by row.
+        seek: list[tuple[str, Any]] = []
+        check: list[tuple[str, Any]] = []
+        if state is not None:  # keys_by_state serves (state, label) as well as (state, id)
+            (seek if order in ("state", "label") else check).append(("state = ?", str(state)))
+        if label_prefix:  # LIKE is ASCII-case-insensitive, like NOCASE, so it seeks too
+            like = ("label LIKE ? ESCAPE '\\'", _like_escape(label_prefix) + "%")
+            (seek if order == "label" else check).append(like)
+        if algorithm:
+            like = ("algorithm LIKE ? ESCAPE '\\'", _like_escape(algorithm) + "%")
+            (seek if order == "algorithm" else check).append(like)
+        if policy is not None:
+            (seek if order == "policy" else check).append(("ifnull(policy, '') = ?", policy))
+        if tag:
+            # A substring test on the JSON text rejects most rows fast; json_each makes it exact.
+            check.append(("instr(tags, ?) > 0", json.dumps(tag)))
+            check.append(
+                ("EXISTS (SELECT 1 FROM json_each(keys.tags) WHERE json_each.value = ?)", tag)
+            )
+        if id_prefix:
+            check.append(("id GLOB ?", re.sub(r"([*?\[])", r"[\1]", id_prefix) + "*"))
+        column, _, collation = expression.partition(" COLLATE ")
+        if after is not None:
+            value, key_id = after
+            if order == "rotation_due_at" and not value:
+                value = NEVER_DUE
+            sign = "<" if descending else ">"
+            if _IDENTIFIER.fullmatch(column):
+                right = f"? COLLATE {collation}" if collation else "?"
+                # Collation on the right-hand side, so SQLite seeks the index by row value.
+                seek.append((f"({column}, id) {sign} ({right}, ?)", (value, key_id)))
+            else:  # SQLite seeks an expression index by a range on it, not by a row value
+                condition = f"{column} {sign}= ? AND ({column} {sign} ? OR id {sign} ?)"
+                seek.append((condition, (value, value, key_id)))
+        direction = " DESC" if descending else ""
+        order_by = f" ORDER BY {expression}{direction}, id{direction}"
+        if order == "policy" and policy is not None:  # one value: SQLite sees the index's order
+            order_by = f" ORDER BY id{direction}"  # only when the expression is left out
+
+        def where(conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+            args: list[Any] = []
+            for _, value in conditions:
+                args.extend(value if isinstance(value, tuple) else (value,))
+            text = " AND ".join(sql for sql, _ in conditions)
+            return (f" WHERE {text}" if text else ""), args
+
+        seek_sql, seek_args = where(seek)
+        if not check:
+            sql = f"SELECT * FROM keys{seek_sql}{order_by} LIMIT ?"  # noqa: S608 - constants
+            return self._with_versions(self.rows(sql, [*seek_args, int(limit)]))
+        # Walk the order's index a window at a time: common matches fill a page at once. When
+        # the window runs dry, rare or absent matches are cheaper found by one scan of the
+        # table (no index lookups) and a sort of just the matches.
+        check_sql, check_args = where(check)
+        window = (
+            f"SELECT * FROM (SELECT * FROM keys{seek_sql}{order_by} LIMIT ?) AS keys"  # noqa: S608
+            f"{check_sql}{order_by} LIMIT ?"
+        )
+        rows = self.rows(window, [*seek_args, _WINDOW, *check_args, int(limit)])
+        if len(rows) < limit:
+            both_sql, both_args = where(seek + check)
+            scan = f"SELECT * FROM keys NOT INDEXED{both_sql}{order_by} LIMIT ?"  # noqa: S608
+            rows = self.rows(scan, [*both_args, int(limit)])
         return self._with_versions(rows)
 
     def _with_versions(self, rows: list[dict[str, Any]]) -> list[Key]:
@@ -793,6 +882,17 @@ class Store:
                     )
                 )
         return keys
+
+
+def key_cursor(key: Key, order: str = "label") -> tuple[str, str]:
+    """The page_keys cursor that continues after `key` in `order`."""
+    if order not in KEY_ORDERS:
+        raise ValueError(f"cannot order keys by {order!r}")
+    return str(getattr(key, order)), key.id
+
+
+def _like_escape(text: str) -> str:
+    return re.sub(r"([\\%_])", r"\\\1", text)
 
 
 def _key_from_row(row: dict[str, Any]) -> Key:

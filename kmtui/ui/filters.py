@@ -1,22 +1,23 @@
-"""The filter languages of the Keys and Audit panes, turned into SQL where an index helps."""
+"""The filter languages of the Keys and Audit panes, parsed into the store's query arguments."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from kmtui.core.models import Key, KeyState
+from kmtui.core.models import KeyState
 
 _TERM = re.compile(r"(\w+):(\S*)")
 
 
-def _terms(text: str) -> tuple[dict[str, str], list[str]]:
+def _terms(text: str, names: set[str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Named terms (`name:value`) and the other words; a name outside `names` is a word."""
     named: dict[str, str] = {}
     words: list[str] = []
     for part in text.split():
         match = _TERM.fullmatch(part)
-        if match:
+        if match and (names is None or match.group(1).lower() in names):
             named[match.group(1).lower()] = match.group(2)
         else:
             words.append(part)
@@ -25,77 +26,80 @@ def _terms(text: str) -> tuple[dict[str, str], list[str]]:
 
 @dataclass(frozen=True)
 class KeyFilter:
-    """Label prefix and state go to SQL (indexed); the rest is checked on each fetched page."""
+    """What the keys filter box asks for; every term is answered by Store.page_keys in SQL."""
 
     label_prefix: str = ""
     state: str | None = None
     algorithm: str = ""
-    policy: str = ""
+    policy: str | None = None
     tag: str = ""
     id_prefix: str = ""
 
     @classmethod
     def parse(cls, text: str) -> KeyFilter:
-        named, words = _terms(text)
+        named, words = _terms(text, {"state", "alg", "algorithm", "policy", "tag", "id"})
         state = named.get("state", "").lower() or None
         if state is not None and state not in {s.value for s in KeyState}:
             raise ValueError(f"unknown state {state!r}; states: {', '.join(KeyState)}")
         return cls(
             label_prefix=" ".join(words),
             state=state,
-            algorithm=named.get("alg", named.get("algorithm", "")).upper(),
-            policy=named.get("policy", ""),
+            algorithm=named.get("alg", named.get("algorithm", "")),
+            policy=named.get("policy") or None,
             tag=named.get("tag", ""),
             id_prefix=named.get("id", "").lower(),
         )
 
-    @property
-    def sql_only(self) -> bool:
-        return not (self.algorithm or self.policy or self.tag or self.id_prefix)
-
-    def matches(self, key: Key) -> bool:
-        return (
-            (not self.algorithm or key.algorithm.upper().startswith(self.algorithm))
-            and (not self.policy or key.policy == self.policy)
-            and (not self.tag or self.tag in key.tags)
-            and (not self.id_prefix or key.id.startswith(self.id_prefix))
-        )
+    def query(self) -> dict[str, Any]:
+        """Keyword arguments for Store.page_keys."""
+        return {
+            "state": self.state,
+            "label_prefix": self.label_prefix or None,
+            "algorithm": self.algorithm or None,
+            "policy": self.policy,
+            "tag": self.tag or None,
+            "id_prefix": self.id_prefix or None,
+        }
 
 
 @dataclass(frozen=True)
 class AuditFilter:
-    """Every term becomes a bound SQL condition; paging stays a keyset seek on seq."""
+    """What the audit filter box asks for; AuditLog.events answers it, paging by seq."""
 
-    where: str = ""
-    params: tuple[Any, ...] = field(default_factory=tuple)
-    key_id: str = ""
+    key_id: str | None = None
+    operator: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: str | None = None
+    until: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> AuditFilter:
         named, words = _terms(text)
         if words:
             raise ValueError("audit filters are key:, op:, action:, outcome:, since:, until: terms")
-        conditions: list[str] = []
-        params: list[Any] = []
         unknown = sorted(set(named) - {"key", "op", "action", "outcome", "since", "until"})
         if unknown:
             raise ValueError(f"unknown filter {unknown[0]!r}")
-        if named.get("key"):
-            conditions.append("key_id = ?")
-            params.append(named["key"])
-        if named.get("op"):
-            conditions.append("('+' || actor || '+') LIKE ? ESCAPE '\\'")
-            params.append("%+" + re.sub(r"([\\%_])", r"\\\1", named["op"]) + "+%")
-        if named.get("action"):
-            conditions.append("action = ?")
-            params.append(named["action"])
-        if named.get("outcome"):
-            conditions.append("outcome = ?")
-            params.append(named["outcome"].lower())
-        if named.get("since"):
-            conditions.append("ts >= ?")
-            params.append(named["since"].replace(" ", "T"))
-        if named.get("until"):
-            conditions.append("ts <= ?")
-            params.append(named["until"].replace(" ", "T") + "\uffff")
-        return cls(" AND ".join(conditions), tuple(params), named.get("key", ""))
+        since = named.get("since", "").replace(" ", "T")
+        until = named.get("until", "").replace(" ", "T")
+        return cls(
+            key_id=named.get("key") or None,
+            operator=named.get("op") or None,
+            action=named.get("action") or None,
+            outcome=named.get("outcome", "").lower() or None,
+            since=since or None,
+            # "until:2026-05" means to the end of May: every timestamp starting so sorts below.
+            until=(until + "\uffff") if until else None,
+        )
+
+    def query(self) -> dict[str, Any]:
+        """Keyword arguments for AuditLog.events."""
+        return {
+            "key_id": self.key_id,
+            "actor_contains": self.operator,
+            "action": self.action,
+            "outcome": self.outcome,
+            "since": self.since,
+            "until": self.until,
+        }

@@ -63,10 +63,10 @@ async def test_main_screen_lists_keys_and_shows_hostile_labels_as_plain_text(
         assert not row[0].spans  # no markup was applied: [red] stayed literal text
         summary = app.screen.query_one("#keys-summary", Static)
         for _ in range(50):
-            if str(summary.render()) == "2 keys":
+            if str(summary.render()) == "2 keys · sorted by label":
                 break
             await pilot.pause(0.05)
-        assert str(summary.render()) == "2 keys"
+        assert str(summary.render()) == "2 keys · sorted by label"
 
 
 async def test_wrong_pin_shows_an_error_and_the_right_pin_opens_the_main_screen(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kmtui.core.audit import AuditLog
 from kmtui.core.errors import (
     DatabaseCorrupt,
     DatabaseLocked,
@@ -22,7 +23,7 @@ from kmtui.core.errors import (
     StoreError,
 )
 from kmtui.core.models import Key, KeyState, KeyVersion, Policy
-from kmtui.core.store import MIGRATIONS, Store, map_error
+from kmtui.core.store import MIGRATIONS, Store, key_cursor, map_error
 
 NOW = "2026-01-02T03:04:05.000000Z"
 
@@ -487,3 +488,226 @@ def test_backup_never_overwrites_an_existing_file(store: Store, tmp_path: Path) 
     with pytest.raises(StoreError, match="already exists"):
         store.backup(dest)
     assert dest.read_bytes() == b"an older backup"
+
+
+# -- every order and filter of the keys pane, in SQL ---------------------------------------------
+
+ORDERS = ("label", "state", "algorithm", "policy", "created_at", "rotation_due_at")
+ALGORITHMS = ("AES-256", "aes-128", "EC-P256", "RSA-3072")
+SORT_KEYS = {
+    "label": lambda k: (k.label.lower(), k.id),
+    "state": lambda k: (str(k.state), k.id),
+    "algorithm": lambda k: (k.algorithm.lower(), k.id),
+    "policy": lambda k: (k.policy, k.id),
+    "created_at": lambda k: (k.created_at, k.id),
+    "rotation_due_at": lambda k: (k.rotation_due_at or "~", k.id),
+}
+KEY_FILTERS: dict[str, tuple[dict[str, Any], Any]] = {
+    "none": ({}, lambda k: True),
+    "state": ({"state": "suspended"}, lambda k: k.state == KeyState.SUSPENDED),
+    "label": ({"label_prefix": "GAM"}, lambda k: k.label.lower().startswith("gam")),
+    "algorithm": ({"algorithm": "aes"}, lambda k: k.algorithm.lower().startswith("aes")),
+    "policy": ({"policy": "kek"}, lambda k: k.policy == "kek"),
+    "no policy": ({"policy": ""}, lambda k: k.policy == ""),
+    "tag": ({"tag": "pci"}, lambda k: "pci" in k.tags),
+    "id": ({"id_prefix": "k00"}, lambda k: k.id.startswith("k00")),
+    "all": (
+        {"state": "active", "label_prefix": "a", "algorithm": "AES", "tag": "q3"},
+        lambda k: (
+            k.state == KeyState.ACTIVE
+            and k.label.lower().startswith("a")
+            and k.algorithm.upper().startswith("AES")
+            and "q3" in k.tags
+        ),
+    ),
+}
+
+
+@pytest.fixture
+def varied(store: Store) -> list[Key]:
+    """300 keys spread over every order and filter, with ties, NULL policies and NULL dates."""
+    store.add_policy(Policy("kek", "", {}, NOW))
+    keys = []
+    with store.transaction():
+        for n in range(300):
+            key = make_key(
+                (n * 7919) % 100_003,
+                LABELS[n % len(LABELS)],
+                KeyState.ACTIVE if n % 3 else KeyState.SUSPENDED,
+                tags=[["pci"], ["q3", "pci"], [], ["q3"], ['a", "pci']][n % 5],
+                rotation_due_at=f"2026-0{n % 9 + 1}-01T00:00:00.000000Z" if n % 4 else "",
+            )
+            key.algorithm = ALGORITHMS[n % len(ALGORITHMS)]
+            key.policy = ["default", "kek", ""][n % 3]
+            key.created_at = f"2025-{n % 12 + 1:02d}-01T00:00:00.000000Z"
+            store.add_key(key)
+            keys.append(key)
+    return keys
+
+
+def page_ordered(store: Store, limit: int, order: str, descending: bool, **filters: Any) -> list:
+    pages: list[list[Key]] = []
+    after = None
+    while page := store.page_keys(
+        after=after, limit=limit, order=order, descending=descending, **filters
+    ):
+        assert len(page) <= limit
+        assert len(pages) < 400, "paging does not advance"
+        pages.append(page)
+        after = key_cursor(page[-1], order)
+    return pages
+
+
+@pytest.mark.parametrize("window", [1000, 5], ids=["index walk", "table scan"])
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_every_order_and_filter_pages_each_matching_key_exactly_once_in_order(
+    store: Store,
+    varied: list[Key],
+    order: str,
+    descending: bool,
+    window: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kmtui.core.store._WINDOW", window)
+    for name, (filters, matches) in KEY_FILTERS.items():
+        expected = sorted(
+            (k for k in varied if matches(k)), key=SORT_KEYS[order], reverse=descending
+        )
+        assert expected or name == "id", name
+        pages = page_ordered(store, 7, order, descending, **filters)
+        got = [k.id for p in pages for k in p]
+        assert got == [k.id for k in expected], (name, filters)
+        assert all(len(p) == 7 for p in pages[:-1])
+
+
+def test_a_tag_matches_whole_elements_only(store: Store, varied: list[Key]) -> None:
+    tagged = [k.id for k in store.page_keys(limit=500, tag="pci")]
+    assert not any(k.tags == ['a", "pci'] for k in varied if k.id in tagged)
+    assert len(store.page_keys(limit=500, tag='a", "pci')) == 60
+    assert store.page_keys(tag="pc") == []
+
+
+def test_an_unknown_order_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="cannot order keys by 'owner'"):
+        store.page_keys(order="owner")
+
+
+def plans_of(store: Store, run: Any) -> list[list[str]]:
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        run()
+    finally:
+        store.conn.set_trace_callback(None)
+    return [
+        [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        for sql in statements
+        if sql.startswith("SELECT * FROM")
+    ]
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_every_order_seeks_its_own_index_and_never_sorts(
+    store: Store, varied: list[Key], order: str, descending: bool
+) -> None:
+    def run() -> None:
+        first = store.page_keys(limit=40, order=order, descending=descending)
+        store.page_keys(
+            after=key_cursor(first[-1], order), limit=40, order=order, descending=descending
+        )
+
+    first, later = plans_of(store, run)
+    for plan in (first, later):
+        assert any("USING INDEX" in p or "USING COVERING INDEX" in p for p in plan), plan
+        assert not any("TEMP B-TREE" in p for p in plan), plan  # the index gives the order
+    assert later[0].startswith("SEARCH keys"), later  # the cursor seeks; nothing is skipped
+
+
+@pytest.mark.parametrize(
+    ("order", "filters"),
+    [
+        ("state", {"state": "active"}),
+        ("algorithm", {"algorithm": "AES"}),
+        ("policy", {"policy": "kek"}),
+    ],
+)
+def test_a_filter_on_the_order_column_seeks_the_same_index(
+    store: Store, varied: list[Key], order: str, filters: dict[str, Any]
+) -> None:
+    def run() -> None:
+        first = store.page_keys(limit=10, order=order, **filters)
+        store.page_keys(after=key_cursor(first[-1], order), limit=10, order=order, **filters)
+
+    for plan in plans_of(store, run):
+        assert plan[0].startswith("SEARCH keys USING INDEX"), plan
+        assert not any("TEMP B-TREE" in p for p in plan), plan
+
+
+def test_other_filters_walk_the_order_index_a_window_at_a_time(
+    store: Store, varied: list[Key]
+) -> None:
+    (plan,) = plans_of(store, lambda: store.page_keys(limit=20, order="created_at", tag="pci"))
+    assert any("keys_by_created" in p for p in plan), plan
+    # Nothing matches: the window runs dry and one scan of the table finds that out.
+    window, scan = plans_of(store, lambda: store.page_keys(order="created_at", tag="none"))
+    assert any("keys_by_created" in p for p in window), window
+    assert scan[0] == "SCAN keys", scan
+
+
+# -- the audit trail's pages --------------------------------------------------------------------
+
+
+def test_every_audit_filter_pages_each_matching_event_exactly_once_newest_first(
+    store: Store,
+) -> None:
+    log = AuditLog(store)
+    actors = ("alice", "bob", "alice+bob", "bob+carol", "console")
+    with store.transaction():
+        for n in range(90):
+            log.append(
+                ("key.create", "key.rotate", "token.login")[n % 3],
+                actor=actors[n % 5],
+                outcome=("success", "refused", "failure", "intent")[n % 4],
+                key_id=f"k{n % 4}",
+            )
+    events = log.events(limit=1000, newest_first=False)
+    since, until = events[20].ts, events[70].ts
+    cases: dict[str, tuple[dict[str, Any], Any]] = {
+        "outcome": ({"outcome": "refused"}, lambda e: e.outcome == "refused"),
+        "since": ({"since": since}, lambda e: e.ts >= since),
+        "until": ({"until": until}, lambda e: e.ts <= until),
+        "operator": ({"actor_contains": "bob"}, lambda e: "bob" in e.actor),
+        "everything": (
+            {"actor_contains": "alice", "outcome": "success", "since": since, "until": until},
+            lambda e: "alice" in e.actor and e.outcome == "success" and since <= e.ts <= until,
+        ),
+    }
+    for name, (filters, matches) in cases.items():
+        for newest_first in (True, False):
+            expected = [e.seq for e in events if matches(e)]
+            expected.sort(reverse=newest_first)
+            got: list[int] = []
+            after = None
+            while page := log.events(
+                after_seq=after, limit=4, newest_first=newest_first, **filters
+            ):
+                assert len(page) <= 4
+                got.extend(e.seq for e in page)
+                after = page[-1].seq
+            assert got == expected and expected, name
+
+
+def test_audit_pages_seek_by_seq_and_never_sort(store: Store) -> None:
+    log = AuditLog(store)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        log.events(after_seq=50, outcome="refused", since="2026", until="2027", actor_contains="b")
+    finally:
+        store.conn.set_trace_callback(None)
+    (sql,) = [s for s in statements if "FROM audit_events" in s]
+    plan = [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    assert plan[0].startswith("SEARCH audit_events USING INTEGER PRIMARY KEY"), plan
+    assert not any("TEMP B-TREE" in p for p in plan), plan

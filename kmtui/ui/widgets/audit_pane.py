@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, ClassVar
 
@@ -15,6 +14,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
 from kmtui.core.audit import VerifyResult
+from kmtui.core.models import AuditEvent
 from kmtui.ui.filters import AuditFilter
 from kmtui.ui.screens.key_detail import KeyDetailScreen
 from kmtui.ui.text import plain, when
@@ -84,20 +84,13 @@ class AuditPane(Pane):
         self.table.reload(self._fetcher(self.audit_filter))
 
     def _fetcher(self, f: AuditFilter) -> Any:
-        store = self.workstation.store
+        audit = self.workstation.audit
+        query = f.query()
 
         def fetch(after: Any) -> Page:
-            found = store.keyset_page(
-                "audit_events",
-                ("seq",),
-                None if after is None else (after,),
-                PAGE,
-                f.where,
-                f.params,
-                descending=True,
-            )
-            rows = [(str(r["seq"]), event_row(r)) for r in found]
-            return rows, (found[-1]["seq"] if len(found) == PAGE else None)
+            found = audit.events(after_seq=after, limit=PAGE, newest_first=True, **query)
+            rows = [(str(e.seq), event_row(e)) for e in found]
+            return rows, (found[-1].seq if len(found) == PAGE else None)
 
         return fetch
 
@@ -180,19 +173,14 @@ def detail(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={params[k]}" for k in DETAIL_FIELDS if params.get(k) not in (None, ""))
 
 
-def event_row(r: dict[str, Any]) -> list[Text]:
-    try:
-        params = json.loads(r["params"]) if isinstance(r["params"], str) else dict(r["params"])
-    except (ValueError, TypeError):
-        params = {}
-    outcome = str(r["outcome"])
-    style = {"refused": "bold reverse", "failure": "bold"}.get(outcome, "")
+def event_row(e: AuditEvent) -> list[Text]:
+    style = {"refused": "bold reverse", "failure": "bold"}.get(e.outcome, "")
     return [
-        plain(r["seq"]),
-        plain(when(r["ts"])),
-        plain(r["actor"], limit=24),
-        plain(r["action"]),
-        plain(outcome, style),
-        plain(r["key_id"] or "", "dim"),
-        plain(detail(params) if isinstance(params, dict) else "", limit=80),
+        plain(e.seq),
+        plain(when(e.ts)),
+        plain(e.actor, limit=24),
+        plain(e.action),
+        plain(e.outcome, style),
+        plain(e.key_id, "dim"),
+        plain(detail(e.params), limit=80),
     ]

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Input, Static
 from kmtui.core.lifecycle import RevocationReason
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.operations import OpKind
+from kmtui.core.store import key_cursor
 from kmtui.ui.filters import KeyFilter
 from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen, NewKey
 from kmtui.ui.screens.key_detail import KeyDetailScreen
@@ -22,10 +23,17 @@ from kmtui.ui.widgets.paged_table import Page, PagedTable
 from kmtui.ui.widgets.pane import Pane
 
 PAGE = 100
-SCAN = 5000  # rows examined per fetch for filters SQL cannot answer (algorithm, policy, tag, id)
 DUE_SOON = timedelta(days=30)
 COLUMNS = ("Label", "State", "Marks", "Algorithm", "KCV / fingerprint", "Policy", "Purpose", "Id")
-SORTS = ("label", "state", "marks", "algorithm", "policy")
+SORTS = (
+    ("label", "label"),
+    ("state", "state"),
+    ("algorithm", "algorithm"),
+    ("policy", "policy"),
+    ("created_at", "creation date"),
+    ("rotation_due_at", "rotation due date"),
+)
+"""(Store.page_keys order, words for the summary line) in the order `s` cycles through."""
 
 
 class KeysPane(Pane):
@@ -86,24 +94,13 @@ class KeysPane(Pane):
     def _fetcher(self, f: KeyFilter) -> Any:
         store = self.workstation.store
         styles = state_styles(self.app.current_theme)
+        order = SORTS[self.sort][0]
+        query = f.query()
 
         def fetch(after: Any) -> Page:
-            rows: list[tuple[str, list[Text]]] = []
-            cursor, scanned = after, 0
-            limit = PAGE if f.sql_only else 500
-            while len(rows) < PAGE and scanned < SCAN:
-                batch = store.page_keys(
-                    after=cursor, limit=limit, state=f.state, label_prefix=f.label_prefix or None
-                )
-                for key in batch:
-                    cursor, scanned = (key.label, key.id), scanned + 1
-                    if f.matches(key):
-                        rows.append((key.id, row(key, styles)))
-                        if len(rows) == PAGE:
-                            break
-                if len(batch) < limit and len(rows) < PAGE:
-                    return rows, None
-            return rows, cursor
+            keys = store.page_keys(after=after, limit=PAGE, order=order, **query)
+            rows = [(key.id, row(key, styles)) for key in keys]
+            return rows, (key_cursor(keys[-1], order) if len(keys) == PAGE else None)
 
         return fetch
 
@@ -130,8 +127,7 @@ class KeysPane(Pane):
         text = f"{shown} keys" + (" matching the filter" if f != KeyFilter() else "")
         if not table.exhausted:
             text += " so far (more load as you scroll)"
-        if self.sort:
-            text += f" · loaded rows sorted by {SORTS[self.sort]}"
+        text += f" · sorted by {SORTS[self.sort][1]}"
         self.query_one("#keys-summary", Static).update(plain(text))
 
     # -- the selected key ---------------------------------------------------------------------
@@ -155,11 +151,7 @@ class KeysPane(Pane):
 
     def action_sort(self) -> None:
         self.sort = (self.sort + 1) % len(SORTS)
-        if self.sort == 0:
-            self.reload()
-            return
-        self.table.sort(SORTS[self.sort], key=lambda cell: cell.plain)
-        self._summarise()
+        self.reload()
 
     def action_details(self) -> None:
         if key := self.selected():

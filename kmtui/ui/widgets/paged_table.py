@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rich.text import Text
@@ -19,6 +21,9 @@ Page = tuple[list[Row], Any]
 Fetch = Callable[[Any], Page]
 
 LOOKAHEAD = 20
+READER = ThreadPoolExecutor(1, thread_name_prefix="kmtui-reader")
+"""Every page read runs here: one thread, so one SQLite connection (a thread per page would
+open and keep a connection, with its cache, for every page ever fetched)."""
 
 
 class PagedTable(DataTable[Text]):
@@ -61,9 +66,14 @@ class PagedTable(DataTable[Text]):
         self._loading = True
         self._load(self._fetch, self._after, self._generation)
 
-    @work(thread=True, exit_on_error=False, group="page")
-    def _load(self, fetch: Fetch, after: Any, generation: int) -> None:
-        page = attempt(self, "Loading a page", lambda: fetch(after))
+    @work(exit_on_error=False, group="page")
+    async def _load(self, fetch: Fetch, after: Any, generation: int) -> None:
+        def read() -> Page | None:
+            if generation != self._generation:  # typed over before its turn came: skip it
+                return [], None
+            return attempt(self, "Loading a page", lambda: fetch(after))
+
+        page = await asyncio.get_running_loop().run_in_executor(READER, read)
         rows, next_after = page if page is not None else ([], None)
         self.post_message(self.PageLoaded(self, rows, next_after, generation))
 
