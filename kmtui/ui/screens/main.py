@@ -54,8 +54,10 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(TokenPane).run_reconcile()
         self.focus_pane("keys")
+        # Reconciliation holds the GIL for a while on a large registry: let the first pages of
+        # the panes paint before it starts (it runs in a worker either way).
+        self.set_timer(0.3, self.query_one(TokenPane).run_reconcile)
 
     def panes(self) -> list[Pane]:
         return list(self.query(Pane))

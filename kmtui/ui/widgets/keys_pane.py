@@ -11,11 +11,23 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Input, Static
 
+from kmtui.core import distribution as dist
+from kmtui.core.errors import KmtuiError
 from kmtui.core.lifecycle import RevocationReason
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.operations import OpKind
 from kmtui.core.store import key_cursor
 from kmtui.ui.filters import KeyFilter
+from kmtui.ui.screens.distribution import (
+    ComponentsRequest,
+    ComponentsScreen,
+    EnterComponentsScreen,
+    ExportRequest,
+    ExportScreen,
+    ImportRequest,
+    ImportScreen,
+    RevealScreen,
+)
 from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen, NewKey
 from kmtui.ui.screens.key_detail import KeyDetailScreen
 from kmtui.ui.text import plain, state_styles, when
@@ -49,6 +61,12 @@ class KeysPane(Pane):
         Binding("s", "sort", "Sort", id="keys.sort", show=False),
         Binding("a", "history", "Audit of key", id="keys.history", show=False),
         Binding("f5", "refresh", "Refresh", id="keys.refresh", show=False),
+        Binding("e", "export", "Export", id="keys.export", show=False),
+        Binding("i", "import_key", "Import", id="keys.import", show=False),
+        Binding("g", "components", "Generate as components", id="keys.components", show=False),
+        Binding(
+            "G", "enter_components", "Enter from components", id="keys.enter_components", show=False
+        ),
     ]
     PALETTE: ClassVar[list[tuple[str, str]]] = [
         ("keys: filter", "filter"),
@@ -218,6 +236,103 @@ class KeysPane(Pane):
 
         reasons = [r.value for r in RevocationReason]
         self.app.push_screen(ChoiceScreen("Revoke the key: why?", reasons), chosen)
+
+    # -- keys that travel (kmtui.core.distribution, through the approval dialog) ------------
+
+    def action_export(self) -> None:
+        key = self.selected()
+        if key is None:
+            return
+        ws = self.workstation
+
+        def chosen(request: ExportRequest | None) -> None:
+            if request is None:
+                return
+            prepared = self.prepare(lambda: dist.prepare_export(ws, key.id, request.wrapping_key))
+            if prepared:
+                request.out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.approve(
+                    prepared,
+                    lambda a: dist.run_export(ws, prepared, a, request.out),
+                    then=lambda _: self.notify(f"Exported to {request.out}", markup=False),
+                )
+
+        out_dir = self.kmtui.paths.data_dir / "exports"
+        self.app.push_screen(ExportScreen(ws, key, out_dir), chosen)
+
+    def action_import_key(self) -> None:
+        ws = self.workstation
+
+        def chosen(request: ImportRequest | None) -> None:
+            if request is None:
+                return
+            try:
+                wrapped = dist.read_wrapped(request.path)
+            except KmtuiError as exc:
+                self.notify(str(exc), severity="error", markup=False, timeout=8)
+                return
+            prepared = self.prepare(
+                lambda: dist.prepare_import(
+                    ws, wrapped, request.unwrapping_key, label=request.label, kcv=request.kcv
+                )
+            )
+            if prepared:
+                self.approve(prepared, lambda a: dist.run_import(ws, prepared, wrapped, a))
+
+        self.app.push_screen(ImportScreen(ws), chosen)
+
+    def action_components(self) -> None:
+        ws = self.workstation
+
+        def chosen(request: ComponentsRequest | None) -> None:
+            if request is None:
+                return
+            prepared = self.prepare(
+                lambda: dist.prepare_components(
+                    ws,
+                    label=request.label,
+                    algorithm=request.algorithm,
+                    purpose=request.purpose,
+                    custodians=request.custodians,
+                )
+            )
+            if prepared:
+                self.approve(
+                    prepared,
+                    lambda a: dist.run_components(ws, prepared, a),
+                    then=lambda made: self.app.push_screen(RevealScreen(made[1], made[0])),
+                )
+
+        self.app.push_screen(ComponentsScreen(generate=True), chosen)
+
+    def action_enter_components(self) -> None:
+        ws = self.workstation
+
+        def chosen(request: ComponentsRequest | None) -> None:
+            if request is None:
+                return
+
+            def entered(shares: list[dist.Component] | None) -> None:
+                if not shares:
+                    return
+                prepared = self.prepare(
+                    lambda: dist.prepare_components(
+                        ws,
+                        label=request.label,
+                        algorithm=request.algorithm,
+                        purpose=request.purpose,
+                        custodians=request.custodians,
+                        generate=False,
+                    )
+                )
+                if prepared:
+                    self.approve(prepared, lambda a: dist.run_components(ws, prepared, a, shares))
+
+            self.app.push_screen(
+                EnterComponentsScreen(request.custodians, request.algorithm), entered
+            )
+
+        self.app.push_screen(ComponentsScreen(generate=False), chosen)
 
     def select_key(self, key_id: str) -> None:
         """Put the cursor on a key if it is loaded (after a jump from the audit trail)."""
