@@ -41,6 +41,23 @@ def add_parsers(ksub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--unwrap-with", required=True, metavar="KEK")
     p.add_argument("--label", required=True)
     p.add_argument("--kcv", default="", help="the KCV from the paper form (checked as well)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="FILE is a bare RFC 5649 blob (binary, hex or base64); needs --kcv",
+    )
+    p.add_argument(
+        "--algorithm",
+        default="AES-256",
+        choices=["AES-128", "AES-192", "AES-256"],
+        help="with --raw: the wrapped key's algorithm",
+    )
+    p.add_argument(
+        "--purpose",
+        default="encrypt",
+        choices=[Purpose.ENCRYPT.value, Purpose.WRAP.value],
+        help="with --raw: what the key is for",
+    )
     p.add_argument("--policy", default="default")
     p = ksub.add_parser(
         "import-public",
@@ -107,7 +124,8 @@ def cmd(args: argparse.Namespace) -> int:
             )
             return EXIT_OK
         if args.action == "import":
-            wrapped = dist.read_wrapped(args.file)
+            raw = dist.RawBlob(args.algorithm, args.purpose, args.kcv) if args.raw else None
+            wrapped = dist.load_wrapped(ws, args.file, raw=raw, actor="cli")
             prepared = dist.prepare_import(
                 ws,
                 wrapped,
@@ -154,7 +172,7 @@ def _components(ws: Workstation, args: argparse.Namespace) -> int:
     custodians = [c.strip() for c in args.custodians.split(",") if c.strip()]
     generate = args.action == "components-create"
     if not generate:
-        entered = _enter(args, custodians, dist.size_of(args.algorithm))
+        entered = _enter(ws, args, custodians, dist.size_of(args.algorithm))
     prepared = dist.prepare_components(
         ws,
         label=args.label,
@@ -202,20 +220,23 @@ def _hand_out(args: argparse.Namespace, shares: list[dist.Component], key: Key) 
     print(f"Key {clean(key.label, 60)!r} KCV {key.versions[0].kcv}")
 
 
-def _enter(args: argparse.Namespace, custodians: list[str], size: int) -> list[dist.Component]:
+def _enter(
+    ws: Workstation, args: argparse.Namespace, custodians: list[str], size: int
+) -> list[dist.Component]:
     """Each custodian types their component and its KCV; a typo is caught at that component."""
     shares: list[dist.Component] = []
     for number, name in enumerate(custodians, 1):
         if args.components_dir:
             value, typed_kcv = dist.read_component(args.components_dir / f"{name}.txt", size)
+            typed = value.hex()
         else:
             if not sys.stdin.isatty():
                 raise errors.UsageError(
                     "Components are typed at a terminal.", "Or use --components-dir DIR."
                 )
-            value = dist.parse_component(getpass.getpass(f"{name}: component {number}: "), size)
+            typed = getpass.getpass(f"{name}: component {number}: ")
             typed_kcv = input(f"{name}: KCV of component {number}: ")
-        kcv = dist.check_component(value, typed_kcv, [s.value for s in shares], number)
-        shares.append(dist.Component(name, value, kcv))
-        print(f"component {number} ({name}): KCV {kcv} matches", file=sys.stderr)
+        share = dist.enter_component(ws, typed, typed_kcv, shares, name, size, actor="cli")
+        shares.append(share)
+        print(f"component {number} ({name}): KCV {share.kcv} matches", file=sys.stderr)
     return shares

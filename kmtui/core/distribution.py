@@ -413,6 +413,104 @@ def read_recipient_pem(path: Path) -> RecipientKey:
     return RecipientKey(numbers.n, numbers.e, "SHA256:" + hashlib.sha256(der).hexdigest())
 
 
+def _refused(
+    ws: Workstation, action: str, exc: errors.KmtuiError, actor: str, **params: Any
+) -> None:
+    """A refusal before the gate is audited too: what was refused and why, never a value."""
+    ws.audit.append(
+        action,
+        actor=actor,
+        outcome=Outcome.REFUSED,
+        params={**params, "error": type(exc).__name__, "message": exc.message, **session_context()},
+    )
+
+
+def load_wrapped(
+    ws: Workstation, path: Path, *, raw: RawBlob | None = None, actor: str = "console"
+) -> WrappedFile:
+    """`read_wrapped` (or `read_raw`), with a refused file audited."""
+    try:
+        return read_raw(path, raw) if raw is not None else read_wrapped(path)
+    except errors.KmtuiError as exc:
+        _refused(ws, str(OpKind.KEY_IMPORT), exc, actor, file=path.name)
+        raise
+
+
+@dataclass(frozen=True)
+class RawBlob:
+    """What a bare wrapped blob does not say about itself: typed by the custodian."""
+
+    algorithm: str
+    purpose: str
+    kcv: str
+    mechanism: str = "aes-key-wrap-pad"
+
+
+def read_raw(path: Path, raw: RawBlob) -> WrappedFile:
+    """A bare RFC 5649 blob (binary, or base64/hex text); the KCV from paper is required."""
+    try:
+        data = path.read_bytes()[: MAX_FILE + 1]
+    except OSError as exc:
+        raise errors.UsageError(f"Cannot read {path}: {exc.strerror}.") from None
+    blob = _decode_blob(data)
+    if len(blob) < 24 or len(blob) % 8 or len(blob) > MAX_FILE:
+        raise errors.UsageError(f"{path} does not hold an AES-wrapped key ({len(blob)} bytes).")
+    if raw.mechanism not in MECHANISMS or raw.mechanism == "rsa-oaep-sha1":
+        raise errors.UsageError("A raw blob is unwrapped with aes-key-wrap-pad only.")
+    kcv = raw.kcv.strip().upper()
+    if len(kcv) != 6 or any(c not in "0123456789ABCDEF" for c in kcv):
+        raise errors.UsageError(
+            "A raw blob needs the key's KCV (6 hex digits) from the paper "
+            "form: nothing else proves what it holds."
+        )
+    manifest = {
+        "algorithm": raw.algorithm,
+        "purpose": raw.purpose,
+        "kcv": kcv,
+        "mechanism": raw.mechanism,
+        "label": path.name,
+    }
+    return WrappedFile(manifest, blob)
+
+
+def _decode_blob(data: bytes) -> bytes:
+    """Hex or base64 text as custodians receive it, else the bytes as they are."""
+    try:
+        text = data.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return data
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        pass
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return data
+
+
+def enter_component(
+    ws: Workstation,
+    typed: str,
+    typed_kcv: str,
+    entered: Sequence[Component],
+    custodian: str,
+    size: int,
+    *,
+    actor: str = "console",
+) -> Component:
+    """One custodian's component, checked against its own KCV; a refusal is audited (who,
+    which component and why — never the component)."""
+    number = len(entered) + 1
+    try:
+        value = parse_component(typed, size)
+        kcv = check_component(value, typed_kcv, [c.value for c in entered], number)
+    except errors.KmtuiError as exc:
+        _refused(ws, "key.components", exc, actor, custodian=custodian, component=number)
+        raise
+    return Component(custodian, value, kcv)
+
+
 def load_recipient(ws: Workstation, path: Path, *, actor: str = "console") -> RecipientKey:
     """`read_recipient_pem`, with a refused file audited (which file, and why; no key value)."""
     try:

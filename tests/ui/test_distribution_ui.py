@@ -123,3 +123,20 @@ async def test_components_are_revealed_one_custodian_at_a_time_and_entered_back(
         await approve(pilot, team.codes("bob", "carol"))
     original, again = (team.ws.store.find_keys(label=n)[0] for n in ("zmk", "zmk-again"))
     assert again.versions[0].kcv == original.versions[0].kcv
+
+
+async def test_the_key_detail_copies_the_pkcs11_uri(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    key = team.ws.create_key(
+        label="named", algorithm="AES-128", approvals=team.codes("alice", "bob")
+    )
+    expected = team.ws.describe(key)["versions"][0]["pkcs11_uri"]
+    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await keys_loaded(pilot, 1)
+        await pilot.press("enter")
+        await until(pilot, lambda: getattr(app.screen, "uri", ""), "the key detail")
+        await pilot.press("y")
+        await until(pilot, lambda: app.clipboard == expected, "the copied URI")

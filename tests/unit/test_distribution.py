@@ -239,3 +239,43 @@ def test_fewer_components_than_the_policy_wants_are_refused(team: Team) -> None:
             purpose="encrypt",
             custodians=["alice", "bob"],
         )
+
+
+def test_a_raw_blob_is_imported_only_with_the_kcv_from_paper(
+    team: Team, kek: Key, tmp_path: Path
+) -> None:
+    key = exportable(team)
+    export(team, key, kek, tmp_path / "k.json")
+    blob = base64.b64decode(json.loads((tmp_path / "k.json").read_text())["wrapped"])
+    (tmp_path / "k.bin").write_bytes(blob)
+    (tmp_path / "k.hex").write_text(blob.hex() + "\n")
+    with pytest.raises(errors.UsageError, match="needs the key's KCV"):
+        dist.load_wrapped(team.ws, tmp_path / "k.bin", raw=dist.RawBlob("AES-256", "encrypt", ""))
+    for name in ("k.bin", "k.hex"):
+        wrapped = dist.load_wrapped(
+            team.ws, tmp_path / name, raw=dist.RawBlob("AES-256", "encrypt", key.versions[0].kcv)
+        )
+        prepared = dist.prepare_import(team.ws, wrapped, kek.id, label=f"raw-{name}")
+        imported = dist.run_import(team.ws, prepared, wrapped, team.codes("alice", "bob"))
+        assert imported.versions[0].kcv == key.versions[0].kcv
+    wrong = dist.load_wrapped(
+        team.ws, tmp_path / "k.bin", raw=dist.RawBlob("AES-256", "encrypt", "ABCDEF")
+    )
+    prepared = dist.prepare_import(team.ws, wrong, kek.id, label="raw-wrong")
+    with pytest.raises(errors.PolicyRefused, match="KCV mismatch"):
+        dist.run_import(team.ws, prepared, wrong, team.codes("bob", "carol"))
+
+
+def test_refusals_before_the_gate_are_audited_without_values(team: Team, tmp_path: Path) -> None:
+    (tmp_path / "cut.json").write_text('{"format": "kmtui-wrapped-key-v1", "manif')
+    with pytest.raises(errors.UsageError):
+        dist.load_wrapped(team.ws, tmp_path / "cut.json")
+    refused = team.ws.audit.events(action="key.import", limit=1)[0]
+    assert (refused.outcome, refused.params["file"]) == ("refused", "cut.json")
+    value = bytes(range(16))
+    with pytest.raises(errors.UsageError, match="Component 1 does not match"):
+        dist.enter_component(team.ws, value.hex(), "000000", [], "alice", 16)
+    typo = team.ws.audit.events(action="key.components", limit=1)[0]
+    assert (typo.params["custodian"], typo.params["component"]) == ("alice", 1)
+    trail = json.dumps([e.params for e in team.ws.audit.events(limit=20)])
+    assert value.hex() not in trail.lower()

@@ -214,8 +214,9 @@ class EnterComponentsScreen(ModalScreen[list[dist.Component] | None]):
         Binding("escape", "cancel", "Cancel", id="components.cancel")
     ]
 
-    def __init__(self, custodians: list[str], algorithm: str) -> None:
+    def __init__(self, workstation: Workstation, custodians: list[str], algorithm: str) -> None:
         super().__init__()
+        self.workstation = workstation
         self.custodians = custodians
         self.key_bytes = dist.size_of(algorithm)
         self.entered: list[dist.Component] = []
@@ -250,17 +251,21 @@ class EnterComponentsScreen(ModalScreen[list[dist.Component] | None]):
     def checked(self) -> None:
         number = len(self.entered) + 1
         try:
-            value = dist.parse_component(self.query_one("#component", Input).value, self.key_bytes)
-            kcv = dist.check_component(
-                value, self.query_one("#kcv", Input).value, [c.value for c in self.entered], number
+            share = dist.enter_component(
+                self.workstation,
+                self.query_one("#component", Input).value,
+                self.query_one("#kcv", Input).value,
+                self.entered,
+                self.custodians[number - 1],
+                self.key_bytes,
             )
         except KmtuiError as exc:
             self.query_one(".form-error", Static).update(plain(exc))
             return
         self.query_one(".form-error", Static).update(
-            plain(f"component {number}: KCV {kcv} matches")
+            plain(f"component {number}: KCV {share.kcv} matches")
         )
-        self.entered.append(dist.Component(self.custodians[number - 1], value, kcv))
+        self.entered.append(share)
         if len(self.entered) == len(self.custodians):
             self.dismiss(self.entered)
         else:

@@ -28,6 +28,7 @@ class KeyDetailScreen(ModalScreen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,b", "back", "Back", id="detail.back"),
+        Binding("y", "copy_uri", "Copy PKCS#11 URI", id="detail.copy_uri"),
     ]
 
     class Loaded(Message):
@@ -40,6 +41,7 @@ class KeyDetailScreen(ModalScreen[None]):
         super().__init__()
         self.workstation = workstation
         self.key_id = key_id
+        self.uri = ""
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail-box"):
@@ -67,6 +69,12 @@ class KeyDetailScreen(ModalScreen[None]):
     def action_back(self) -> None:
         self.dismiss(None)
 
+    def action_copy_uri(self) -> None:
+        """The current version's PKCS#11 URI to the clipboard (OSC 52): a name, not a secret."""
+        if self.uri:
+            self.app.copy_to_clipboard(self.uri)
+            self.notify(f"Copied {self.uri}", markup=False)
+
     @work(thread=True, exit_on_error=False, group="detail")
     def _load(self) -> None:
         ws = self.workstation
@@ -86,7 +94,13 @@ class KeyDetailScreen(ModalScreen[None]):
                 KeyState.DESTROYED_COMPROMISED,
             ):
                 symmetric = templates.ALGORITHMS[key.algorithm].symmetric
-                cls = ObjectClass.SECRET_KEY if symmetric else ObjectClass.PRIVATE_KEY
+                cls = (
+                    ObjectClass.SECRET_KEY
+                    if symmetric
+                    else ObjectClass.PUBLIC_KEY
+                    if "recipient" in key.tags
+                    else ObjectClass.PRIVATE_KEY
+                )
                 data["attributes"] = (
                     attempt(
                         self,
@@ -103,6 +117,14 @@ class KeyDetailScreen(ModalScreen[None]):
 
     def on_key_detail_screen_loaded(self, message: Loaded) -> None:
         key, data = message.key, message.data
+        self.uri = next(
+            (
+                v["pkcs11_uri"]
+                for v in data["describe"]["versions"]
+                if v["version"] == key.current_version
+            ),
+            "",
+        )
         styles = state_styles(self.app.current_theme)
         last: AuditEvent | None = data["last_use"]
         self.query_one("#detail-title", Label).update(plain(f"Key {key.label}", limit=70))

@@ -267,7 +267,7 @@ class KeysPane(Pane):
             if request is None:
                 return
             try:
-                wrapped = dist.read_wrapped(request.path)
+                wrapped = dist.load_wrapped(ws, request.path)
             except KmtuiError as exc:
                 self.notify(str(exc), severity="error", markup=False, timeout=8)
                 return
@@ -329,7 +329,7 @@ class KeysPane(Pane):
                     self.approve(prepared, lambda a: dist.run_components(ws, prepared, a, shares))
 
             self.app.push_screen(
-                EnterComponentsScreen(request.custodians, request.algorithm), entered
+                EnterComponentsScreen(ws, request.custodians, request.algorithm), entered
             )
 
         self.app.push_screen(ComponentsScreen(generate=False), chosen)
