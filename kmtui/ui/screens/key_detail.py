@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pkcs11 import ObjectClass
+from pkcs11 import KeyType, ObjectClass
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -157,7 +157,9 @@ class KeyDetailScreen(ModalScreen[None]):
             )
         attrs = data["attributes"]
         self.query_one("#detail-attributes", Static).update(
-            labelled([(k, v) for k, v in sorted(attrs.items())], 20) if attrs else plain("—")
+            labelled([(k, _shown(k, v)) for k, v in sorted(attrs.items())], 20)
+            if attrs
+            else plain("—")
         )
         self.query_one("#detail-policy", Static).update(
             labelled([(k, v) for k, v in data["rules"].items()], 24)
@@ -174,3 +176,16 @@ class KeyDetailScreen(ModalScreen[None]):
         self.app.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
         if message.what == "Loading the key":
             self.query_one("#detail-summary", Static).update(plain(message.error))
+
+
+def _shown(name: str, value: Any) -> str:
+    """Attribute values as a custodian reads them: key types by name, identifiers as text."""
+    if name == "KEY_TYPE":
+        try:
+            return KeyType(value).name
+        except ValueError:
+            return str(value)
+    if isinstance(value, bytes):
+        text = value.decode("ascii", "replace")
+        return text if text.isprintable() else value.hex()
+    return str(value)
