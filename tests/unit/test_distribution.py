@@ -279,3 +279,29 @@ def test_refusals_before_the_gate_are_audited_without_values(team: Team, tmp_pat
     assert (typo.params["custodian"], typo.params["component"]) == ("alice", 1)
     trail = json.dumps([e.params for e in team.ws.audit.events(limit=20)])
     assert value.hex() not in trail.lower()
+
+
+def test_no_component_or_clear_key_value_is_left_in_the_database_files(team: Team) -> None:
+    prepared = dist.prepare_components(
+        team.ws,
+        label="zmk-scan",
+        algorithm="AES-256",
+        purpose="wrap",
+        custodians=["alice", "bob", "carol"],
+    )
+    _, shares = dist.run_components(team.ws, prepared, team.codes("alice", "bob"))
+    whole = dist._xor([s.value for s in shares])
+    path = team.ws.store.path
+    data = b"".join(
+        p.read_bytes()
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+        if p.exists()
+    )
+    for secret in [whole, *(s.value for s in shares)]:
+        for form in (
+            secret,
+            secret.hex().encode(),
+            secret.hex().upper().encode(),
+            base64.b64encode(secret),
+        ):
+            assert form not in data
