@@ -622,14 +622,7 @@ def run_import_public(
     def work(result: dict[str, Any]) -> Apply:
         try:
             if trusted:
-                officer.create_trusted_recipient(
-                    ws.hsm.module,
-                    ws.hsm.softhsm2_conf,
-                    ws.hsm.token_label,
-                    ws.hsm.token_serial,
-                    officer_pin,
-                    template,
-                )
+                officer.create_trusted_recipient(ws.hsm, officer_pin, template)
                 made = ws.hsm.adopt(template)
             else:
                 made = ws.hsm.create_public(template)

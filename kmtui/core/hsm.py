@@ -937,21 +937,34 @@ class Hsm:
         carry no CKA_CHECK_VALUE on SoftHSM, and a key-encryption key may not encrypt)."""
 
         def run() -> None:
-            kek = self._get_key(wrapper, ObjectClass.SECRET_KEY)
-            try:
-                key = kek.unwrap_key(
-                    ObjectClass.SECRET_KEY,
-                    template.algorithm.key_type,
-                    blob,
-                    mechanism=mechanism,
-                    capabilities=0,
-                    template=templates.unwrap_target(template),
-                )
-            except p11.PKCS11Error:
-                raise _bad_blob() from None
+            key = self._unwrap(
+                wrapper, blob, mechanism, template, templates.unwrap_target(template)
+            )
             self._handles[(template.cka_id, ObjectClass.SECRET_KEY)] = key
 
         self._run(run)
+
+    def _unwrap(
+        self,
+        wrapper: bytes,
+        blob: bytes,
+        mechanism: Mechanism,
+        template: KeyTemplate,
+        attrs: dict[Attribute, Any],
+    ) -> Any:
+        """C_UnwrapKey under the KEK; any refusal means a damaged blob or the wrong KEK."""
+        kek = self._get_key(wrapper, ObjectClass.SECRET_KEY)
+        try:
+            return kek.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                template.algorithm.key_type,
+                blob,
+                mechanism=mechanism,
+                capabilities=0,
+                template=attrs,
+            )
+        except p11.PKCS11Error:
+            raise _bad_blob() from None
 
     def kcv_of_blob(
         self, wrapper: bytes, blob: bytes, mechanism: Mechanism, template: KeyTemplate
@@ -959,18 +972,7 @@ class Hsm:
         """The KCV of the key inside a wrapped blob, from a session twin destroyed right after."""
 
         def run() -> str:
-            kek = self._get_key(wrapper, ObjectClass.SECRET_KEY)
-            try:
-                probe = kek.unwrap_key(
-                    ObjectClass.SECRET_KEY,
-                    template.algorithm.key_type,
-                    blob,
-                    mechanism=mechanism,
-                    capabilities=0,
-                    template=templates.kcv_probe(template),
-                )
-            except p11.PKCS11Error:
-                raise _bad_blob() from None
+            probe = self._unwrap(wrapper, blob, mechanism, template, templates.kcv_probe(template))
             try:
                 return (
                     bytes(probe.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)[:3]).hex().upper()

@@ -16,25 +16,16 @@ import sys
 from pkcs11 import Attribute
 
 from kmtui.core import errors, templates
+from kmtui.core.hsm import Hsm
 
 
-def create_trusted_kek(
-    module: str,
-    softhsm2_conf: str,
-    token_label: str,
-    token_serial: str,
-    so_pin: str,
-    template: templates.KeyTemplate,
-) -> None:
+def create_trusted_kek(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -> None:
     """Generate `template` (a trusted AES KEK) in an SO session of a child process."""
     _as_officer(
-        module,
-        softhsm2_conf,
+        hsm,
+        so_pin,
         {
             "action": "kek",
-            "token_label": token_label,
-            "token_serial": token_serial,
-            "so_pin": so_pin,
             "algorithm": template.algorithm.name,
             "cka_id": template.cka_id.hex(),
             "label": template.label,
@@ -42,25 +33,15 @@ def create_trusted_kek(
     )
 
 
-def create_trusted_recipient(
-    module: str,
-    softhsm2_conf: str,
-    token_label: str,
-    token_serial: str,
-    so_pin: str,
-    template: templates.KeyTemplate,
-) -> None:
+def create_trusted_recipient(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -> None:
     """Create `template` (a recipient's RSA public key, trusted) in an SO session of a child
     process; the child rebuilds the template from the public numbers with `templates.recipient`."""
     public = template.public
     _as_officer(
-        module,
-        softhsm2_conf,
+        hsm,
+        so_pin,
         {
             "action": "recipient",
-            "token_label": token_label,
-            "token_serial": token_serial,
-            "so_pin": so_pin,
             "modulus": bytes(public[Attribute.MODULUS]).hex(),
             "exponent": bytes(public[Attribute.PUBLIC_EXPONENT]).hex(),
             "cka_id": template.cka_id.hex(),
@@ -69,13 +50,22 @@ def create_trusted_recipient(
     )
 
 
-def _as_officer(module: str, softhsm2_conf: str, request: dict[str, str]) -> None:
+def _as_officer(hsm: Hsm, so_pin: str, request: dict[str, str]) -> None:
+    """The SO's request to the child: the token as `hsm` names it, the SO PIN on stdin."""
     env = dict(os.environ)
-    if softhsm2_conf:
-        env["SOFTHSM2_CONF"] = softhsm2_conf
+    if hsm.softhsm2_conf:
+        env["SOFTHSM2_CONF"] = hsm.softhsm2_conf
     proc = subprocess.run(
         [sys.executable, "-m", "kmtui.core.officer"],
-        input=json.dumps({"module": module, **request}),
+        input=json.dumps(
+            {
+                "module": hsm.module,
+                "token_label": hsm.token_label,
+                "token_serial": hsm.token_serial,
+                "so_pin": so_pin,
+                **request,
+            }
+        ),
         capture_output=True,
         text=True,
         env=env,

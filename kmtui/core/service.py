@@ -244,18 +244,7 @@ class Workstation:
                 self.approver.approve(op, approvals, requirement) if requirement.quorum else []
             )
         except errors.KmtuiError as exc:
-            self.audit.append(
-                str(op.kind),
-                actor="+".join(approvers) or actor,
-                outcome=Outcome.REFUSED,
-                key_id=op.key_id,
-                params={
-                    "digest": op.digest,
-                    "error": type(exc).__name__,
-                    "message": exc.message,
-                    **context,
-                },
-            )
+            self._refused(op, "+".join(approvers) or actor, exc, context)
             raise
         actor = "+".join(approvers) or actor
         params = {**op.params, **context, "digest": op.digest, "approvers": approvers}
@@ -270,18 +259,7 @@ class Workstation:
                     params=params,
                 )
         except errors.ApprovalRefused as exc:  # spent or expired: rolled back, so audit it now
-            self.audit.append(
-                str(op.kind),
-                actor=actor,
-                outcome=Outcome.REFUSED,
-                key_id=op.key_id,
-                params={
-                    "digest": op.digest,
-                    "error": type(exc).__name__,
-                    "message": exc.message,
-                    **context,
-                },
-            )
+            self._refused(op, actor, exc, context)
             raise
         result: dict[str, Any] = {"intent": intent.seq}
         try:
@@ -312,6 +290,22 @@ class Workstation:
             )
         result["audit_seq"] = outcome.seq
         return result
+
+    def _refused(
+        self, op: Operation, actor: str, exc: errors.KmtuiError, context: dict[str, str]
+    ) -> None:
+        self.audit.append(
+            str(op.kind),
+            actor=actor,
+            outcome=Outcome.REFUSED,
+            key_id=op.key_id,
+            params={
+                "digest": op.digest,
+                "error": type(exc).__name__,
+                "message": exc.message,
+                **context,
+            },
+        )
 
     # -- keys: lookup -------------------------------------------------------------------------
 
@@ -581,14 +575,7 @@ class Workstation:
             now = iso(utcnow())
             try:
                 if officer_pin:
-                    officer.create_trusted_kek(
-                        self.hsm.module,
-                        self.hsm.softhsm2_conf,
-                        self.hsm.token_label,
-                        self.hsm.token_serial,
-                        officer_pin,
-                        template,
-                    )
+                    officer.create_trusted_kek(self.hsm, officer_pin, template)
                     generated = self.hsm.adopt(template)
                 else:
                     generated = self.hsm.generate(template)
