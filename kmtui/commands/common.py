@@ -95,6 +95,13 @@ def show_operation(prepared: Prepared, out: TextIO = sys.stderr) -> None:
         print(f"Approvals : {prepared.quorum} distinct operators", file=out)
 
 
+def approvals_parser() -> argparse.ArgumentParser:
+    """`--approvals-from`, for every command that may need approvals."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--approvals-from", metavar="FILE", help="OPERATOR CODE lines; - = stdin")
+    return parser
+
+
 def approvals(args: argparse.Namespace, prepared: Prepared) -> list[ApprovalInput]:
     """Approver codes from --approvals-from FILE|- (lines `OPERATOR CODE`) or the terminal."""
     show_operation(prepared)

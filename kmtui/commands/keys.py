@@ -34,10 +34,7 @@ TRANSITIONS = {
 def add_parsers(
     sub: Any, common_args: argparse.ArgumentParser, as_json: argparse.ArgumentParser
 ) -> None:
-    approvals = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    approvals.add_argument(
-        "--approvals-from", metavar="FILE", help="OPERATOR CODE lines; - = stdin"
-    )
+    approvals = common.approvals_parser()
 
     keys = sub.add_parser("keys", parents=[common_args], help="manage keys through their life")
     ksub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -31,10 +31,7 @@ CHANGES = {
 def add_parsers(
     sub: Any, common_args: argparse.ArgumentParser, as_json: argparse.ArgumentParser
 ) -> None:
-    approvals = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    approvals.add_argument(
-        "--approvals-from", metavar="FILE", help="OPERATOR CODE lines; - = stdin"
-    )
+    approvals = common.approvals_parser()
     ops = sub.add_parser("operators", parents=[common_args], help="the people who approve")
     osub = ops.add_subparsers(dest="action", metavar="ACTION", required=True)
     osub.add_parser("list", parents=[common_args, as_json], help="operators and their state")
