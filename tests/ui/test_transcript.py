@@ -29,6 +29,7 @@ async def test_quit_shows_the_transcript_and_saves_it_for_the_witnesses(
         text = str(screen.query_one("#transcript-text", Static).render())
         assert "in-this-session" in text and key.versions[0].kcv in text
         assert "alice" in text and "signature" in text
+        assert "\\x0a" not in text and "what was done:\n" in text  # lines, not escapes
         checkpoint = screen.document.checkpoint
         assert checkpoint is not None and signature_ok(checkpoint, ws.anchors.public_key()[0])
         screen.query_one("#save-html", Button).press()

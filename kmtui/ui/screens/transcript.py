@@ -68,7 +68,8 @@ class TranscriptScreen(ModalScreen[bool]):
 
     def on_transcript_built(self, message: TranscriptBuilt) -> None:
         self.document = message.document
-        self.query_one("#transcript-text", Static).update(plain(message.document.to_text()))
+        lines = message.document.to_text().splitlines()  # each line cleaned, the breaks kept
+        self.query_one("#transcript-text", Static).update(Text("\n").join(map(plain, lines)))
         for button in ("#save-text", "#save-html"):
             self.query_one(button, Button).disabled = False
 
