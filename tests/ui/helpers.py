@@ -50,7 +50,11 @@ async def keys_loaded(pilot: Pilot, count: int) -> PagedTable:
 async def approve(pilot: Pilot, approvals: list[ApprovalInput], label: str = "") -> None:
     """Fill the approval dialog like two people at the console would, and run it."""
     app = pilot.app
-    await until(pilot, lambda: isinstance(app.screen, ApprovalScreen), "the approval dialog")
+    await until(
+        pilot,
+        lambda: isinstance(app.screen, ApprovalScreen) and app.screen.query("#approve"),
+        "the approval dialog",
+    )
     dialog = app.screen
     if label:
         dialog.query_one("#confirm-label", Input).value = label

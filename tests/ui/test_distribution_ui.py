@@ -46,7 +46,11 @@ async def test_export_then_import_from_the_keys_pane(
         table = await keys_loaded(pilot, 2)
         table.move_cursor(row=table.get_row_index(dek.id))
         await pilot.press("e")
-        await until(pilot, lambda: isinstance(app.screen, ExportScreen), "the export form")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, ExportScreen) and app.screen.query("#ok"),
+            "the export form",
+        )
         form = app.screen
         form.query_one("#wrapper", Select).value = kek.id
         out = Path(form.query_one("#out", Input).value)
@@ -56,7 +60,11 @@ async def test_export_then_import_from_the_keys_pane(
         assert json.loads(out.read_text())["manifest"]["kcv"] == dek.versions[0].kcv
 
         await pilot.press("i")
-        await until(pilot, lambda: isinstance(app.screen, ImportScreen), "the import form")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, ImportScreen) and app.screen.query("#ok"),
+            "the import form",
+        )
         form = app.screen
         form.query_one("#path", Input).value = str(out)
         form.query_one("#kek", Select).value = kek.id
@@ -75,13 +83,21 @@ async def test_components_are_revealed_one_custodian_at_a_time_and_entered_back(
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("g")
-        await until(pilot, lambda: isinstance(app.screen, ComponentsScreen), "the form")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, ComponentsScreen) and app.screen.query("#ok"),
+            "the form",
+        )
         form = app.screen
         form.query_one("#label", Input).value = "zmk"
         form.query_one("#custodians", Input).value = "alice,bob,carol"
         await pilot.click("#ok")
         await approve(pilot, team.codes("alice", "bob"))
-        await until(pilot, lambda: isinstance(app.screen, RevealScreen), "the reveal screen")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, RevealScreen) and app.screen.query("#reveal"),
+            "the reveal screen",
+        )
         reveal = app.screen
         shares = list(reveal.shares)
         text = reveal.query_one("#reveal-text", Static)
@@ -102,12 +118,20 @@ async def test_components_are_revealed_one_custodian_at_a_time_and_entered_back(
         assert seen == ["alice", "bob", "carol"]
 
         await pilot.press("G")
-        await until(pilot, lambda: isinstance(app.screen, ComponentsScreen), "the form")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, ComponentsScreen) and app.screen.query("#ok"),
+            "the form",
+        )
         form = app.screen
         form.query_one("#label", Input).value = "zmk-again"
         form.query_one("#custodians", Input).value = "alice,bob,carol"
         await pilot.click("#ok")
-        await until(pilot, lambda: isinstance(app.screen, EnterComponentsScreen), "entry")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, EnterComponentsScreen) and app.screen.query("#next"),
+            "entry",
+        )
         entry = app.screen
         for number, share in enumerate(shares, 1):
             entry.query_one("#component", Input).value = dist.grouped(share.value)

@@ -29,7 +29,9 @@ async def test_create_a_key_through_the_form_and_two_approvals(
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, CreateKeyScreen))
+        await until(
+            pilot, lambda: isinstance(app.screen, CreateKeyScreen) and app.screen.query("Button")
+        )
         form = app.screen
         form.query_one("#label", Input).value = "orders-dek"
         form.query_one("#purpose", Select).value = "encrypt"
@@ -73,7 +75,9 @@ async def test_rotate_suspend_resume_revoke_and_schedule_then_cancel_destruction
         assert ws.get_key(key.id).state == KeyState.ACTIVE
 
         await pilot.press("v")
-        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await until(
+            pilot, lambda: isinstance(app.screen, ChoiceScreen) and app.screen.query("Button")
+        )
         app.screen.query_one(Select).value = "superseded"
         await pilot.click("#ok")
         await approve(pilot, team.codes("bob", "carol"))
@@ -91,7 +95,9 @@ async def test_wrong_codes_show_per_approver_results_and_change_nothing(
         await main_ready(pilot)
         await keys_loaded(pilot, 1)
         await pilot.press("o")
-        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen))
+        await until(
+            pilot, lambda: isinstance(app.screen, ApprovalScreen) and app.screen.query("Button")
+        )
         dialog = app.screen
         good = team.codes("alice")[0]
         wrong = "000000" if good.code != "000000" else "111111"
@@ -127,7 +133,9 @@ async def test_destroy_waits_for_its_period_then_asks_for_the_label_to_be_typed(
         ws.store.conn.execute("UPDATE keys SET destroy_after = ? WHERE id = ?", (past, key.id))
         ws.store.conn.commit()
         await pilot.press("D")
-        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen))
+        await until(
+            pilot, lambda: isinstance(app.screen, ApprovalScreen) and app.screen.query("Button")
+        )
         dialog = app.screen
         dialog.query_one("#confirm-label", Input).value = "doomed-not"
         await pilot.click("#approve")
@@ -154,11 +162,17 @@ async def test_enrol_an_operator_shows_the_qr_code_and_confirms_the_first_code(
         await pilot.press("4")
         await pilot.pause()
         await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await until(
+            pilot, lambda: isinstance(app.screen, ChoiceScreen) and app.screen.query("Button")
+        )
         app.screen.query_one("#name", Input).value = "dave"
         await pilot.click("#ok")
         await approve(pilot, team.codes("alice", "bob"))
-        await until(pilot, lambda: isinstance(app.screen, EnrolmentScreen), "the QR code")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, EnrolmentScreen) and app.screen.query("Button"),
+            "the QR code",
+        )
         qr = str(app.screen.query_one("#qr", Static).render())
         assert "█" in qr or "▀" in qr
         seed = pyotp.parse_uri(enrolled[0].otpauth_uri).secret
