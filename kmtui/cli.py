@@ -6,7 +6,6 @@ Exit codes: 0 ok; 1 refused or failed (the message says why); 2 usage; 3 audit v
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
@@ -19,8 +18,7 @@ from kmtui.commands import audit, common, keys, operators
 from kmtui.core import errors
 from kmtui.core.safetext import clean
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUDIT = 0, 1, 2, 3
-log = logging.getLogger("kmtui")
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class _Parser(argparse.ArgumentParser):

@@ -114,9 +114,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         p = common.home(args)
         store = _open_existing(p.database)
         try:
-            formatter = export.FORMATTERS[args.format]
-            for event in export.events_since(store, export.resolve_since(store, args.since)):
-                sys.stdout.write(formatter(event) + "\n")
+            since = export.resolve_since(store, args.since)
+            export.write(store, sys.stdout, args.format, since)
         finally:
             store.close()
         return EXIT_OK

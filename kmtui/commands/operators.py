@@ -171,7 +171,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_demo_codes(args: argparse.Namespace) -> int:
     """The demo operators' current codes: a stand-in for their phones, demo only."""
-    p = demo.home_of(common.home(args)) if not args.demo else common.home(args)
+    given = common.home(args)  # the demo home itself, or (with --demo or not) the base home
+    p = given if demo.is_demo(given) else demo.home_of(given)
     listing = demo.codes(p)
     if args.json:
         common.print_json(listing)

@@ -2,7 +2,7 @@
 
 Each event's hash covers the canonical JSON of its fields and the previous event's hash, so a
 modified, deleted, inserted or reordered row breaks the chain where it happened. An event's hash
-input is exactly its `export_jsonl` line without the "hash" member, so an auditor can check an
+input is exactly its `kmtui audit export` line without the "hash" member, so an auditor can check an
 export with nothing but a JSON parser and SHA-256.
 """
 
@@ -12,8 +12,8 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import Any
 
 from kmtui.core.errors import AuditError, StoreError
 from kmtui.core.models import AuditEvent, iso, utcnow
@@ -323,16 +323,3 @@ class AuditLog:
             descending=newest_first,
         )
         return [_event(row) for row in rows]
-
-    def export_jsonl(self, out: TextIO, since: int = 0) -> int:
-        """Canonical JSON lines after `since`, for SIEMs and offline auditors; returns the count."""
-        written = 0
-        for rows in self._store.stream(
-            f"SELECT {_FIELDS} FROM audit_events WHERE seq > ? ORDER BY seq",  # noqa: S608
-            (since,),
-        ):
-            for row in rows:
-                out.write(canonical_json(asdict(_event(dict(zip(_NAMES, row, strict=True))))))
-                out.write("\n")
-                written += 1
-        return written

@@ -10,7 +10,7 @@ import json
 import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from kmtui import __version__
 from kmtui.core import errors
@@ -122,8 +122,9 @@ def _sd_value(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def to_syslog(event: dict[str, Any], hostname: str | None = None) -> str:
-    """RFC 5424: authpriv facility, structured data with the chain fields, params as message."""
+def to_syslog(event: dict[str, Any], hostname: str | None = None, body: str | None = None) -> str:
+    """RFC 5424: authpriv facility, structured data with the chain fields, and as message the
+    params (or `body`: a CEF or JSON rendering forwarded inside the same envelope)."""
     level = 4 if severity(event) >= 6 else 6  # warning or informational
     pri = _FACILITY_AUTHPRIV * 8 + level
     host = (hostname or socket.gethostname() or "-")[:255].replace(" ", "_")
@@ -141,7 +142,7 @@ def to_syslog(event: dict[str, Any], hostname: str | None = None) -> str:
     )
     return (
         f"<{pri}>1 {event['ts']} {host} kmtui - {_msgid(event)} {sd} "
-        f"{canonical_json(event['params'])}"
+        f"{canonical_json(event['params']) if body is None else body}"
     )
 
 
@@ -158,3 +159,13 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "cef": to_cef,
     "syslog": to_syslog,
 }
+
+
+def write(store: Store, out: TextIO, fmt: str = "jsonl", since: int = 0) -> int:
+    """Every event after `since`, one line each in `fmt`; returns how many were written."""
+    formatter = FORMATTERS[fmt]
+    written = 0
+    for event in events_since(store, since):
+        out.write(formatter(event) + "\n")
+        written += 1
+    return written

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from kmtui.core import errors, export
-from kmtui.core.audit import canonical_json
 from kmtui.core.safetext import clean
 from kmtui.core.store import Store
 
@@ -77,14 +76,8 @@ def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
 
 def syslog_message(event: dict[str, Any], fmt: str) -> str:
     """An RFC 5424 message whose structured data carries seq and hashes, whatever the body."""
-    line = export.to_syslog(event)
-    if fmt == "syslog":
-        return line
-    # to_syslog writes HEADER SP SD SP canonical-params: keep header and SD, swap the body.
-    params = canonical_json(event["params"])
-    if not line.endswith(" " + params):
-        raise RuntimeError("export.to_syslog no longer ends with the event's params")
-    return line[: -len(params)] + export.FORMATTERS[fmt](event)
+    body = None if fmt == "syslog" else export.FORMATTERS[fmt](event)
+    return export.to_syslog(event, body=body)
 
 
 def frame(message: str) -> bytes:

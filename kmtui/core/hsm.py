@@ -854,10 +854,6 @@ class Hsm:
 
     # -- sealing (TOTP seeds and other small secrets kept in the database) ----------------
 
-    def ensure_seal_key(self) -> None:
-        """Create the non-extractable AES-256 sealing key on first use."""
-        self._run(self._seal_key)
-
     def _seal_key(self) -> Any:
         cached = self._handles.get((SEAL_KEY_ID, ObjectClass.SECRET_KEY))
         if cached is not None:

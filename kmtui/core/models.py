@@ -125,16 +125,6 @@ class Operator:
     failures: int = 0
 
 
-@dataclass
-class Approval:
-    id: int
-    digest: str
-    operator: str
-    approved_at: str
-    expires_at: str
-    executed_at: str = ""
-
-
 @dataclass(frozen=True)
 class AuditEvent:
     seq: int

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from kmtui.core import errors
-
 
 class OpKind(StrEnum):
     KEY_CREATE = "key.create"
@@ -106,19 +104,3 @@ class Approver(Protocol):
     def consume(self, approval_ids: Sequence[int], operation: Operation) -> None:
         """Mark the approvals executed inside the caller's transaction; refuse spent or expired."""
         ...
-
-
-class NoApprover:
-    """Until operators are enrolled: every operation that needs approvals is refused."""
-
-    def approve(
-        self, operation: Operation, inputs: Sequence[ApprovalInput], requirement: Requirement
-    ) -> list[int]:
-        raise errors.ApprovalRefused(
-            f"{operation.kind} needs {requirement.quorum} approvals; no operators are enrolled.",
-            "Enrol operators first (`kmtui init`).",
-        )
-
-    def consume(self, approval_ids: Sequence[int], operation: Operation) -> None:
-        if approval_ids:
-            raise errors.ApprovalRefused("No approvals can be spent without operators.")

@@ -125,9 +125,6 @@ class Workstation:
 
     # -- the token ----------------------------------------------------------------------------
 
-    def token_info(self) -> TokenInfo:
-        return self.hsm.info()
-
     def login(self, pin: str, actor: str = "console") -> TokenInfo:
         """Log in, then refuse a rolled-back trail before anything else runs; all audited."""
         try:

@@ -94,7 +94,6 @@ _USAGE_FOR_PURPOSE: dict[Purpose, frozenset[Attribute]] = {
     Purpose.MAC: frozenset({Attribute.SIGN, Attribute.VERIFY}),
 }
 # Attributes whose value the token sets itself; checked on read-back only.
-DERIVED = (Attribute.LOCAL, Attribute.ALWAYS_SENSITIVE, Attribute.NEVER_EXTRACTABLE)
 MAX_LABEL_BYTES = 128
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from textual.message import Message
 
 from kmtui.core.hsm import TokenInfo
@@ -22,10 +20,6 @@ class LoginFailed(Message):
         self.error = error
 
 
-class LoggedOut(Message):
-    """The token session ended (idle lock); the lock screen asks for the PIN again."""
-
-
 class Reconciled(Message):
     def __init__(self, report: Report) -> None:
         super().__init__()
@@ -37,12 +31,3 @@ class WorkFailed(Message):
         super().__init__()
         self.what = what
         self.error = error
-
-
-class OperationDone(Message):
-    """An approved operation ran: every pane reloads what it shows."""
-
-    def __init__(self, kind: str, result: dict[str, Any]) -> None:
-        super().__init__()
-        self.kind = kind
-        self.result = result

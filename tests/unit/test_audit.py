@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kmtui.core import export
 from kmtui.core.audit import GENESIS_HASH, AuditLog, event_hash
 from kmtui.core.errors import AuditError, DatabaseLocked, StoreError
 from kmtui.core.models import Outcome
@@ -434,7 +435,7 @@ def test_export_writes_canonical_lines_an_auditor_can_check_alone(store: Store) 
     log = AuditLog(store)
     fill(log, 6)
     out = io.StringIO()
-    assert log.export_jsonl(out, since=2) == 4
+    assert export.write(store, out, "jsonl", since=2) == 4
     lines = out.getvalue().splitlines()
     events = [json.loads(line) for line in lines]
     assert [e["seq"] for e in events] == [3, 4, 5, 6]

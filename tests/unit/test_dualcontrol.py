@@ -25,6 +25,7 @@ from kmtui.core.dualcontrol import (
     SeedInUse,
     current_code,
 )
+from kmtui.core.export import write as write_export
 from kmtui.core.hsm import Hsm
 from kmtui.core.models import OperatorState
 from kmtui.core.operations import ApprovalInput, Operation, OpKind, Requirement
@@ -522,7 +523,7 @@ def test_audit_rows_and_export_of_refusals_hold_no_code(team: Bench) -> None:
     assert set(team.refused()) >= {("alice", "wrong"), ("bob", "replayed"), ("carol", "malformed")}
     table = _derived_fields_blanked(json.dumps(team.store.rows("SELECT * FROM audit_events")))
     export = io.StringIO()
-    AuditLog(team.store).export_jsonl(export)
+    write_export(team.store, export)
     exported = _derived_fields_blanked(export.getvalue())
     assert all(r["params"]["digest"] for r in team.audit("approval.refused"))
     for code in (wrong, good_alice, good_bob, team.code("carol")):
