@@ -44,6 +44,7 @@ CONSOLE_ONLY = (
 )
 MAX_APPROVAL_EXPIRY = 300
 MIN_DESTROY_WAIT_DAYS = 1
+MAX_IDLE_LOCK = 240  # the same bound as the config file's [ui] idle_lock_minutes
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class Rules:
     approval_expiry_seconds: int = MAX_APPROVAL_EXPIRY
     console_only: list[str] = field(default_factory=lambda: [str(k) for k in CONSOLE_ONLY])
     min_components: int = 3  # split knowledge: 2 is allowed by a policy, with a warning
+    # Minutes of inactivity before the workstation locks; None leaves the configured value. The
+    # workstation uses the shortest of its configuration and every policy: a policy can only
+    # shorten the lock, and changing a policy needs approvals where the config file does not.
+    idle_lock_minutes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +146,14 @@ def parse(policy: Policy) -> Rules:
     components = merged["min_components"]
     if not isinstance(components, int) or not 2 <= components <= 9:
         raise errors.PolicyRefused(f"{where}: min_components must be 2 to 9.")
+    idle = merged["idle_lock_minutes"]
+    if idle is not None and (
+        not isinstance(idle, int) or isinstance(idle, bool) or not 1 <= idle <= MAX_IDLE_LOCK
+    ):
+        raise errors.PolicyRefused(
+            f"{where}: idle_lock_minutes must be a whole number from 1 to {MAX_IDLE_LOCK}, "
+            "or null to leave the workstation's configured idle lock."
+        )
     rules = Rules(
         algorithms={k: list(v) for k, v in algorithms.items()},
         originator_usage_days=days("originator_usage_days"),
@@ -154,6 +167,7 @@ def parse(policy: Policy) -> Rules:
         approval_expiry_seconds=expiry,
         console_only=[str(c) for c in console],
         min_components=components,
+        idle_lock_minutes=idle,
     )
     if rules.recipient_usage_days < rules.originator_usage_days:
         raise errors.PolicyRefused(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -88,6 +89,8 @@ class Workstation:
     dual: DualControl
     anchors: Anchors
     demo: bool = False
+    # One log-in or log-out at a time: the idle lock's log-out and the app closing can overlap.
+    _session: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def assemble(
@@ -127,6 +130,10 @@ class Workstation:
 
     def login(self, pin: str, actor: str = "console") -> TokenInfo:
         """Log in, then refuse a rolled-back trail before anything else runs; all audited."""
+        with self._session:
+            return self._login(pin, actor)
+
+    def _login(self, pin: str, actor: str) -> TokenInfo:
         try:
             info = self.hsm.login(pin)
         except errors.HsmError as exc:
@@ -162,8 +169,11 @@ class Workstation:
         return info
 
     def logout(self, actor: str = "console", reason: str = "") -> None:
-        """Sign a checkpoint for the session, mirror the head, then log out."""
-        if self.hsm.logged_in:
+        """Sign a checkpoint for the session, mirror the head, then log out (once, when two
+        callers race)."""
+        with self._session:
+            if not self.hsm.logged_in:
+                return
             self.audit.append(
                 "token.logout", actor=actor, outcome=Outcome.SUCCESS, params={"reason": reason}
             )
@@ -189,6 +199,19 @@ class Workstation:
         if parsed is None:
             parsed = _RULES[key] = policy.parse(stored)
         return parsed
+
+    def idle_lock(self, configured_minutes: int) -> tuple[int, str]:
+        """Minutes before the console locks, and who set it: the shortest of the configured value
+        and every policy's idle_lock_minutes (a policy can only shorten the lock)."""
+        minutes, source = configured_minutes, "configuration"
+        for stored in self.store.policies():
+            try:
+                limit = self.rules(stored.name).idle_lock_minutes
+            except errors.KmtuiError:
+                continue  # a policy that does not parse is refused wherever it is used
+            if limit is not None and limit < minutes:
+                minutes, source = limit, f"policy {stored.name}"
+        return minutes, source
 
     # -- the gate -----------------------------------------------------------------------------
 

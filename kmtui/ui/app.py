@@ -27,6 +27,7 @@ from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import PANES, MainScreen
 from kmtui.ui.screens.transcript import TranscriptScreen
 from kmtui.ui.widgets.audit_pane import AuditPane
+from kmtui.ui.widgets.status_line import StatusLine
 from kmtui.ui.workers import attempt
 
 ACTIVITY = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)
@@ -55,7 +56,10 @@ class KmtuiApp(App[int]):
         self.chain_status = ""
         self.locked = False
         self.idle_seconds = config.ui.idle_lock_minutes * 60
+        self.idle_source = "configuration"
         self.last_activity = time.monotonic()
+        self.session_started = time.monotonic()
+        self.session_approvals_since = 0
         loaded = themes.load(themes.SHIPPED_DIR, paths.user_themes_dir)
         for theme in loaded.themes:
             self.register_theme(theme)
@@ -90,6 +94,9 @@ class KmtuiApp(App[int]):
     def on_mount(self) -> None:
         newest = self.workstation.audit.events(limit=1)
         self.session_since = newest[0].seq if newest else 0  # the transcript starts here
+        last = self.workstation.store.rows("SELECT coalesce(max(id), 0) AS id FROM approvals")
+        self.session_approvals_since = int(last[0]["id"])  # the status line's "present"
+        self.apply_idle_lock()
         if self.theme_problems:
             self.notify(
                 "Some themes could not be used (kmtui falls back to its default):\n"
@@ -134,6 +141,22 @@ class KmtuiApp(App[int]):
         if isinstance(event, ACTIVITY):
             self.last_activity = time.monotonic()
         await super().on_event(event)
+
+    def apply_idle_lock(self) -> None:
+        """The shortest of the configured idle lock and every policy's; says so when a policy
+        change made it shorter."""
+        try:
+            minutes, source = self.workstation.idle_lock(self.config.ui.idle_lock_minutes)
+        except KmtuiError as exc:
+            self.notify(f"Could not read the policies' idle lock: {exc}", markup=False)
+            return
+        if minutes * 60 != self.idle_seconds:
+            if minutes * 60 < self.idle_seconds and self.main_screen() is not None:
+                self.notify(
+                    f"The idle lock is now {minutes} minutes ({source}).",
+                    markup=False,
+                )
+            self.idle_seconds, self.idle_source = minutes * 60, source
 
     def idle_remaining(self) -> float:
         return max(0.0, self.idle_seconds - (time.monotonic() - self.last_activity))
@@ -181,6 +204,8 @@ class KmtuiApp(App[int]):
             main = self.main_screen()
             if main is not None:
                 main.reload_all()
+                main.query_one(StatusLine).count_pending()  # who is present, at once
+            self.apply_idle_lock()
             if then is not None:
                 then(result)
 
@@ -239,5 +264,7 @@ class KmtuiApp(App[int]):
         self._close_messages_no_wait()
 
     def on_unmount(self) -> None:
-        if self.workstation.hsm.logged_in:
+        try:
             self.workstation.logout(reason="application closed")
+        except KmtuiError as exc:
+            self._exit_renderables.append(Text(f"Logging out of the token at exit failed: {exc}"))

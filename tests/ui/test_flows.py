@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pyotp
-from textual.widgets import Input, Select, Static
+from textual.widgets import DataTable, Input, Select, Static, TextArea
 
+from kmtui.config import Config, UiConfig
 from kmtui.core.dualcontrol import Enrollment, current_code
 from kmtui.core.models import KeyState, OperatorState, iso, utcnow
 from kmtui.core.operations import OpKind
@@ -256,3 +258,46 @@ async def test_idle_lock_hides_the_workstation_logs_out_and_the_pin_unlocks(
         assert ws.hsm.logged_in and not app.locked
     reasons = [e.params.get("reason") for e in ws.audit.events(action="token.logout")]
     assert "idle lock" in reasons
+
+
+async def test_a_policy_change_shortens_the_idle_lock_and_the_status_line_names_who_approved(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=(140, 30)) as pilot:
+        main = await main_ready(pilot)
+        assert app.idle_seconds == 15 * 60 and app.idle_source == "configuration"
+        status = main.query_one("#status", Static)
+        await until(pilot, lambda: "session 0m" in str(status.render()), "the session")
+        assert "alice" not in str(status.render())
+        await pilot.press("2")
+        await until(pilot, lambda: main.query_one("#policies", DataTable).row_count > 0)
+        name = ws.store.policies()[0].name
+        await pilot.press("e")
+        await until(pilot, lambda: app.screen.query("#rules-json"), "the policy editor")
+        editor = app.screen.query_one("#rules-json", TextArea)
+        editor.text = json.dumps({**ws.get_policy(name).rules, "idle_lock_minutes": 2})
+        await pilot.click("#ok")
+        await approve(pilot, team.codes("alice", "bob"))
+        await until(pilot, lambda: app.idle_seconds == 120, "the shorter idle lock")
+        assert app.idle_source == f"policy {name}"
+        assert ws.rules(name).idle_lock_minutes == 2
+        await until(pilot, lambda: "session 0m: alice, bob" in str(status.render()), "present")
+        assert "lock in 1:" in str(status.render()) or "lock in 2:00" in str(status.render())
+        # The shorter lock is the one that fires.
+        app.last_activity = time.monotonic() - 121
+        await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the lock screen")
+
+
+async def test_a_policy_cannot_lengthen_the_configured_idle_lock(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    name = ws.store.policies()[0].name
+    rules = {**ws.get_policy(name).rules, "idle_lock_minutes": 200}
+    ws.run(ws.prepare_policy_change(name, rules), team.codes("alice", "bob"))
+    app = app_for(ws, tmp_path, softhsm_token.pin, Config(ui=UiConfig(idle_lock_minutes=5)))
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        assert app.idle_seconds == 5 * 60 and app.idle_source == "configuration"

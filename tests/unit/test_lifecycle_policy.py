@@ -110,11 +110,22 @@ def test_shipped_policies_parse_and_default_dual_control_is_two() -> None:
         ({"colour": "blue"}, "unknown rules"),
         ({"originator_usage_days": 800, "recipient_usage_days": 400}, "recipient_usage_days"),
         ({"retire_previous": "shred"}, "retire_previous"),
+        ({"idle_lock_minutes": 0}, "idle_lock_minutes"),
+        ({"idle_lock_minutes": 241}, "idle_lock_minutes"),
+        ({"idle_lock_minutes": 5.5}, "idle_lock_minutes"),
+        ({"idle_lock_minutes": True}, "idle_lock_minutes"),
+        ({"idle_lock_minutes": "5"}, "idle_lock_minutes"),
     ],
 )
 def test_broken_policies_are_refused_naming_the_rule(rules: dict, message: str) -> None:
     with pytest.raises(errors.PolicyRefused, match=message):
         policy.parse(Policy("p", "", rules))
+
+
+def test_idle_lock_is_unset_by_default_and_a_policy_may_set_it() -> None:
+    assert policy.parse(Policy("p", "", {})).idle_lock_minutes is None
+    assert policy.parse(Policy("p", "", {"idle_lock_minutes": None})).idle_lock_minutes is None
+    assert policy.parse(Policy("p", "", {"idle_lock_minutes": 3})).idle_lock_minutes == 3
 
 
 def test_create_checks_algorithm_purpose_and_exportability() -> None:

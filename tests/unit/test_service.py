@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +366,35 @@ def test_bootstrap_enrolment_closes_after_the_first_two_and_never_reopens(team: 
         team.ws.prepare_operator(OpKind.OPERATOR_UNLOCK, "bob"), team.codes("alice", "carol")
     )
     assert str(team.ws.dual.get("bob").state) == "active"
+
+
+def test_the_idle_lock_is_the_shortest_of_configuration_and_policies(team: Team) -> None:
+    ws = team.ws
+    assert ws.idle_lock(15) == (15, "configuration")
+    names = [p.name for p in ws.store.policies()]
+    for name, minutes in zip(names[:2], (9, 4), strict=True):
+        rules = {**ws.get_policy(name).rules, "idle_lock_minutes": minutes}
+        ws.run(ws.prepare_policy_change(name, rules), team.codes("alice", "bob"))
+    assert ws.idle_lock(15) == (4, f"policy {names[1]}")
+    assert ws.idle_lock(3) == (3, "configuration")  # a policy never lengthens the lock
+
+
+def test_two_overlapping_log_outs_log_out_once(team: Team) -> None:
+    ws = team.ws
+    assert ws.hsm.logged_in
+    errors_seen: list[BaseException] = []
+
+    def log_out() -> None:
+        try:
+            ws.logout(reason="race")
+        except BaseException as exc:
+            errors_seen.append(exc)
+
+    threads = [threading.Thread(target=log_out) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors_seen == []
+    assert not ws.hsm.logged_in
+    assert [e.params["reason"] for e in ws.audit.events(action="token.logout")] == ["race"]

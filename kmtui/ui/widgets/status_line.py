@@ -1,8 +1,11 @@
-"""One line that is always true: token, log-in, idle-lock countdown, findings, approvals."""
+"""One line that is always true: token, log-in, the operator session, idle-lock countdown,
+findings and open approvals."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
@@ -18,17 +21,27 @@ from kmtui.ui.workers import attempt
 if TYPE_CHECKING:
     from kmtui.ui.app import KmtuiApp
 
-PENDING_EVERY = 5  # seconds between counts of open approvals
+PENDING_EVERY = 5  # seconds between counts of open approvals and of who approved
+
+
+def session_part(started: float, now: float, present: Sequence[str]) -> str:
+    """'session 14m: alice, bob' — how long this console session has run and who has approved
+    something in it (the same people the end-of-session transcript lists as present)."""
+    minutes = int(max(0.0, now - started) // 60)
+    span = f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}"
+    return f"session {span}" + (": " + ", ".join(present) if present else "")
 
 
 class StatusLine(Static):
     class PendingCounted(Message):
-        def __init__(self, count: int) -> None:
+        def __init__(self, count: int, present: list[str]) -> None:
             super().__init__()
             self.count = count
+            self.present = present
 
     def on_mount(self) -> None:
         self.pending = 0
+        self.present: list[str] = []
         self.ticks = 0
         self.set_interval(1, self.tick)
         self.tick()
@@ -36,25 +49,29 @@ class StatusLine(Static):
     @work(exit_on_error=False, exclusive=True, group="pending")
     async def count_pending(self) -> None:
         """Counted on the reader thread: the UI thread never waits on SQLite for this line."""
-        store = cast("KmtuiApp", self.app).workstation.store
+        app = cast("KmtuiApp", self.app)
+        store, since = app.workstation.store, app.session_approvals_since
 
-        def count() -> int:
+        def count() -> tuple[int, list[str]]:
             rows = store.rows(
                 "SELECT count(*) AS n FROM approvals WHERE executed_at IS NULL AND expires_at > ?",
                 (iso(utcnow()),),
             )
-            return int(rows[0]["n"])
+            present = store.rows(
+                "SELECT DISTINCT operator FROM approvals WHERE id > ? ORDER BY operator", (since,)
+            )
+            return int(rows[0]["n"]), [str(r["operator"]) for r in present]
 
         loop = asyncio.get_running_loop()
         counted = await loop.run_in_executor(
             READER, lambda: attempt(self, "Counting open approvals", count)
         )
         if counted is not None:
-            self.post_message(self.PendingCounted(counted))
+            self.post_message(self.PendingCounted(*counted))
 
     def on_status_line_pending_counted(self, message: PendingCounted) -> None:
-        if message.count != self.pending:
-            self.pending = message.count
+        if (message.count, message.present) != (self.pending, self.present):
+            self.pending, self.present = message.count, message.present
             self.tick(count=False)
 
     def tick(self, count: bool = True) -> None:
@@ -83,4 +100,9 @@ class StatusLine(Static):
             text.append(f" · {self.pending} approvals open")
         if app.chain_status:
             text.append(f" · chain {app.chain_status}")
+        # Last: on a narrow terminal the lock countdown and the findings matter more.
+        text.append(" · ")
+        text.append_text(
+            plain(session_part(app.session_started, time.monotonic(), self.present), limit=48)
+        )
         self.update(text)
