@@ -185,7 +185,7 @@ async def test_enrol_an_operator_shows_the_qr_code_and_confirms_the_first_code(
     assert ws.dual.get("dave").state == OperatorState.ACTIVE
 
 
-async def test_audit_filter_narrows_the_trail_and_a_row_opens_its_key(
+async def test_audit_filter_narrows_the_trail_by_term_and_time_and_a_row_opens_its_key(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     ws = team.ws
@@ -201,6 +201,19 @@ async def test_audit_filter_narrows_the_trail_and_a_row_opens_its_key(
         app.screen.query_one("#audit-filter", Input).value = "action:key.create outcome:success"
         await until(pilot, lambda: table.row_count == 1, "the filtered trail")
         assert table.get_row_at(0)[3].plain == "key.create"
+        today = utcnow().date()
+        tomorrow, yesterday = today + timedelta(days=1), today - timedelta(days=1)
+        box = app.screen.query_one("#audit-filter", Input)
+        box.value = f"since:{tomorrow.isoformat()}"
+        await until(pilot, lambda: table.row_count == 0, "nothing after tomorrow")
+        box.value = f"until:{yesterday.isoformat()}"
+        await until(pilot, lambda: table.row_count == 0, "nothing before yesterday")
+        box.value = f"since:{today.isoformat()} until:{today.isoformat()}"
+        await until(
+            pilot, lambda: table.row_count == len(ws.audit.events(limit=500)), "today's events"
+        )
+        box.value = f"since:{today.isoformat()} action:key.create outcome:success"
+        await until(pilot, lambda: table.row_count == 1, "a range with other terms")
         app.screen.query_one("#audit-filter", Input).value = "op:carol"
         await until(
             pilot,
@@ -301,3 +314,34 @@ async def test_a_policy_cannot_lengthen_the_configured_idle_lock(
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         assert app.idle_seconds == 5 * 60 and app.idle_source == "configuration"
+
+
+async def test_self_check_reports_each_check_for_a_secret_and_a_signing_key(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    dek = ws.create_key(label="a-dek", algorithm="AES-256", approvals=team.codes("alice", "bob"))
+    signer = ws.create_key(
+        label="b-signer", algorithm="EC-P256", purpose="sign", approvals=team.codes("alice", "bob")
+    )
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        table = await keys_loaded(pilot, 2)
+        for row, key, round_trip in ((0, dek, "encrypt-decrypt"), (1, signer, "sign-verify")):
+            table.focus()
+            table.move_cursor(row=row)
+            await pilot.press("c")
+            await approve(pilot, [])  # a self-check changes nothing: no approvals asked
+            shown = f"Self-check of {key.label!r}"
+            await until(
+                pilot,
+                lambda shown=shown: any(shown in str(n.message) for n in app._notifications),
+                "the self-check report",
+            )
+            message = next(str(n.message) for n in app._notifications if shown in str(n.message))
+            assert f"{round_trip} pass" in message and "registry-match pass" in message
+            fingerprint = key.current.kcv or key.current.fingerprint
+            assert fingerprint in message  # the KCV/fingerprint read now, as registered
+    checks = ws.audit.events(action="key.selfcheck")
+    assert {e.key_id for e in checks if e.outcome == "success"} == {dek.id, signer.id}

@@ -16,6 +16,7 @@ from kmtui.core.errors import KmtuiError
 from kmtui.core.lifecycle import RevocationReason
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.operations import OpKind
+from kmtui.core.safetext import clean
 from kmtui.core.store import key_cursor
 from kmtui.ui.filters import KeyFilter
 from kmtui.ui.screens.distribution import (
@@ -211,7 +212,25 @@ class KeysPane(Pane):
         self._simple(OpKind.KEY_ROTATE)
 
     def action_check(self) -> None:
-        self._simple(OpKind.KEY_SELFCHECK)
+        """KCV or fingerprint against the registry, and a round trip the key's purpose allows."""
+        key = self.selected()
+        if key is None:
+            return
+        prepared = self.prepare(lambda: self.workstation.prepare(OpKind.KEY_SELFCHECK, key.id))
+        if prepared is None:
+            return
+
+        def report(result: dict[str, Any]) -> None:
+            checks = result.get("checks", {})
+            shown = ", ".join(f"{name} {value}" for name, value in checks.items())
+            self.notify(
+                clean(f"Self-check of {key.label!r}: {shown}", 200),
+                title="Self-check passed",
+                markup=False,
+                timeout=12,
+            )
+
+        self.approve(prepared, then=report)
 
     def action_destroy(self) -> None:
         self._simple(OpKind.KEY_DESTROY)
