@@ -100,9 +100,9 @@ class StatusLine(Static):
             text.append(f" · {self.pending} approvals open")
         if app.chain_status:
             text.append(f" · chain {app.chain_status}")
-        # Last: on a narrow terminal the lock countdown and the findings matter more.
-        text.append(" · ")
-        text.append_text(
-            plain(session_part(app.session_started, time.monotonic(), self.present), limit=48)
-        )
+        # Last, and on a line of its own when the terminal is too narrow for both.
+        session = plain(session_part(app.session_started, time.monotonic(), self.present), limit=48)
+        fits = text.cell_len + 3 + session.cell_len <= self.size.width
+        text.append(" · " if fits else "\n ")
+        text.append_text(session)
         self.update(text)
