@@ -146,3 +146,28 @@ async def test_a_crash_shows_no_traceback_and_no_locals(
     assert "pin_in_a_local" not in rendered
     crash_log = (tmp_path / "home" / "log" / "crash.log").read_text()
     assert "RuntimeError" in crash_log and softhsm_token.pin not in crash_log
+
+
+async def test_help_lists_every_binding_with_the_remapped_key_and_closes(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    from kmtui.config import UiConfig
+    from kmtui.ui.screens.help import HelpScreen
+    from tests.ui.helpers import until
+
+    config = Config(ui=UiConfig(bindings={"keys.rotate": "ctrl+o"}))
+    app = KmtuiApp(team.ws, config, paths=under(tmp_path / "home"), pin=softhsm_token.pin)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await main_ready(pilot)
+        for opener in ("question_mark", "f1"):
+            await pilot.press(opener)
+            await until(
+                pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen.query(Static)
+            )
+            shown = "\n".join(str(s.render()) for s in app.screen.query(Static))
+            assert "^o" in shown and "Rotate" in shown and "keys.rotate" in shown
+            assert "Verify chain" in shown and "audit.verify" in shown  # every pane's bindings
+            assert "since:" in shown  # the filter syntax
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, MainScreen), "help closed")
+        assert app.is_running

@@ -36,7 +36,9 @@ class HelpScreen(ModalScreen[None]):
             text.append(f"{title}\n", style="bold underline")
             for b in bindings:
                 key = self.keymap.get(b.id, b.key) if b.id else b.key
-                shown = ", ".join(self.app.get_key_display(Binding(k)) for k in key.split(","))
+                shown = ", ".join(
+                    self.app.get_key_display(Binding(k, b.action)) for k in key.split(",")
+                )
                 text.append(f"  {shown:<14}", style="bold")
                 text.append(f"{b.description or b.action:<28}")
                 text.append(f"{b.id or ''}\n", style="dim")
