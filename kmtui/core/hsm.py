@@ -246,6 +246,7 @@ class Hsm:
             )
         self.module = module
         self.token_label = token_label
+        self.found_label = token_label
         self.token_serial = token_serial
         self.softhsm2_conf = softhsm2_conf
         self._lib: Any = None
@@ -314,6 +315,7 @@ class Hsm:
             if (self.token_label and label == self.token_label) or (
                 self.token_serial and serial == self.token_serial
             ):
+                self.found_label = label  # when configured by serial, the label is learnt here
                 return token
         seen = (
             ", ".join(f"{s.token_label!r} (serial {s.token_serial})" for s in self._slots())

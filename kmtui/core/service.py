@@ -362,7 +362,7 @@ class Workstation:
             else "private"
         )
         return uri.build(
-            token=self.hsm.token_label,
+            token=self.hsm.found_label,
             serial=version.token_serial,
             cka_id=version.cka_id,
             label=key.label,

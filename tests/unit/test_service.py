@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from kmtui.core.operations import ApprovalInput, OpKind
 from kmtui.core.reconcile import FindingKind
 from kmtui.core.service import Workstation
 from kmtui.core.store import Store
-from tests.conftest import Clock, Team
+from tests.conftest import Clock, SoftHsm, Team
 
 
 def create(team: Team, label: str, algorithm: str = "AES-256", **kw: Any):
@@ -398,3 +399,26 @@ def test_two_overlapping_log_outs_log_out_once(team: Team) -> None:
     assert errors_seen == []
     assert not ws.hsm.logged_in
     assert [e.params["reason"] for e in ws.audit.events(action="token.logout")] == ["race"]
+
+
+def test_a_token_chosen_by_serial_still_names_its_label_in_pkcs11_uris(
+    team: Team, softhsm_token: SoftHsm
+) -> None:
+    by_serial = Hsm(
+        softhsm_token.module,
+        token_serial=softhsm_token.serial,
+        softhsm2_conf=str(softhsm_token.conf),
+    )
+    try:
+        by_serial.open()
+        assert by_serial.found_label == softhsm_token.label
+        ws = replace(team.ws, hsm=by_serial)
+        key = team.ws.create_key(
+            label="by-serial", algorithm="AES-256", approvals=team.codes("alice", "bob")
+        )
+        assert key.current is not None
+        link = ws.version_uri(key, key.current)
+        assert f"token={softhsm_token.label};" in link
+        assert ws.get_key(link).id == key.id
+    finally:
+        by_serial.close()
