@@ -25,6 +25,9 @@ COLOURS = (
     "success",
 )
 DEFAULT_THEME = "kmtui-dark"
+LEGIBLE = {"text-disabled": "auto 55%"}
+"""Variables every theme gets unless it sets them: Textual's placeholder text (38%) becomes dark
+grey on black (2.8:1) or light grey on white (1.3:1) once a 16-colour terminal rounds it."""
 # The repository's themes/ (source checkout or editable install), or the copy a wheel carries.
 _HERE = Path(__file__).resolve()
 SHIPPED_DIR = next(
@@ -68,7 +71,7 @@ def parse(data: dict[str, object]) -> Theme:
     raw_vars = data.get("variables", {})
     if not isinstance(raw_vars, dict):
         raise ValueError("variables must be a table")
-    variables = {str(k): str(v) for k, v in raw_vars.items()}
+    variables = LEGIBLE | {str(k): str(v) for k, v in raw_vars.items()}
     for key, value in variables.items():
         if key.endswith(("-color", "-background", "-foreground")):
             _colour(value, f"variables.{key}")
