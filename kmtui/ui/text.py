@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
 from textual.theme import Theme
 
@@ -35,12 +36,12 @@ def state_styles(theme: Theme) -> dict[KeyState, str]:
     }
 
 
-def labelled(pairs: list[tuple[str, object]], width: int = 14) -> Text:
-    """Name/value lines for detail views; the names are ours, the values plain text."""
-    text = Text()
+def labelled(pairs: list[tuple[str, object]], width: int = 14) -> Table:
+    """Name/value lines for detail views; the names are ours, the values plain text. A long value
+    wraps under itself, never back under the names."""
+    grid = Table.grid(padding=(0, 1), expand=True)
+    grid.add_column(width=max(1, width - 1), no_wrap=True, style="bold")
+    grid.add_column(ratio=1, overflow="fold")
     for name, value in pairs:
-        text.append(f"{name:<{width}}", style="bold")
-        text.append_text(value if isinstance(value, Text) else plain(value))
-        text.append("\n")
-    text.rstrip()
-    return text
+        grid.add_row(Text(name), value if isinstance(value, Text) else plain(value))
+    return grid

@@ -71,7 +71,8 @@ async def test_rotate_suspend_resume_revoke_and_schedule_then_cancel_destruction
         await approve(pilot, team.codes("alice", "carol"))
         assert ws.get_key(key.id).state == KeyState.DESTROY_SCHEDULED
         table = app.screen.query_one("#keys", PagedTable)
-        await until(pilot, lambda: "destroy" in table.get_row_at(0)[2].plain, "the marker")
+        due = (ws.get_key(key.id).destroy_after or "")[:10]
+        await until(pilot, lambda: table.get_row_at(0)[2].plain == f"✖ on {due}", "the marker")
         await pilot.press("x")
         await approve(pilot, team.codes("alice", "bob"))
         assert ws.get_key(key.id).state == KeyState.ACTIVE

@@ -40,7 +40,7 @@ class HelpScreen(ModalScreen[None]):
                     self.app.get_key_display(Binding(k, b.action)) for k in key.split(",")
                 )
                 text.append(f"  {shown:<14}", style="bold")
-                text.append(f"{b.description or b.action:<28}")
+                text.append(f"{b.tooltip or b.description or b.action:<32}")
                 text.append(f"{b.id or ''}\n", style="dim")
             text.append("\n")
         text.append(FILTERS)

@@ -49,6 +49,7 @@ class KeyDetailScreen(ModalScreen[None]):
             yield Static("Loading…", id="detail-summary")
             yield Label("Versions", classes="section")
             yield DataTable(id="detail-versions", cursor_type="row", show_cursor=False)
+            yield Static("", id="detail-uris")
             yield Label("Token attributes (current version)", classes="section")
             yield Static("", id="detail-attributes")
             yield Label("Policy", classes="section")
@@ -59,7 +60,7 @@ class KeyDetailScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#detail-versions", DataTable).add_columns(
-            "Ver", "State", "KCV / fingerprint", "Created", "PKCS#11 URI"
+            "Ver", "State", "KCV / fingerprint", "Created"
         )
         self.query_one("#detail-history", DataTable).add_columns(
             "Seq", "Time", "Action", "Outcome", "Actor"
@@ -153,8 +154,13 @@ class KeyDetailScreen(ModalScreen[None]):
                 plain(v["state"], styles.get(KeyState(v["state"]), "")),
                 plain(v.get("kcv") or v.get("fingerprint", "")),
                 plain(when(v["created_at"])),
-                plain(v["pkcs11_uri"]),
             )
+        # URIs are long: each on its own line, folded, so none is cut off at 80 columns.
+        self.query_one("#detail-uris", Static).update(
+            labelled(
+                [(f"URI v{v['version']}", v["pkcs11_uri"]) for v in data["describe"]["versions"]]
+            )
+        )
         attrs = data["attributes"]
         self.query_one("#detail-attributes", Static).update(
             labelled([(k, _shown(k, v)) for k, v in sorted(attrs.items())], 20)
@@ -169,7 +175,8 @@ class KeyDetailScreen(ModalScreen[None]):
             history.add_row(
                 plain(e.seq), plain(when(e.ts)), plain(e.action), plain(e.outcome), plain(e.actor)
             )
-        history.focus()
+        # The box scrolls with the arrow keys; a table below the fold would take focus unseen.
+        self.query_one("#detail-box", VerticalScroll).focus()
 
     def on_work_failed(self, message: WorkFailed) -> None:
         message.stop()

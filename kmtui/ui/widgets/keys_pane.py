@@ -54,9 +54,16 @@ class KeysPane(Pane):
         Binding("slash", "filter", "Filter", id="keys.filter"),
         Binding("n", "create", "New", id="keys.create"),
         Binding("o", "rotate", "Rotate", id="keys.rotate"),
-        Binding("u", "suspend", "Suspend/resume", id="keys.suspend"),
+        Binding("u", "suspend", "Suspend", id="keys.suspend", tooltip="Suspend or resume the key"),
         Binding("v", "revoke", "Revoke", id="keys.revoke"),
-        Binding("x", "schedule", "Schedule/cancel destroy", id="keys.schedule"),
+        Binding(
+            "x",
+            "schedule",
+            "Destroy date",
+            id="keys.schedule",
+            tooltip="Schedule or cancel destruction",
+            show=False,  # the footer keeps to what fits in 80 columns; `?` lists every key
+        ),
         Binding("D", "destroy", "Destroy", id="keys.destroy", show=False),
         Binding("c", "check", "Self-check", id="keys.check", show=False),
         Binding("s", "sort", "Sort", id="keys.sort", show=False),
@@ -364,13 +371,14 @@ def marks(key: Key) -> Text:
     """Rotation due and scheduled destruction, in words as well as colour."""
     text = Text()
     now = utcnow()
+    # Short, so Label to KCV fit in 80 columns; the State column already says destroy-scheduled.
     if key.state == KeyState.DESTROY_SCHEDULED and key.destroy_after:
-        text.append(f"✖ destroy {when(key.destroy_after)[:10]}", style="bold")
+        text.append(f"✖ on {when(key.destroy_after)[:10]}", style="bold")
     elif key.rotation_due_at and key.state in (KeyState.ACTIVE, KeyState.SUSPENDED):
         if key.rotation_due_at <= iso(now):
-            text.append("⟳ rotation overdue", style="bold reverse")
+            text.append("⟳ rotate now", style="bold reverse")
         elif key.rotation_due_at <= iso(now + DUE_SOON):
-            text.append(f"⟳ rotate by {when(key.rotation_due_at)[:10]}", style="bold")
+            text.append(f"⟳ by {when(key.rotation_due_at)[:10]}", style="bold")
     return text
 
 

@@ -34,16 +34,14 @@ class PoliciesPane(Pane):
                 yield Static("", id="rules")
 
     def on_mount(self) -> None:
-        self.query_one("#policies", DataTable).add_columns("Policy", "Description", "Changed")
+        self.query_one("#policies", DataTable).add_columns("Policy", "Changed")
         self.reload()
 
     def reload(self) -> None:
         table = self.query_one("#policies", DataTable)
         table.clear()
         for p in self.workstation.store.policies():
-            table.add_row(
-                plain(p.name), plain(p.description, limit=40), plain(when(p.updated_at)), key=p.name
-            )
+            table.add_row(plain(p.name), plain(when(p.updated_at)), key=p.name)
         self._show()
 
     def _selected(self) -> str | None:
@@ -63,11 +61,16 @@ class PoliciesPane(Pane):
             rules.update("")
             return
         try:
-            effective = policy.parse(self.workstation.get_policy(name)).to_json()
+            stored = self.workstation.get_policy(name)
+            effective = policy.parse(stored).to_json()
         except KmtuiError as exc:
             rules.update(plain(exc))
             return
-        pairs: list[tuple[str, object]] = []
+        pairs: list[tuple[str, object]] = [
+            ("policy", stored.name),
+            ("description", stored.description),
+            ("changed", when(stored.updated_at)),
+        ]
         for k, v in effective.items():
             if isinstance(v, dict):
                 pairs.append((k, "; ".join(f"{a}: {json.dumps(b)}" for a, b in v.items())))
