@@ -202,6 +202,11 @@ async def test_audit_filter_narrows_the_trail_by_term_and_time_and_a_row_opens_i
         app.screen.query_one("#audit-filter", Input).value = "action:key.create outcome:success"
         await until(pilot, lambda: table.row_count == 1, "the filtered trail")
         assert table.get_row_at(0)[3].plain == "key.create"
+        table.focus()
+        table.move_cursor(row=0)
+        shown = app.screen.query_one("#event-detail", Static)
+        await until(pilot, lambda: "key.create success" in str(shown.render()), "the event detail")
+        assert f"key audited ({key.id})" in str(shown.render())
         today = utcnow().date()
         tomorrow, yesterday = today + timedelta(days=1), today - timedelta(days=1)
         box = app.screen.query_one("#audit-filter", Input)

@@ -14,6 +14,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
 from kmtui.core.audit import VerifyResult
+from kmtui.core.errors import KmtuiError
 from kmtui.core.models import AuditEvent
 from kmtui.ui.filters import AuditFilter
 from kmtui.ui.screens.key_detail import KeyDetailScreen
@@ -68,6 +69,7 @@ class AuditPane(Pane):
             )
             yield ProgressBar(id="verify-progress", show_eta=False)
         yield PagedTable(id="audit", page_size=PAGE)
+        yield Static("", id="event-detail")
 
     def on_mount(self) -> None:
         table = self.table
@@ -130,6 +132,23 @@ class AuditPane(Pane):
         event.stop()
         self.action_key()
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The highlighted event in full under the table: the columns cut long details short."""
+        event.stop()
+        box = self.query_one("#event-detail", Static)
+        try:
+            seq = int(str(event.row_key.value))
+            found = self.workstation.audit.events(after_seq=seq + 1, limit=1, newest_first=True)
+            label = ""
+            if found and found[0].key_id:
+                rows = self.workstation.store.rows(
+                    "SELECT label FROM keys WHERE id = ?", (found[0].key_id,)
+                )
+                label = str(rows[0]["label"]) if rows else ""
+        except (KmtuiError, ValueError):
+            found = []
+        box.update(describe(found[0], label) if found else "")
+
     # -- verification ---------------------------------------------------------------------------
 
     def action_verify(self) -> None:
@@ -171,6 +190,20 @@ class AuditPane(Pane):
 
 def detail(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={params[k]}" for k in DETAIL_FIELDS if params.get(k) not in (None, ""))
+
+
+def describe(e: AuditEvent, label: str) -> Text:
+    """One event as a custodian reads it: who did what to which key, every detail, the hash."""
+    text = Text()
+    text.append(f"#{e.seq} {e.ts[:19].replace('T', ' ')}  ", style="bold")
+    text.append_text(plain(f"{e.action} {e.outcome} by {e.actor}"))
+    if e.key_id:
+        text.append_text(plain(f" · key {label or '?'} ({e.key_id})"))
+    params = " ".join(f"{k}={v}" for k, v in sorted(e.params.items()) if v not in (None, ""))
+    if params:
+        text.append_text(plain(f" · {params}", limit=400))
+    text.append(f" · hash {e.hash[:16]}…", style="dim")
+    return text
 
 
 def event_row(e: AuditEvent) -> list[Text]:
