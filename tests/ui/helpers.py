@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.console import Console
 from textual.pilot import Pilot
-from textual.widgets import Button, Input
+from textual.widgets import Button, Input, Static
 
 from kmtui.config import Config
 from kmtui.core.operations import ApprovalInput
@@ -18,6 +20,13 @@ from kmtui.ui.screens.main import MainScreen
 from kmtui.ui.widgets.paged_table import PagedTable
 
 SIZE = (100, 30)
+
+
+def text_of(widget: Static) -> str:
+    """What a Static shows, as plain text, whatever renderable it holds (Text or a grid)."""
+    console = Console(width=300, file=io.StringIO(), record=True, color_system=None)
+    console.print(widget.content)
+    return console.export_text()
 
 
 def app_for(ws: Workstation, tmp_path: Path, pin: str | None, config: Config | None = None):
