@@ -6,10 +6,13 @@ in. A real workstation never stores its PIN.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyotp
@@ -63,9 +66,28 @@ def _write_secret(path: Path, value: str) -> None:
     path.write_text(value + "\n", encoding="utf-8")
 
 
+@contextmanager
+def _setting_up(home: Path) -> Iterator[None]:
+    """One set-up at a time: a second `kmtui demo` started meanwhile waits, then finds it made
+    (two at once made two tokens with one label, and both failed)."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with (home.parent / f".{home.name}.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ensure(base: paths.Paths, *, reset: bool = False) -> paths.Paths:
     """Create the demo workstation on first use (or after --reset); return its paths."""
     p = home_of(base)
+    assert p.home is not None
+    with _setting_up(p.home):
+        return _ensure(p, reset)
+
+
+def _ensure(p: paths.Paths, reset: bool) -> paths.Paths:
     assert p.home is not None
     if p.home.exists() and (reset or not is_demo(p)):
         # A half-made demo (interrupted set-up) is started over rather than patched.

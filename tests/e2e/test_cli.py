@@ -7,11 +7,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kmtui import __version__
 from kmtui.demo import DEMO_KEYS
-from tests.e2e.helpers import kmtui
+from tests.e2e.helpers import kmtui, make_demo
 
 
 def test_version() -> None:
@@ -160,3 +161,15 @@ def test_demo_flag_without_a_demo_says_how_to_make_one(tmp_path: Path) -> None:
     proc = kmtui(tmp_path, "--demo", "keys", "list")
     assert proc.returncode == 2
     assert "Run `kmtui demo` first" in proc.stderr
+
+
+def test_two_demo_set_ups_at_once_make_one_working_demo(tmp_path: Path) -> None:
+    """The second waits for the first instead of making a second token with the same label."""
+    with ThreadPoolExecutor(2) as pool:
+        homes = list(pool.map(lambda _: make_demo(tmp_path), range(2)))
+    assert homes[0] == homes[1]
+    listed = kmtui(tmp_path, "--demo", "keys", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 6
+    info = kmtui(tmp_path, "--demo", "token", "info", "--json")
+    assert info.returncode == 0, info.stderr
