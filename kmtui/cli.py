@@ -134,7 +134,8 @@ def cmd_tui(args: argparse.Namespace, *, demo_mode: bool) -> int:
     from kmtui.launch import open_workstation
     from kmtui.ui.app import KmtuiApp
 
-    ws = open_workstation(p, cfg)
+    # quick_check now; the full integrity_check runs in the background once the panes are up.
+    ws = open_workstation(p, cfg, integrity="quick")
     try:
         pin = demo.pin_of(p) if demo_mode else None
         if args.pin_file:

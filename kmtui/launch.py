@@ -24,9 +24,13 @@ def hsm_for(cfg: Config, p: paths.Paths) -> Hsm:
     )
 
 
-def open_workstation(p: paths.Paths, cfg: Config) -> Workstation:
-    """Open the registry first (it refuses a corrupt database), then bind the token."""
-    store = Store.open(p.ensure().database)
+def open_workstation(p: paths.Paths, cfg: Config, *, integrity: str = "full") -> Workstation:
+    """Open the registry first (it refuses a corrupt database), then bind the token.
+
+    `integrity` is Store.open's: the TUI asks for "quick" and runs the full check itself in the
+    background once its panes are up (kmtui.ui.screens.main).
+    """
+    store = Store.open(p.ensure().database, integrity=integrity)
     try:
         return Workstation.assemble(hsm_for(cfg, p), store, demo=cfg.demo)
     except BaseException:

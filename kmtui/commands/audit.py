@@ -159,7 +159,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _open_existing(path: Path) -> Store:
     if not path.exists():
         raise errors.UsageError(f"No database at {path}.", "Check --home / KMTUI_HOME.")
-    return Store.open(path)
+    # Export and forward read events by seq, never through an index: quick_check (every page,
+    # b-tree and record) guards them; `audit verify` runs the full integrity_check.
+    return Store.open(path, integrity="quick")
 
 
 _ENDPOINT = re.compile(
@@ -227,8 +229,10 @@ def _verify(args: argparse.Namespace) -> int:
         except (OSError, ValueError, UnicodeDecodeError):
             raise errors.UsageError(f"{args.pubkey} is not a PEM public key.") from None
     progress = _progress if sys.stderr.isatty() and not args.json else None
+    # The trail, and the whole file with SQLite's full integrity_check (the TUI opens with
+    # quick_check and runs the full one in the background; this is the auditor's own run).
     if args.db:  # an offline copy: never touches this machine's token
-        report = anchors.verify_database(args.db, pubkey_pem=pem, progress=progress)
+        report = anchors.verify_database(args.db, pubkey_pem=pem, progress=progress, integrity=True)
         path = args.db
     else:
         p = common.home(args)
@@ -236,15 +240,23 @@ def _verify(args: argparse.Namespace) -> int:
         if not path.exists():
             raise errors.UsageError(f"No database at {path}.", "Check --home / KMTUI_HOME.")
         if args.no_token or not (args.pin_file or demo.is_demo(p)):
-            report = anchors.verify_database(path, pubkey_pem=pem, progress=progress, copy=False)
+            report = anchors.verify_database(
+                path, pubkey_pem=pem, progress=progress, copy=False, integrity=True
+            )
         else:
             # Read the token's head and verify inside one session, so the session's own
             # log-out event (written after) is not mistaken for an unanchored one.
-            with common.workstation(args, login=True) as ws:
+            # quick_check at open: verify_database runs the full integrity_check just after.
+            with common.workstation(args, login=True, integrity="quick") as ws:
                 raw = ws.hsm.read_head(ws.anchors.registry_id())
                 head = None if raw is None else _parse_head(raw)
                 report = anchors.verify_database(
-                    path, pubkey_pem=pem, token_head=head, progress=progress, copy=False
+                    path,
+                    pubkey_pem=pem,
+                    token_head=head,
+                    progress=progress,
+                    copy=False,
+                    integrity=True,
                 )
     if progress:
         print(file=sys.stderr)
@@ -255,8 +267,11 @@ def _verify(args: argparse.Namespace) -> int:
         print(
             f"head event {report.head_seq} {report.head_hash[:16]}; token head: "
             f"{report.token_head}; key {report.key_fingerprint[:23] or 'none'} "
-            f"({report.key_source or 'no checkpoints'})"
+            f"({report.key_source or 'no checkpoints'}); database file integrity: "
+            f"{clean(report.integrity)}"
         )
+    elif report.first_bad_seq is None:  # the trail holds; the file around it does not
+        print(f"DATABASE DAMAGED: {clean(report.reason)}", file=sys.stderr)
     else:
         print(
             f"AUDIT TRAIL BROKEN at event {report.first_bad_seq}: {clean(report.reason)}",

@@ -59,12 +59,14 @@ def context(args: argparse.Namespace) -> tuple[paths.Paths, config.Config]:
 
 
 @contextmanager
-def workstation(args: argparse.Namespace, *, login: bool = False) -> Iterator[Workstation]:
+def workstation(
+    args: argparse.Namespace, *, login: bool = False, integrity: str = "full"
+) -> Iterator[Workstation]:
     """The workstation for one command; logged in to the token when the command needs it."""
     from kmtui.launch import open_workstation
 
     p, cfg = context(args)
-    ws = open_workstation(p, cfg)
+    ws = open_workstation(p, cfg, integrity=integrity)
     try:
         if login:
             ws.login(_pin(args, p, ws.hsm.name), actor="cli")

@@ -18,7 +18,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from kmtui.core import errors
 from kmtui.core.audit import EVENT_COLUMNS, AuditLog, VerifyResult, canonical_json, verify_rows
 from kmtui.core.hsm import Hsm
 from kmtui.core.models import iso, utcnow
-from kmtui.core.store import Store
+from kmtui.core.store import Store, integrity_problem
 
 CHECKPOINT_TYPE = "kmtui.audit.checkpoint.v1"
 DEFAULT_EVERY = 100
@@ -251,6 +251,7 @@ class TrailReport:
     key_fingerprint: str
     key_source: str  # "given" (--pubkey), "database" (weaker: it travels with the data) or ""
     token_head: str  # "matched", "not checked", or the problem
+    integrity: str = "not checked"  # SQLite's integrity_check of the whole file: "ok" or its line
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -272,11 +273,31 @@ def verify_database(
     token_head: tuple[int, str] | None = None,
     progress: Callable[[int], None] | None = None,
     copy: bool = True,
+    integrity: bool = False,
 ) -> TrailReport:
-    """Chain, checkpoint signatures and their agreement with the chain, and the token head."""
+    """Chain, checkpoint signatures and their agreement with the chain, and the token head.
+
+    With `integrity`, also SQLite's full integrity_check of the file (every index against its
+    table, which the quick check kmtui's TUI opens with leaves out); a failure fails the report.
+    """
     conn = _connect_readonly(path, copy=copy)
     try:
-        return _verify(conn, pubkey_pem, token_head, progress)
+        report = _verify(conn, pubkey_pem, token_head, progress)
+        if not integrity:
+            return report
+        problem = integrity_problem(conn)
+        if not problem:
+            return replace(report, integrity="ok")
+        reason = (
+            f"the database file failed SQLite's integrity check ({problem}): restore it from a "
+            "backup made by kmtui"
+        )
+        return replace(
+            report,
+            ok=False,
+            reason=report.reason if not report.ok else reason,
+            integrity=problem,
+        )
     except sqlite3.DatabaseError as exc:
         raise errors.DatabaseCorrupt(
             f"{path} cannot be read as a kmtui database ({exc}).",

@@ -696,12 +696,22 @@ class Hsm:
         ]
 
         def read(obj: Any) -> dict[str, Any]:
+            # One C_GetAttributeValue call; python-pkcs11 leaves out what the token will not
+            # give (absent or sensitive). One call per attribute only if that call fails.
+            try:
+                values = {Attribute(a): v for a, v in obj.get_attributes(wanted).items()}
+            except (p11.PKCS11Error, UnicodeDecodeError):
+                values = {}
+                for attr in wanted:
+                    try:
+                        values[attr] = obj[attr]
+                    except (p11.AttributeTypeInvalid, p11.AttributeSensitive):
+                        continue
             out: dict[str, Any] = {}
             for attr in wanted:
-                try:
-                    value = obj[attr]
-                except (p11.AttributeTypeInvalid, p11.AttributeSensitive):
+                if attr not in values:
                     continue
+                value = values[attr]
                 if isinstance(value, str):
                     value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 out[attr.name] = value
@@ -1100,7 +1110,17 @@ def _enum_name(enum: Any, raw: Any) -> str:
 
 
 def _raw_attributes(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
-    """Read attributes one by one, tolerating any that are absent or undecodable."""
+    """Read attributes in one call, or one by one when that fails, tolerating any that are
+    absent or undecodable (a label that is not UTF-8 fails the single call)."""
+    try:
+        values = {Attribute(a): v for a, v in obj.get_attributes(attrs).items()}
+    except (p11.PKCS11Error, UnicodeDecodeError, KeyError, ValueError, NotImplementedError):
+        values = None
+    if values is not None:
+        label = values.get(Attribute.LABEL)
+        if isinstance(label, str):
+            values[Attribute.LABEL] = label.encode("utf-8", "surrogateescape")
+        return values
     out: dict[Attribute, Any] = {}
     for attr in attrs:
         try:

@@ -95,13 +95,11 @@ class Report:
 
 
 def open_intents(ws: Workstation) -> list[dict[str, Any]]:
-    """Intent events that no outcome refers to (the process stopped between the two)."""
-    return ws.store.rows(
-        "SELECT seq, action, key_id, params FROM audit_events AS i WHERE outcome = 'intent' "
-        "AND NOT EXISTS (SELECT 1 FROM audit_events AS o WHERE o.seq > i.seq "
-        "AND o.outcome != 'intent' AND o.action = i.action AND o.key_id = i.key_id "
-        "AND json_extract(o.params, '$.intent') = i.seq) ORDER BY seq"
-    )
+    """Intent events that no outcome refers to (the process stopped between the two).
+
+    Read from the table the store keeps as events are appended, not from a scan of the trail.
+    """
+    return ws.store.open_intents()
 
 
 def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
@@ -256,16 +254,8 @@ def _observed(ws: Workstation, algorithm: str, cka_id: bytes) -> str:
 def _compare(
     ws: Workstation, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report
 ) -> None:
-    registered: dict[bytes, tuple[Key, KeyVersion]] = {}
-    keys: dict[str, Key] = {}
-    for version in ws.store.all_versions():
-        if version.token_serial != serial:
-            continue
-        key = keys.get(version.key_id) or ws.store.get_key(version.key_id)
-        if key is None:
-            continue
-        keys[key.id] = key
-        registered[version.cka_id] = (key, version)
+    # Only this token's objects: versions registered on other tokens are not read at all.
+    registered = {version.cka_id: (key, version) for key, version in ws.store.versions_on(serial)}
 
     for cka_id, (key, version) in registered.items():
         if version.state in GONE or key.state in GONE:

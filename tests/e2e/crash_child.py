@@ -152,6 +152,7 @@ class Child:
 
             setattr(Hsm, name, counted)
         out: dict[str, Any] = {"open_before": len(reconcile.open_intents(self.ws))}
+        out["open_by_scan_before"] = len(self.ws.store.open_intents_by_scan())
         out["first"] = reconcile.run(self.ws).as_dict()
         out["second"] = reconcile.run(self.ws).as_dict()
         out["open_after"] = len(reconcile.open_intents(self.ws))

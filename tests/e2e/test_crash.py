@@ -229,6 +229,7 @@ def test_a_kill_at_each_step_boundary_is_finished_or_reported_on_restart_never_d
     assert report["hsm_calls"] == []
     assert report["open_after"] == 0
     assert report["open_before"] == (0 if case.expect in ("untouched", "done") else 1)
+    assert report["open_by_scan_before"] == report["open_before"]  # the kept table is right
 
     # The interrupted operation is closed exactly once, by the outcome its boundary calls for.
     if case.expect == "untouched":

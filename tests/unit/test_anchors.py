@@ -67,6 +67,28 @@ def test_a_clean_trail_verifies_offline_with_every_checkpoint(hsm: Hsm, tmp_path
     assert report.key_source == "given" and report.token_head == "matched"
 
 
+def test_the_auditors_run_also_checks_the_whole_file_with_integrity_check(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    store, anchors = trail(hsm, tmp_path / "t.db", 12, every=10)
+    pem = pem_of(anchors)
+    store.close()
+    report = verify_database(tmp_path / "t.db", pubkey_pem=pem, integrity=True)
+    assert report.ok and report.integrity == "ok"
+    assert verify_database(tmp_path / "t.db", pubkey_pem=pem).integrity == "not checked"
+    conn = sqlite3.connect(tmp_path / "t.db")  # an index that no longer matches its table
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX audit_by_actor ON audit_events (ts, seq)' "
+        "WHERE name = 'audit_by_actor'"
+    )
+    conn.commit()
+    conn.close()
+    report = verify_database(tmp_path / "t.db", pubkey_pem=pem, integrity=True)
+    assert not report.ok and report.first_bad_seq is None  # the chain itself still holds
+    assert "integrity check" in report.reason and "audit_by_actor" in report.integrity
+
+
 def test_checkpoint_signatures_verify_with_standard_ecdsa(hsm: Hsm, tmp_path: Path) -> None:
     store, anchors = trail(hsm, tmp_path / "t.db", 12, every=10)
     checkpoint = anchors.latest()

@@ -247,6 +247,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     @invariant()
     def reconcile_finds_nothing_and_every_intent_has_an_outcome(self) -> None:
         assert reconcile.open_intents(self.ws) == []
+        assert self.ws.store.open_intents_by_scan() == []  # the kept table agrees with a scan
         report = reconcile.run(self.ws)
         assert report.completed == []
         mine = [f.as_dict() for f in report.findings if self._mine(f)]

@@ -15,6 +15,7 @@ import pytest
 
 from kmtui.core.audit import AuditLog
 from kmtui.core.errors import (
+    AuditError,
     DatabaseCorrupt,
     DatabaseLocked,
     DatabaseMode,
@@ -163,7 +164,10 @@ def test_file_of_random_bytes_is_refused_as_corrupt(db_path: Path) -> None:
     assert "backup" in caught.value.hint
 
 
-def test_database_with_overwritten_middle_pages_is_refused_as_corrupt(db_path: Path) -> None:
+@pytest.mark.parametrize("integrity", ["full", "quick"])
+def test_database_with_overwritten_middle_pages_is_refused_as_corrupt(
+    db_path: Path, integrity: str
+) -> None:
     s = Store.open(db_path)
     s.add_policy(Policy("default", updated_at=NOW))
     with s.transaction():
@@ -179,7 +183,7 @@ def test_database_with_overwritten_middle_pages_is_refused_as_corrupt(db_path: P
         f.seek(middle)
         f.write(deterministic_bytes(8 * page, b"garbage"))
     with pytest.raises(DatabaseCorrupt) as caught:
-        Store.open(db_path)
+        Store.open(db_path, integrity=integrity)
     assert "restore it from a backup" in caught.value.hint
 
 
@@ -201,6 +205,135 @@ def test_index_that_disagrees_with_its_table_fails_the_integrity_check(db_path: 
         Store.open(db_path)
     assert "integrity check" in caught.value.message
     assert "keys_by_policy" in caught.value.message  # the first problem line is shown
+
+
+def test_a_quick_open_leaves_the_index_check_to_a_full_check_which_then_stops_writes(
+    db_path: Path,
+) -> None:
+    s = Store.open(db_path)
+    s.add_policy(Policy("default", updated_at=NOW))
+    for n in range(20):
+        s.add_key(make_key(n, f"label-{n}"))
+    s.close()
+    raw = sqlite3.connect(db_path)
+    raw.execute("PRAGMA writable_schema=ON")
+    raw.execute(
+        "UPDATE sqlite_master SET sql='CREATE INDEX keys_by_policy ON keys (notes)' "
+        "WHERE name='keys_by_policy'"
+    )
+    raw.commit()
+    raw.close()
+    s = Store.open(db_path, integrity="quick")  # quick_check does not compare indexes
+    try:
+        assert s.checked == "quick"
+        with pytest.raises(DatabaseCorrupt) as caught:
+            s.check(full=True)
+        assert "keys_by_policy" in caught.value.message
+        with pytest.raises(DatabaseCorrupt):  # nothing more is written to a damaged file
+            s.add_key(make_key(99, "after"))
+        assert s.get_key("k000099") is None
+    finally:
+        s.close()
+
+
+def test_an_unknown_integrity_mode_is_refused(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="integrity"):
+        Store.open(db_path, integrity="none")
+
+
+# -- open intents: kept as events are appended ----------------------------------------------------
+
+
+def open_seqs(s: Store) -> list[int]:
+    return [r["seq"] for r in s.open_intents()]
+
+
+def test_open_intents_are_kept_in_step_with_the_trail(store: Store, db_path: Path) -> None:
+    log = AuditLog(store)
+    a = log.append("key.create", actor="a", outcome="intent", key_id="k1", params={"x": 1})
+    b = log.append("key.rotate", actor="a", outcome="intent", key_id="k2")
+    c = log.append("key.rotate", actor="a", outcome="intent", key_id="k3")
+    assert open_seqs(store) == [a.seq, b.seq, c.seq]
+    # Outcomes that do not match the intent in action, key or order leave it open.
+    log.append("key.rotate", actor="a", outcome="success", key_id="k1", params={"intent": a.seq})
+    log.append("key.create", actor="a", outcome="success", key_id="k9", params={"intent": a.seq})
+    log.append("key.create", actor="a", outcome="intent", key_id="k1", params={"intent": a.seq})
+    assert open_seqs(store) == [a.seq, b.seq, c.seq, a.seq + 5]
+    log.append("key.create", actor="a", outcome="failure", key_id="k1", params={"intent": a.seq})
+    log.append("key.rotate", actor="a", outcome="success", key_id="k2", params={"intent": b.seq})
+    assert open_seqs(store) == [c.seq, a.seq + 5]
+    # Any writer is followed, not only AuditLog: the table is kept by triggers.
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    raw.execute(
+        "INSERT INTO audit_events VALUES (?, 't', 'a', 'key.rotate', 'k3', ?, 'refused', '', '')",
+        (c.seq + 100, f'{{"intent":{c.seq}}}'),
+    )
+    raw.execute(
+        "INSERT INTO audit_events VALUES (?, 't', 'a', 'x', '', 'not json', 'success', '', '')",
+        (c.seq + 101,),
+    )
+    raw.close()
+    assert open_seqs(store) == [a.seq + 5]
+    assert store.open_intents_by_scan() == open_seqs(store)
+    assert store.open_intents()[0] == {
+        "seq": a.seq + 5,
+        "action": "key.create",
+        "key_id": "k1",
+        "params": f'{{"intent":{a.seq}}}',
+    }
+
+
+def test_an_older_database_gets_its_open_intents_from_one_scan(db_path: Path) -> None:
+    s = Store.open(db_path)
+    log = AuditLog(s)
+    first = log.append("key.create", actor="a", outcome="intent", key_id="k1")
+    log.append("key.create", actor="a", outcome="success", key_id="k1", params={"intent": 1})
+    last = log.append("key.destroy", actor="a", outcome="intent", key_id="k1")
+    s.close()
+    raw = sqlite3.connect(db_path, isolation_level=None)  # as schema 5 left it
+    raw.execute("DROP TRIGGER audit_intent_opened")
+    raw.execute("DROP TRIGGER audit_intent_closed")
+    raw.execute("DROP TABLE audit_open_intents")
+    raw.execute("UPDATE schema_version SET version = 5")
+    raw.close()
+    s = Store.open(db_path)
+    try:
+        assert first.seq == 1 and open_seqs(s) == [last.seq]
+        assert s.rows("SELECT version FROM schema_version") == [{"version": len(MIGRATIONS)}]
+    finally:
+        s.close()
+
+
+def test_intent_triggers_dropped_by_hand_are_rebuilt_on_open(db_path: Path) -> None:
+    s = Store.open(db_path)
+    AuditLog(s).append("key.create", actor="a", outcome="intent", key_id="k1")
+    s.close()
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    raw.execute("DROP TRIGGER audit_intent_opened")
+    raw.execute(
+        "INSERT INTO audit_events VALUES (2, 't', 'a', 'key.rotate', 'k1', '{}', 'intent', '', '')"
+    )
+    raw.close()
+    s = Store.open(db_path)
+    try:
+        assert open_seqs(s) == [1, 2]
+        AuditLog(s).append("key.rotate", actor="a", outcome="intent", key_id="k2")
+        assert open_seqs(s) == [1, 2, 3]
+    finally:
+        s.close()
+
+
+def test_a_full_check_compares_the_open_intents_with_the_trail(store: Store, db_path: Path) -> None:
+    AuditLog(store).append("key.create", actor="a", outcome="intent", key_id="k1")
+    store.check(full=True)
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    raw.execute("DELETE FROM audit_open_intents")  # would hide an interrupted operation
+    raw.close()
+    with pytest.raises(DatabaseCorrupt) as caught:
+        store.check(full=True)
+    assert "open intents" in caught.value.message and "events 1" in caught.value.message
+    with pytest.raises(AuditError, match="integrity check"):
+        AuditLog(store).append("key.create", actor="a", outcome="success", key_id="k1")
 
 
 # -- schema -------------------------------------------------------------------------------------
@@ -558,7 +691,11 @@ def page_ordered(store: Store, limit: int, order: str, descending: bool, **filte
     return pages
 
 
-@pytest.mark.parametrize("window", [1000, 5], ids=["index walk", "table scan"])
+@pytest.mark.parametrize(
+    ("window", "tag_lookup"),
+    [(1000, 5000), (5, 0), (5, 5000)],
+    ids=["index walk", "table scan", "tag lookup"],
+)
 @pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
 @pytest.mark.parametrize("order", ORDERS)
 def test_every_order_and_filter_pages_each_matching_key_exactly_once_in_order(
@@ -567,9 +704,11 @@ def test_every_order_and_filter_pages_each_matching_key_exactly_once_in_order(
     order: str,
     descending: bool,
     window: int,
+    tag_lookup: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("kmtui.core.store._WINDOW", window)
+    monkeypatch.setattr("kmtui.core.store._TAG_LOOKUP", tag_lookup)
     for name, (filters, matches) in KEY_FILTERS.items():
         expected = sorted(
             (k for k in varied if matches(k)), key=SORT_KEYS[order], reverse=descending
@@ -588,6 +727,45 @@ def test_a_tag_matches_whole_elements_only(store: Store, varied: list[Key]) -> N
     assert store.page_keys(tag="pc") == []
 
 
+def test_key_tags_follow_every_change_of_a_keys_tags(store: Store, db_path: Path) -> None:
+    def tagged(tag: str) -> list[str]:
+        return [r["key_id"] for r in store.rows("SELECT key_id FROM key_tags WHERE tag = ?", [tag])]
+
+    key = make_key(1, "payments", tags=["pci", "pci", "q3"])
+    store.add_key(key)
+    store.add_key(make_key(2, "orders", tags=["q3"]))
+    assert (tagged("pci"), tagged("q3")) == (["k000001"], ["k000001", "k000002"])
+    key.tags = ["gdpr"]
+    store.update_key(key)
+    assert (tagged("pci"), tagged("q3"), tagged("gdpr")) == ([], ["k000002"], ["k000001"])
+    raw = sqlite3.connect(db_path, isolation_level=None)  # any writer, even a broken value
+    raw.execute("UPDATE keys SET tags = 'not json' WHERE id = 'k000002'")
+    raw.close()
+    assert tagged("q3") == [] and store.page_keys(tag="q3") == []
+    store.check(full=True)  # the kept table agrees with the keys
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    raw.execute("DELETE FROM key_tags WHERE key_id = 'k000001'")  # would hide the key by tag
+    raw.close()
+    with pytest.raises(DatabaseCorrupt, match=r"key tags disagrees with the keys \(keys k000001\)"):
+        store.check(full=True)
+
+
+def test_a_rare_tag_reads_its_keys_instead_of_scanning_the_table(
+    store: Store, varied: list[Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kmtui.core.store._WINDOW", 5)
+
+    def run() -> None:
+        store.page_keys(limit=50, tag="q3", state="suspended")
+
+    _, after_window = plans_of(store, run)
+    assert after_window[0].startswith("SEARCH key_tags USING PRIMARY KEY"), after_window
+    assert not any(p.startswith("SCAN keys") for p in after_window), after_window
+    monkeypatch.setattr("kmtui.core.store._TAG_LOOKUP", 10)  # q3 has 120 keys: too many
+    _, after_window = plans_of(store, run)
+    assert after_window[0] == "SCAN keys", after_window
+
+
 def test_an_unknown_order_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="cannot order keys by 'owner'"):
         store.page_keys(order="owner")
@@ -603,7 +781,7 @@ def plans_of(store: Store, run: Any) -> list[list[str]]:
     return [
         [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
         for sql in statements
-        if sql.startswith("SELECT * FROM")
+        if sql.startswith(("SELECT * FROM", "SELECT keys.* FROM"))
     ]
 
 
@@ -650,8 +828,9 @@ def test_other_filters_walk_the_order_index_a_window_at_a_time(
 ) -> None:
     (plan,) = plans_of(store, lambda: store.page_keys(limit=20, order="created_at", tag="pci"))
     assert any("keys_by_created" in p for p in plan), plan
-    # Nothing matches: the window runs dry and one scan of the table finds that out.
-    window, scan = plans_of(store, lambda: store.page_keys(order="created_at", tag="none"))
+    # Nothing matches: the window runs dry and one scan of the table finds that out (a rare
+    # tag reads its keys instead: test_a_rare_tag_reads_its_keys_instead_of_scanning_the_table).
+    window, scan = plans_of(store, lambda: store.page_keys(order="created_at", id_prefix="z"))
     assert any("keys_by_created" in p for p in window), window
     assert scan[0] == "SCAN keys", scan
 

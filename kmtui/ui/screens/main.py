@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING, ClassVar, cast
 
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 
+from kmtui.core.errors import KmtuiError
 from kmtui.core.service import Workstation
 from kmtui.ui.messages import Reconciled
 from kmtui.ui.widgets.audit_pane import AuditPane
@@ -41,9 +45,15 @@ class MainScreen(Screen[None]):
         Binding("q", "app.end_session", "Quit", id="app.quit"),
     ]
 
+    class DatabaseDamaged(Message):
+        def __init__(self, error: str) -> None:
+            super().__init__()
+            self.error = error
+
     def __init__(self, workstation: Workstation) -> None:
         super().__init__()
         self.workstation = workstation
+        self._settled = False
 
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
@@ -51,13 +61,44 @@ class MainScreen(Screen[None]):
             for n, (pane, title, cls) in enumerate(PANES, start=1):
                 with TabPane(f"{n} {title}", id=f"tab-{pane}"):
                     yield cls(self.workstation, id=f"{pane}-pane")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.focus_pane("keys")
-        # Reconciliation holds the GIL for a while on a large registry: let the first pages of
-        # the panes paint before it starts (it runs in a worker either way).
-        self.set_timer(0.3, self.query_one(TokenPane).run_reconcile)
+        # The objects built so far (modules, widgets, styles) live as long as the app: keep them
+        # out of the collector's full passes, which otherwise take ~0.1 s on this heap.
+        gc.freeze()
+        # After the first frame, and after the panes' first pages (read then, on this thread).
+        self.call_after_refresh(self._start_background)
+
+    def _start_background(self) -> None:
+        """Reconciliation and, when Store.open only ran quick_check, the full integrity check."""
+        # Reconciliation reads a kept table of open intents and only this token's versions: it
+        # is cheap at any registry size.
+        self.query_one(TokenPane).run_reconcile()
+        if self.workstation.store.checked != "full":
+            self.check_database()
+
+    @work(thread=True, exit_on_error=False, group="integrity")
+    def check_database(self) -> None:
+        """The full integrity check that the quick one at open left for now (Store.open).
+
+        It runs beside the panes (SQLite releases the GIL while it works); should it fail, the
+        store refuses every later write and the custodian is told to restore a backup.
+        """
+        try:
+            self.workstation.store.check(full=True)
+        except KmtuiError as exc:
+            self.post_message(self.DatabaseDamaged(str(exc)))
+
+    def on_main_screen_database_damaged(self, message: DatabaseDamaged) -> None:
+        self.notify(
+            f"{message.error} kmtui will not write to it any more.",
+            title="Database damaged",
+            severity="error",
+            markup=False,
+            timeout=24 * 3600,
+        )
 
     def panes(self) -> list[Pane]:
         return list(self.query(Pane))
@@ -92,6 +133,9 @@ class MainScreen(Screen[None]):
     def on_reconciled(self, message: Reconciled) -> None:
         report = message.report
         cast("KmtuiApp", self.app).findings = len(report.findings)
+        if not self._settled:  # start-up is over: what it built lives on, freeze it too
+            self._settled = True
+            gc.freeze()
         self.query_one(TokenPane).show_report(report)
         if not report.clean:
             self.notify(
@@ -101,4 +145,5 @@ class MainScreen(Screen[None]):
                 markup=False,
                 timeout=10,
             )
-        self.pane("keys").reload()
+        if report.completed:  # finished operations changed keys; findings change no key row
+            self.pane("keys").reload()

@@ -76,7 +76,7 @@ class AuditPane(Pane):
         for name in COLUMNS:
             table.add_column(name, key=name.lower())
         self.query_one("#verify-progress", ProgressBar).display = False
-        self.reload()
+        self.table.reload(self._fetcher(self.audit_filter), now=True)  # first page: see reload
 
     @property
     def table(self) -> PagedTable:

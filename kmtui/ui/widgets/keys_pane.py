@@ -108,7 +108,7 @@ class KeysPane(Pane):
         table = self.query_one(PagedTable)
         for name in COLUMNS:
             table.add_column(name, key=name.lower().split()[0])
-        self.reload()
+        self.table.reload(self._fetcher(self.key_filter), now=True)  # the first page: see reload
 
     @property
     def table(self) -> PagedTable:
