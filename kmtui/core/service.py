@@ -174,12 +174,14 @@ class Workstation:
         with self._session:
             if not self.hsm.logged_in:
                 return
-            self.audit.append(
-                "token.logout", actor=actor, outcome=Outcome.SUCCESS, params={"reason": reason}
-            )
-            self.anchors.checkpoint("session end")
-            self.anchors.sync()
-            self.hsm.logout()
+            try:
+                self.audit.append(
+                    "token.logout", actor=actor, outcome=Outcome.SUCCESS, params={"reason": reason}
+                )
+                self.anchors.checkpoint("session end")
+                self.anchors.sync()
+            finally:  # a trail that cannot be written must not keep the token open
+                self.hsm.logout()
 
     # -- policies -----------------------------------------------------------------------------
 

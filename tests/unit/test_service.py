@@ -422,3 +422,12 @@ def test_a_token_chosen_by_serial_still_names_its_label_in_pkcs11_uris(
         assert ws.get_key(link).id == key.id
     finally:
         by_serial.close()
+
+
+def test_log_out_closes_the_token_even_when_the_trail_cannot_be_written(team: Team) -> None:
+    ws = team.ws
+    assert ws.hsm.logged_in
+    ws.store.damage = errors.DatabaseCorrupt("damaged for the test", "restore a backup")
+    with pytest.raises(errors.AuditError, match="could not record 'token.logout'"):
+        ws.logout(reason="idle lock")
+    assert not ws.hsm.logged_in  # the idle lock still locks

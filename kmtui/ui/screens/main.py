@@ -133,6 +133,7 @@ class MainScreen(Screen[None]):
     def on_reconciled(self, message: Reconciled) -> None:
         report = message.report
         cast("KmtuiApp", self.app).findings = len(report.findings)
+        self.query_one(StatusLine).tick(count=False)  # now, not at the next second's tick
         if not self._settled:  # start-up is over: what it built lives on, freeze it too
             self._settled = True
             gc.freeze()
