@@ -121,7 +121,8 @@ def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
         params={
             "matched": report.matched,
             "completed": len(report.completed),
-            "findings": [f.ident for f in report.findings][:200],
+            "findings": [f.ident for f in report.findings][:200],  # the first 200 named
+            "finding_count": len(report.findings),
             "acknowledged": len(report.acknowledged),
         },
     )
