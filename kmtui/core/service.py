@@ -134,8 +134,17 @@ class Workstation:
             return self._login(pin, actor)
 
     def _login(self, pin: str, actor: str) -> TokenInfo:
+        info = self._open_session(pin, actor)
         try:
-            info = self.hsm.login(pin)
+            return self._after_login(info, actor)
+        except BaseException:  # refused (rolled-back trail, unwritable audit): no open session
+            if self.hsm.logged_in:
+                self.hsm.logout()
+            raise
+
+    def _open_session(self, pin: str, actor: str) -> TokenInfo:
+        try:
+            return self.hsm.login(pin)
         except errors.HsmError as exc:
             self.audit.append(
                 "token.login",
@@ -144,6 +153,8 @@ class Workstation:
                 params={**session_context(), "error": type(exc).__name__},
             )
             raise
+
+    def _after_login(self, info: TokenInfo, actor: str) -> TokenInfo:
         problem = self.anchors.check_head()
         if problem:
             self.hsm.logout()  # first: nothing may mirror this database's head on the token

@@ -311,20 +311,23 @@ _KEY_TAG_TRIGGERS = {
     "keys_tags_added": """CREATE TRIGGER keys_tags_added AFTER INSERT ON keys
         BEGIN
             INSERT OR IGNORE INTO key_tags (tag, key_id) SELECT value, NEW.id
-            FROM json_each(CASE WHEN json_valid(NEW.tags) THEN NEW.tags ELSE '[]' END);
+            FROM json_each(CASE WHEN json_valid(NEW.tags) THEN NEW.tags ELSE '[]' END)
+            WHERE value IS NOT NULL;
         END""",
     "keys_tags_changed": """CREATE TRIGGER keys_tags_changed AFTER UPDATE OF id, tags ON keys
         BEGIN
             DELETE FROM key_tags WHERE key_id = OLD.id;
             INSERT OR IGNORE INTO key_tags (tag, key_id) SELECT value, NEW.id
-            FROM json_each(CASE WHEN json_valid(NEW.tags) THEN NEW.tags ELSE '[]' END);
+            FROM json_each(CASE WHEN json_valid(NEW.tags) THEN NEW.tags ELSE '[]' END)
+            WHERE value IS NOT NULL;
         END""",
     "keys_tags_removed": """CREATE TRIGGER keys_tags_removed AFTER DELETE ON keys
         BEGIN DELETE FROM key_tags WHERE key_id = OLD.id; END""",
 }
 _KEY_TAGS_SCAN = (
     "SELECT value AS tag, keys.id AS key_id FROM keys, "
-    "json_each(CASE WHEN json_valid(keys.tags) THEN keys.tags ELSE '[]' END)"
+    "json_each(CASE WHEN json_valid(keys.tags) THEN keys.tags ELSE '[]' END) "
+    "WHERE value IS NOT NULL"
 )
 
 

@@ -207,9 +207,12 @@ async def test_audit_filter_narrows_the_trail_by_term_and_time_and_a_row_opens_i
         shown = app.screen.query_one("#event-detail", Static)
         await until(pilot, lambda: "key.create success" in str(shown.render()), "the event detail")
         assert f"key audited ({key.id})" in str(shown.render())
+        box = app.screen.query_one("#audit-filter", Input)
+        box.value = "action:no.such.action"
+        await until(pilot, lambda: table.row_count == 0, "an empty trail")
+        assert str(shown.render()) == ""  # no detail of an event no longer listed
         today = utcnow().date()
         tomorrow, yesterday = today + timedelta(days=1), today - timedelta(days=1)
-        box = app.screen.query_one("#audit-filter", Input)
         box.value = f"since:{tomorrow.isoformat()}"
         await until(pilot, lambda: table.row_count == 0, "nothing after tomorrow")
         box.value = f"until:{yesterday.isoformat()}"

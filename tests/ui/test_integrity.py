@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from textual.widgets import Static
+
 from kmtui.core.audit import AuditLog
 from kmtui.core.errors import DatabaseCorrupt
 from kmtui.core.hsm import Hsm
@@ -67,5 +69,10 @@ async def test_damage_the_quick_check_misses_is_reported_and_stops_every_write(
             assert "audit_by_actor" in warned()[0] and "restore it from a backup" in warned()[0]
             with pytest.raises(DatabaseCorrupt):
                 store.add_policy(Policy("after", updated_at="2026-01-01T00:00:00.000000Z"))
+            status = app.screen.query_one("#status", Static)
+            await until(pilot, lambda: "DATABASE DAMAGED" in str(status.render()), "the status")
+            # Reconciliation, which may repair the registry, never ran on the damaged file.
+            assert app.findings is None
+            assert not ws.audit.events(action="reconcile.run")
     finally:
         store.close()

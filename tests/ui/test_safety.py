@@ -81,3 +81,24 @@ async def test_an_hsm_error_inside_a_worker_shows_a_message_and_the_app_stays_up
         await until(pilot, lambda: type(app.screen).__name__ == "CreateKeyScreen")
         await pilot.press("escape")
     assert app.return_code in (None, 0)
+
+
+def test_the_audit_event_detail_neutralises_every_field_read_from_the_database() -> None:
+    from kmtui.core.models import AuditEvent
+    from kmtui.ui.widgets.audit_pane import describe
+
+    event = AuditEvent(
+        seq=7,
+        ts="\x1b]52;c;aGk=\x1b\\X",  # a row edited by hand: 19 characters make an OSC 52
+        actor="alice" + HOSTILE,
+        action="key.note" + HOSTILE,
+        key_id="k1",
+        params={"label": HOSTILE},
+        outcome="success",
+        prev_hash="0" * 64,
+        hash="\x1b[2J\x1b[H" + "f" * 20,
+    )
+    shown = describe(event, HOSTILE).plain
+    for ch in RAW:
+        assert ch not in shown
+    assert MARKUP in shown  # markup stays literal text

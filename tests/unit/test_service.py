@@ -434,3 +434,17 @@ def test_log_out_closes_the_token_even_when_the_trail_cannot_be_written(team: Te
     with pytest.raises(errors.AuditError, match="could not record 'token.logout'"):
         ws.logout(reason="idle lock")
     assert not ws.hsm.logged_in  # the idle lock still locks
+
+
+def test_a_log_in_the_trail_cannot_record_leaves_no_token_session_open(
+    team: Team, softhsm_token: SoftHsm
+) -> None:
+    ws = team.ws
+    ws.logout(reason="test")
+    ws.store.damage = errors.DatabaseCorrupt("damaged for the test", "restore a backup")
+    with pytest.raises(errors.AuditError):
+        ws.login(softhsm_token.pin)
+    assert not ws.hsm.logged_in  # nothing sits logged in behind a lock screen
+    ws.store.damage = None
+    ws.login(softhsm_token.pin)
+    assert ws.hsm.logged_in

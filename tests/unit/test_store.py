@@ -742,6 +742,10 @@ def test_key_tags_follow_every_change_of_a_keys_tags(store: Store, db_path: Path
     raw.execute("UPDATE keys SET tags = 'not json' WHERE id = 'k000002'")
     raw.close()
     assert tagged("q3") == [] and store.page_keys(tag="q3") == []
+    raw = sqlite3.connect(db_path, isolation_level=None)  # a null element: no tag, no alarm
+    raw.execute("""UPDATE keys SET tags = '["q4", null]' WHERE id = 'k000002'""")
+    raw.close()
+    assert tagged("q4") == ["k000002"]
     store.check(full=True)  # the kept table agrees with the keys
     raw = sqlite3.connect(db_path, isolation_level=None)
     raw.execute("DELETE FROM key_tags WHERE key_id = 'k000001'")  # would hide the key by tag

@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 
-from kmtui.core.errors import KmtuiError
+from kmtui.core.errors import DatabaseCorrupt, KmtuiError
 from kmtui.core.service import Workstation
 from kmtui.ui.messages import Reconciled
 from kmtui.ui.widgets.audit_pane import AuditPane
@@ -50,6 +50,12 @@ class MainScreen(Screen[None]):
             super().__init__()
             self.error = error
 
+    class CheckUnfinished(DatabaseDamaged):
+        """The full check could not run to the end (not damage: the database was busy)."""
+
+    class DatabaseChecked(Message):
+        """The full integrity check passed."""
+
     def __init__(self, workstation: Workstation) -> None:
         super().__init__()
         self.workstation = workstation
@@ -72,26 +78,42 @@ class MainScreen(Screen[None]):
         self.call_after_refresh(self._start_background)
 
     def _start_background(self) -> None:
-        """Reconciliation and, when Store.open only ran quick_check, the full integrity check."""
-        # Reconciliation reads a kept table of open intents and only this token's versions: it
-        # is cheap at any registry size.
-        self.query_one(TokenPane).run_reconcile()
-        if self.workstation.store.checked != "full":
+        """Reconciliation, after the full integrity check when Store.open only ran quick_check:
+        reconciliation may repair the registry, and it must not write to a damaged file."""
+        if self.workstation.store.checked == "full":
+            self.query_one(TokenPane).run_reconcile()
+        else:
             self.check_database()
 
     @work(thread=True, exit_on_error=False, group="integrity")
     def check_database(self) -> None:
         """The full integrity check that the quick one at open left for now (Store.open).
 
-        It runs beside the panes (SQLite releases the GIL while it works); should it fail, the
-        store refuses every later write and the custodian is told to restore a backup.
+        It runs beside the panes (SQLite releases the GIL while it works); should it find damage,
+        the store refuses every later write and the custodian is told to restore a backup.
         """
         try:
             self.workstation.store.check(full=True)
-        except KmtuiError as exc:
+        except DatabaseCorrupt as exc:
             self.post_message(self.DatabaseDamaged(str(exc)))
+            return
+        except KmtuiError as exc:  # could not check (locked, unreadable): say so, go on
+            self.post_message(self.CheckUnfinished(str(exc)))
+        self.post_message(self.DatabaseChecked())
+
+    def on_main_screen_database_checked(self, message: DatabaseChecked) -> None:
+        self.query_one(TokenPane).run_reconcile()
+
+    def on_main_screen_check_unfinished(self, message: CheckUnfinished) -> None:
+        self.notify(
+            f"The database's full integrity check could not finish: {message.error}",
+            severity="warning",
+            markup=False,
+            timeout=30,
+        )
 
     def on_main_screen_database_damaged(self, message: DatabaseDamaged) -> None:
+        self.query_one(StatusLine).tick(count=False)
         self.notify(
             f"{message.error} kmtui will not write to it any more.",
             title="Database damaged",

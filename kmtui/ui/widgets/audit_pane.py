@@ -83,6 +83,7 @@ class AuditPane(Pane):
         return self.query_one(PagedTable)
 
     def reload(self) -> None:
+        self.query_one("#event-detail", Static).update("")  # until a row is highlighted again
         self.table.reload(self._fetcher(self.audit_filter))
 
     def _fetcher(self, f: AuditFilter) -> Any:
@@ -195,14 +196,14 @@ def detail(params: dict[str, Any]) -> str:
 def describe(e: AuditEvent, label: str) -> Text:
     """One event as a custodian reads it: who did what to which key, every detail, the hash."""
     text = Text()
-    text.append(f"#{e.seq} {e.ts[:19].replace('T', ' ')}  ", style="bold")
+    text.append_text(plain(f"#{e.seq} {e.ts[:19].replace('T', ' ')}  ", style="bold"))
     text.append_text(plain(f"{e.action} {e.outcome} by {e.actor}"))
     if e.key_id:
         text.append_text(plain(f" · key {label or '?'} ({e.key_id})"))
     params = " ".join(f"{k}={v}" for k, v in sorted(e.params.items()) if v not in (None, ""))
     if params:
         text.append_text(plain(f" · {params}", limit=400))
-    text.append(f" · hash {e.hash[:16]}…", style="dim")
+    text.append_text(plain(f" · hash {e.hash[:16]}…", style="dim"))
     return text
 
 

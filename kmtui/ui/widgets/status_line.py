@@ -90,7 +90,9 @@ class StatusLine(Static):
         remaining = int(app.idle_remaining())
         text.append(f" · lock in {remaining // 60}:{remaining % 60:02d}")
         findings = app.findings
-        if findings is None:
+        if ws.store.damage is not None:
+            text.append(" · ✗ DATABASE DAMAGED: restore a backup", style="bold reverse")
+        elif findings is None:
             text.append(" · reconciling…")
         elif findings:
             text.append(f" · ⚠ {findings} findings", style="bold")
@@ -102,7 +104,8 @@ class StatusLine(Static):
             text.append(f" · chain {app.chain_status}")
         # Last, and on a line of its own when the terminal is too narrow for both.
         session = plain(session_part(app.session_started, time.monotonic(), self.present), limit=48)
-        fits = text.cell_len + 3 + session.cell_len <= self.size.width
+        width = self.size.width or 1000  # not laid out yet: one line until it is
+        fits = text.cell_len + 3 + session.cell_len <= width
         text.append(" · " if fits else "\n ")
         text.append_text(session)
         self.update(text)
