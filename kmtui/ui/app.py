@@ -15,6 +15,7 @@ from textual.binding import Binding, BindingType
 from kmtui import __version__
 from kmtui.config import Config, remember_theme, remembered_theme
 from kmtui.core.errors import KmtuiError
+from kmtui.core.hsm import TokenInfo
 from kmtui.core.operations import ApprovalInput
 from kmtui.core.service import Prepared, Workstation
 from kmtui.paths import Paths
@@ -52,6 +53,7 @@ class KmtuiApp(App[int]):
         self._pin = pin
         self.sub_title = f"v{__version__}" + (" · DEMO" if workstation.demo else "")
         self.token_label = ""
+        self.token_info: TokenInfo | None = None  # as read at log-in, for the Token pane
         self.findings: int | None = None
         self.chain_status = ""
         self.locked = False
@@ -123,6 +125,7 @@ class KmtuiApp(App[int]):
 
     def on_logged_in(self, message: LoggedIn) -> None:
         self.token_label = message.info.label
+        self.token_info = message.info
         self.last_activity = time.monotonic()
         if self.locked:
             self.locked = False

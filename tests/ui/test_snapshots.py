@@ -379,7 +379,11 @@ async def loaded(pilot: Pilot, fixed: Fixed) -> MainScreen:
     await until(pilot, lambda: keys.row_count == len(fixed.keys) and keys.exhausted, "the keys")
     await until(pilot, lambda: audit.row_count == events, "the audit trail")
     info = main.query_one("#token-info", Static)
-    await until(pilot, lambda: "Serial" in text_of(info), "the token information")
+    await until(
+        pilot,
+        lambda: "Objects" in text_of(info) and "counting" not in text_of(info),
+        "the token information",
+    )
     status = main.query_one("#status", Static)
     await until(pilot, lambda: "reconciling" not in str(status.render()), "the status line")
     return main

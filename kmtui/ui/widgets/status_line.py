@@ -92,6 +92,8 @@ class StatusLine(Static):
         findings = app.findings
         if ws.store.damage is not None:
             text.append(" · ✗ DATABASE DAMAGED: restore a backup", style="bold reverse")
+        elif findings is None and ws.store.checked != "full":
+            text.append(" · checking the database…")
         elif findings is None:
             text.append(" · reconciling…")
         elif findings:

@@ -59,6 +59,8 @@ class TokenPane(Pane):
 
     def on_mount(self) -> None:
         self.query_one("#findings", DataTable).add_columns("Finding", "Key", "Detail")
+        if self.kmtui.token_info is not None:  # what log-in read, while the rest is counted
+            self._show(self.kmtui.token_info, None, None)
         self.reload()
 
     def reload(self) -> None:
@@ -77,7 +79,9 @@ class TokenPane(Pane):
             self.post_message(self.Described(*found))
 
     def on_token_pane_described(self, message: Described) -> None:
-        i = message.info
+        self._show(message.info, message.mechanisms, message.objects)
+
+    def _show(self, i: TokenInfo, mechanisms: list[str] | None, objects: int | None) -> None:
         self.query_one("#token-info", Static).update(
             labelled(
                 [
@@ -91,14 +95,16 @@ class TokenPane(Pane):
                     ("Firmware", i.firmware_version),
                     ("Hardware", i.hardware_version),
                     ("Logged in", "yes" if i.logged_in else "no"),
-                    ("Objects", message.objects),
+                    ("Objects", "counting…" if objects is None else objects),
                     ("Flags", ", ".join(i.flags)),
                 ],
                 11,
             )
         )
         self.query_one("#mechanisms", Static).update(
-            plain(f"{len(message.mechanisms)}: " + ", ".join(message.mechanisms))
+            plain("reading the list…")
+            if mechanisms is None
+            else plain(f"{len(mechanisms)}: " + ", ".join(mechanisms))
         )
 
     def action_reconcile(self) -> None:
