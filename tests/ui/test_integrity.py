@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from textual.widgets import Static
 
 from kmtui.core.audit import AuditLog

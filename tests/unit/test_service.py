@@ -431,7 +431,7 @@ def test_log_out_closes_the_token_even_when_the_trail_cannot_be_written(team: Te
     ws = team.ws
     assert ws.hsm.logged_in
     ws.store.damage = errors.DatabaseCorrupt("damaged for the test", "restore a backup")
-    with pytest.raises(errors.AuditError, match="could not record 'token.logout'"):
+    with pytest.raises(errors.AuditError, match=r"could not record 'token\.logout'"):
         ws.logout(reason="idle lock")
     assert not ws.hsm.logged_in  # the idle lock still locks
 
