@@ -71,4 +71,9 @@ async def approve(pilot: Pilot, approvals: list[ApprovalInput], label: str = "")
         dialog.query_one(f"#name-{i}", Input).value = a.operator
         dialog.query_one(f"#code-{i}", Input).value = a.code
     dialog.query_one("#approve", Button).press()
-    await until(pilot, lambda: app.screen is not dialog, "the operation to run")
+    for _ in range(100):
+        if app.screen is not dialog:
+            return
+        await pilot.pause(0.03)
+    shown = [str(s.render()) for s in dialog.query(".approver-result, #approval-error")]
+    raise AssertionError(f"the operation did not run: {shown}")

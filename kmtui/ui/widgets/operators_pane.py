@@ -14,7 +14,7 @@ from kmtui.core.operations import OpKind
 from kmtui.ui.screens.enrolment import EnrolmentScreen
 from kmtui.ui.screens.forms import ChoiceScreen
 from kmtui.ui.text import plain, when
-from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.widgets.pane import Pane, cursor_kept
 
 STATE_STYLE = {
     OperatorState.ACTIVE: "bold",
@@ -52,6 +52,10 @@ class OperatorsPane(Pane):
 
     def reload(self) -> None:
         table = self.query_one(DataTable)
+        with cursor_kept(table):
+            self._fill(table)
+
+    def _fill(self, table: DataTable[Any]) -> None:
         table.clear()
         last = {
             r["operator"]: r["at"]

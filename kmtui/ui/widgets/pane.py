@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.widgets import DataTable
 
 from kmtui.core.errors import KmtuiError
 from kmtui.core.operations import ApprovalInput
@@ -15,6 +17,18 @@ from kmtui.ui.messages import WorkFailed
 
 if TYPE_CHECKING:
     from kmtui.ui.app import KmtuiApp
+
+
+@contextmanager
+def cursor_kept(table: DataTable[Any]) -> Iterator[None]:
+    """Refill a table and leave the cursor on the same row (by key) if it is still there: after
+    locking carol, the next key press must still be about carol."""
+    key = None
+    if table.row_count:
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    yield
+    if key is not None and key in table.rows:
+        table.move_cursor(row=table.get_row_index(key))
 
 
 class Pane(Vertical):

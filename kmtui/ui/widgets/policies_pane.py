@@ -14,7 +14,7 @@ from kmtui.core import policy
 from kmtui.core.errors import KmtuiError
 from kmtui.ui.screens.policy_edit import PolicyEditScreen
 from kmtui.ui.text import labelled, plain, when
-from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.widgets.pane import Pane, cursor_kept
 
 
 class PoliciesPane(Pane):
@@ -39,9 +39,10 @@ class PoliciesPane(Pane):
 
     def reload(self) -> None:
         table = self.query_one("#policies", DataTable)
-        table.clear()
-        for p in self.workstation.store.policies():
-            table.add_row(plain(p.name), plain(when(p.updated_at)), key=p.name)
+        with cursor_kept(table):
+            table.clear()
+            for p in self.workstation.store.policies():
+                table.add_row(plain(p.name), plain(when(p.updated_at)), key=p.name)
         self._show()
 
     def _selected(self) -> str | None:
