@@ -181,6 +181,21 @@ def _settle(
             _close(ws, intent, actor, Outcome.SUCCESS, recovered=True, version=1, check=check)
         report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
         return
+    if action == OpKind.KEY_CREATE and key is not None and key.state == KeyState.QUARANTINED:
+        # The token made the key, it read back wrong, and it was registered as quarantined
+        # (committed before the failure outcome, which the crash then lost).
+        _close(
+            ws,
+            intent,
+            actor,
+            Outcome.FAILURE,
+            error="TemplateMismatch",
+            recovered=True,
+            quarantined=True,
+            message="the key was made with attributes other than asked; it stays quarantined",
+        )
+        report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+        return
     if action == OpKind.KEY_ROTATE and key is not None:
         number = int(params["new_version"])
         cka_id = templates.cka_id(key_id, number)

@@ -123,6 +123,41 @@ def test_a_key_that_reads_back_wrong_is_registered_as_quarantined(
     assert last.outcome == "failure" and last.params["quarantined"] is True
 
 
+def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouched(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Crash(BaseException):  # like SIGKILL: nothing after it runs, no outcome is written
+        pass
+
+    real_read, real_add = team.ws.hsm._read_attributes, team.ws.store.add_key
+
+    def tampered(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
+        values = real_read(obj, attrs)
+        values[Attribute.SENSITIVE] = False
+        return values
+
+    def add_then_crash(key: Any) -> None:
+        real_add(key)
+        raise Crash
+
+    monkeypatch.setattr(team.ws.hsm, "_read_attributes", tampered)
+    monkeypatch.setattr(team.ws.store, "add_key", add_then_crash)
+    with pytest.raises(Crash):
+        create(team, "odd", "AES-128")
+    monkeypatch.undo()
+    (key,) = team.ws.store.find_keys(label="odd")
+    assert key.state == KeyState.QUARANTINED
+    intent = team.ws.audit.events(limit=1)[0]
+    assert intent.action == "key.create" and intent.outcome == "intent"
+    report = reconcile.run(team.ws)
+    closing = team.ws.audit.events(action="key.create", key_id=key.id, limit=1)[0]
+    assert closing.outcome == "failure" and closing.params["intent"] == intent.seq
+    assert closing.params["error"] == "TemplateMismatch" and closing.params["quarantined"]
+    assert not [f for f in report.findings if f.kind == FindingKind.INTERRUPTED]
+    assert any(c["key_id"] == key.id for c in report.completed)
+    assert team.ws.store.open_intents() == []
+
+
 def test_keys_are_found_by_id_label_and_uri(team: Team) -> None:
     key = create(team, "by-ref", "EC-P256")
     uri = team.ws.describe(key)["versions"][0]["pkcs11_uri"]
