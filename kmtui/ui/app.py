@@ -21,7 +21,7 @@ from kmtui.core.service import Prepared, Workstation
 from kmtui.paths import Paths
 from kmtui.ui import themes
 from kmtui.ui.commands import KmtuiCommands
-from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed
+from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed, log_in
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.help import HelpScreen
 from kmtui.ui.screens.login import LoginScreen
@@ -116,12 +116,7 @@ class KmtuiApp(App[int]):
 
     @work(thread=True, exit_on_error=False, group="login")
     def log_in(self, pin: str) -> None:
-        try:
-            info = self.workstation.login(pin)
-        except KmtuiError as exc:
-            self.post_message(LoginFailed(str(exc)))
-            return
-        self.post_message(LoggedIn(info))
+        self.post_message(log_in(self.workstation, pin))
 
     def on_logged_in(self, message: LoggedIn) -> None:
         self.token_label = message.info.label

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from kmtui.core.errors import KmtuiError
 from kmtui.core.hsm import TokenInfo
 from kmtui.core.reconcile import Report
+from kmtui.core.service import Workstation
 
 
 class LoggedIn(Message):
@@ -18,6 +20,16 @@ class LoginFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
         self.error = error
+
+
+def log_in(workstation: Workstation, pin: str) -> LoggedIn | LoginFailed:
+    """The token log-in as the message a log-in worker posts (never an exception)."""
+    try:
+        return LoggedIn(workstation.login(pin))
+    except KmtuiError as exc:
+        return LoginFailed(str(exc))
+    except Exception as exc:
+        return LoginFailed(f"Internal error ({type(exc).__name__}).")
 
 
 class Reconciled(Message):

@@ -11,9 +11,8 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
-from kmtui.core.errors import KmtuiError
 from kmtui.core.service import Workstation
-from kmtui.ui.messages import LoggedIn, LoginFailed
+from kmtui.ui.messages import LoginFailed, log_in
 from kmtui.ui.text import plain
 from kmtui.ui.widgets.secret_input import SecretInput
 
@@ -51,15 +50,7 @@ class LoginScreen(Screen[None]):
 
     @work(thread=True, exit_on_error=False, group="login")
     def log_in(self, pin: str) -> None:
-        try:
-            info = self.workstation.login(pin)
-        except KmtuiError as exc:
-            self.post_message(LoginFailed(str(exc)))
-            return
-        except Exception as exc:
-            self.post_message(LoginFailed(f"Internal error ({type(exc).__name__})."))
-            return
-        self.post_message(LoggedIn(info))
+        self.post_message(log_in(self.workstation, pin))
 
     def on_login_failed(self, message: LoginFailed) -> None:
         message.stop()
