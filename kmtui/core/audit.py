@@ -51,17 +51,8 @@ def event_hash(
     prev_hash: str,
 ) -> str:
     """SHA-256 hex over the canonical JSON of every field but the hash itself."""
-    document = {
-        "seq": seq,
-        "ts": ts,
-        "actor": actor,
-        "action": action,
-        "key_id": key_id,
-        "params": params,
-        "outcome": outcome,
-        "prev_hash": prev_hash,
-    }
-    return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
+    row = (seq, ts, actor, action, key_id, canonical_json(params), outcome, prev_hash, "")
+    return _stored_hash(row)
 
 
 def _words(name: str) -> list[str]:
@@ -181,9 +172,11 @@ def _problem(row: Sequence[Any], expected_seq: int, prev_hash: str) -> tuple[int
 
 
 def _stored_hash(row: Sequence[Any]) -> str:
-    """event_hash of a stored row, over its params text as stored: any changed byte shows."""
-    # Same bytes as event_hash for an appended row (its params text is canonical_json(params)),
-    # and twice as fast, since the params are neither parsed nor re-encoded.
+    """The hash of a row over its params text as stored: any changed byte shows.
+
+    The one spelling of an event's hash: append hashes the text it stores, verify the text it
+    reads, and neither parses nor re-encodes the params (a JSON round trip could reorder them).
+    """
     seq, ts, actor, action, key_id, params, outcome, prev_hash, _ = row
     document = {
         "seq": seq,
@@ -205,8 +198,6 @@ class AuditLog:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self.committed: Callable[[], None] | None = None
-        """Called after each append that committed on its own (the token head follows it)."""
 
     def append(
         self,
@@ -223,7 +214,6 @@ class AuditLog:
         text = canonical_json(dict(params or {}))
         stored: dict[str, Any] = json.loads(text)
         action, actor, outcome, key_id = str(action), str(actor), str(outcome), str(key_id)
-        nested = self._store.conn.in_transaction
         try:
             with self._store.transaction() as conn:
                 last = conn.execute(
@@ -231,15 +221,8 @@ class AuditLog:
                 ).fetchone()
                 seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
                 ts = iso(utcnow())
-                digest = event_hash(
-                    seq=seq,
-                    ts=ts,
-                    actor=actor,
-                    action=action,
-                    key_id=key_id,
-                    params=stored,
-                    outcome=outcome,
-                    prev_hash=prev_hash,
+                digest = _stored_hash(
+                    (seq, ts, actor, action, key_id, text, outcome, prev_hash, "")
                 )
                 conn.execute(
                     f"INSERT INTO audit_events ({_FIELDS}) "  # noqa: S608 - constant columns
@@ -251,8 +234,6 @@ class AuditLog:
                 f"The audit trail could not record {action!r}: {exc.message}",
                 f"Nothing was done on the HSM. {exc.hint}".strip(),
             ) from exc
-        if not nested and self.committed is not None:
-            self.committed()
         return AuditEvent(seq, ts, actor, action, key_id, stored, outcome, prev_hash, digest)
 
     def verify(

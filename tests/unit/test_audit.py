@@ -119,6 +119,17 @@ def test_chain_of_appended_events_verifies_with_count_and_head_hash(store: Store
     assert rows[-1]["hash"] == last.hash
 
 
+def test_params_whose_keys_reorder_in_a_json_round_trip_still_verify(store: Store) -> None:
+    """Numeric keys sort as numbers before encoding and as text after: the hash is over the
+    stored text, so append and verify agree (it was a false tamper alarm)."""
+    log = AuditLog(store)
+    event = log.append(
+        "key.note", actor="alice", outcome=Outcome.INFO, params={"n": {10: "a", 9: "b"}}
+    )
+    assert log.verify().ok
+    assert event.hash == store.rows("SELECT hash FROM audit_events WHERE seq = 1")[0]["hash"]
+
+
 def test_empty_trail_verifies_with_the_genesis_head(store: Store) -> None:
     result = AuditLog(store).verify()
     assert (result.ok, result.count, result.head_seq, result.head_hash) == (
