@@ -17,7 +17,6 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,6 @@ class Anchors:
     ) -> None:
         self._store, self._hsm, self._audit, self.every = store, hsm, audit, every
         self._checked = False  # the head is followed only once this database was checked
-        self._held = 0
 
     # -- the signing key ----------------------------------------------------------------------
 
@@ -174,20 +172,6 @@ class Anchors:
         latest = self.latest()
         if seq - (latest.seq if latest else 0) >= self.every:
             self.checkpoint("interval")
-
-    def follow(self) -> None:
-        """After every committed event: mirror it on the token while logged in (else it waits)."""
-        if self._hsm.logged_in and not self._held:
-            self.sync()
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        """One operation's events are mirrored once, at its end (the gate syncs explicitly)."""
-        self._held += 1
-        try:
-            yield
-        finally:
-            self._held -= 1
 
     def check_head(self) -> str:
         """'' when the database holds the token's head; otherwise why it does not (rollback)."""

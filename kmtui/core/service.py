@@ -244,19 +244,18 @@ class Workstation:
         Its events are mirrored on the token once, at the end (one token write per operation;
         an operation cut off by a crash is re-anchored by the next log-in).
         """
-        with self.anchors.held():
-            try:
-                return self._execute(
-                    prepared,
-                    approvals,
-                    work,
-                    rules=rules,
-                    actor=actor,
-                    requirement=requirement or rules.requirement(prepared.operation.kind, exclude),
-                )
-            finally:
-                with suppress(errors.HsmError):  # the token may be what failed; keep that error
-                    self.anchors.sync()
+        try:
+            return self._execute(
+                prepared,
+                approvals,
+                work,
+                rules=rules,
+                actor=actor,
+                requirement=requirement or rules.requirement(prepared.operation.kind, exclude),
+            )
+        finally:
+            with suppress(errors.HsmError):  # the token may be what failed; keep that error
+                self.anchors.sync()
 
     def _execute(
         self,
