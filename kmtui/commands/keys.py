@@ -14,6 +14,7 @@ from kmtui.core.models import KeyState
 from kmtui.core.operations import OpKind
 from kmtui.core.safetext import clean
 from kmtui.core.service import Workstation
+from kmtui.core.store import key_cursor
 from kmtui.core.templates import ALGORITHMS, Purpose
 
 EXIT_OK = 0
@@ -212,7 +213,7 @@ def _read_only(ws: Workstation, args: argparse.Namespace) -> int:
         after=after, limit=500, state=args.state, label_prefix=args.label_prefix
     ):
         listing.extend(ws.describe(k) for k in page)
-        after = (page[-1].label, page[-1].id)
+        after = key_cursor(page[-1])
     if args.json:
         common.print_json(listing)
     else:
@@ -280,7 +281,6 @@ def cmd_policies(args: argparse.Namespace) -> int:
             print(f"policy {args.name!r} changed (audit event {result['audit_seq']})")
         return EXIT_OK
     with common.workstation(args) as ws:
-        policies = ws.store.policies()
         if args.action == "show":
             chosen = ws.get_policy(args.name)
             data: Any = {
@@ -298,7 +298,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
             return EXIT_OK
         listing = [
             {"name": p.name, "description": p.description, "rules": ws.rules(p.name).to_json()}
-            for p in policies
+            for p in ws.store.policies()
         ]
         if args.json:
             common.print_json(listing)

@@ -516,17 +516,7 @@ def load_recipient(ws: Workstation, path: Path, *, actor: str = "console") -> Re
     try:
         return read_recipient_pem(path)
     except errors.KmtuiError as exc:
-        ws.audit.append(
-            str(OpKind.KEY_IMPORT),
-            actor=actor,
-            outcome=Outcome.REFUSED,
-            params={
-                "recipient_pem": path.name,
-                "error": type(exc).__name__,
-                "message": exc.message,
-                **session_context(),
-            },
-        )
+        _refused(ws, str(OpKind.KEY_IMPORT), exc, actor, recipient_pem=path.name)
         raise
 
 

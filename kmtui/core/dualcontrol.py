@@ -302,10 +302,6 @@ class DualControl:
             )
         return found
 
-    def active_count(self) -> int:
-        rows = self._store.rows("SELECT count(*) AS n FROM operators WHERE state = 'active'")
-        return int(rows[0]["n"])
-
     # -- enrolment ------------------------------------------------------------------------------
 
     def begin_enrollment(self, name: str, role: Role | str) -> Enrollment:

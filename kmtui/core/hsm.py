@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -1080,13 +1080,6 @@ class Hsm:
         yield from self._require_session().get_objects(
             {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: f"{HEAD_LABEL}:{registry}"}
         )
-
-    @contextmanager
-    def session(self) -> Iterator[Any]:
-        """The logged-in session, for code already running on the PKCS#11 thread."""
-        if threading.current_thread() is not _hsm_thread:
-            raise RuntimeError("Hsm.session() used off the PKCS#11 thread")
-        yield self._require_session()
 
 
 _USAGE_ATTRS = (

@@ -202,22 +202,25 @@ def check_origin(rules: Rules, kind: OpKind, via: str) -> None:
         )
 
 
+def _days_after_start(key: Key, days: int) -> datetime | None:
+    """`days` after the key's activation (or creation, if it never was activated)."""
+    start = key.activated_at or key.created_at
+    return parse_iso(start) + timedelta(days=days) if start else None
+
+
 def rotation_due(key: Key, rules: Rules) -> datetime | None:
     """When the current version should be replaced (from its activation)."""
-    start = key.activated_at or key.created_at
-    return parse_iso(start) + timedelta(days=rules.rotation_days) if start else None
+    return _days_after_start(key, rules.rotation_days)
 
 
 def originator_end(key: Key, rules: Rules) -> datetime | None:
     """End of the originator-usage period: after it the key must not protect new data."""
-    start = key.activated_at or key.created_at
-    return parse_iso(start) + timedelta(days=rules.originator_usage_days) if start else None
+    return _days_after_start(key, rules.originator_usage_days)
 
 
 def recipient_end(key: Key, rules: Rules) -> datetime | None:
     """End of the recipient-usage period: after it protected data should not need this key."""
-    start = key.activated_at or key.created_at
-    return parse_iso(start) + timedelta(days=rules.recipient_usage_days) if start else None
+    return _days_after_start(key, rules.recipient_usage_days)
 
 
 DEFAULT_POLICIES: tuple[Policy, ...] = (

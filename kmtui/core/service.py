@@ -40,7 +40,7 @@ from kmtui.core.models import (
 )
 from kmtui.core.operations import ApprovalInput, Approver, Operation, OpKind, Requirement
 from kmtui.core.safetext import clean
-from kmtui.core.store import Store
+from kmtui.core.store import Store, key_cursor
 
 T = TypeVar("T")
 Apply = Callable[[], None]
@@ -978,7 +978,7 @@ class Workstation:
         out: list[dict[str, Any]] = []
         after: tuple[str, str] | None = None
         while page := self.store.page_keys(after=after, limit=500):
-            after = (page[-1].label, page[-1].id)
+            after = key_cursor(page[-1])
             for key in page:
                 if key.state not in (
                     KeyState.ACTIVE,
@@ -987,7 +987,9 @@ class Workstation:
                     KeyState.DESTROY_SCHEDULED,
                 ):
                     continue
-                rules = rules_by_policy.setdefault(key.policy, self.rules(key.policy))
+                rules = rules_by_policy.get(key.policy)
+                if rules is None:  # once per policy, not once per key
+                    rules = rules_by_policy[key.policy] = self.rules(key.policy)
                 marks = {
                     "rotation_due": policy.rotation_due(key, rules),
                     "originator_end": policy.originator_end(key, rules),

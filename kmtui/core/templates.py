@@ -93,7 +93,6 @@ _USAGE_FOR_PURPOSE: dict[Purpose, frozenset[Attribute]] = {
     Purpose.SIGN: frozenset({Attribute.SIGN, Attribute.VERIFY}),
     Purpose.MAC: frozenset({Attribute.SIGN, Attribute.VERIFY}),
 }
-# Attributes whose value the token sets itself; checked on read-back only.
 MAX_LABEL_BYTES = 128
 
 

@@ -224,7 +224,7 @@ class KmtuiApp(App[int]):
             self.notify(f"Could not remember the theme: {exc.strerror}", severity="warning")
         main = self.main_screen()
         if main is not None:
-            main.reload_all()
+            main.pane("keys").reload()  # the only pane whose cells take the theme's colours
 
     def action_help(self) -> None:
         sections: list[tuple[str, list[Binding]]] = [
@@ -235,7 +235,7 @@ class KmtuiApp(App[int]):
             )
         ]
         for _, title, cls in PANES:
-            sections.append((f"{title} pane", [b for b in cls.BINDINGS if isinstance(b, Binding)]))
+            sections.append((f"{title} pane", cls.bindings()))
         self.push_screen(HelpScreen(sections, dict(self.config.ui.bindings)))
 
     # -- safety ---------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from kmtui.ui.screens.main import PANES
+
 if TYPE_CHECKING:
     from kmtui.ui.app import KmtuiApp
 
@@ -23,10 +25,7 @@ class KmtuiCommands(Provider):
                     (title, partial(main.run_pane_action, pane, action))
                     for title, action in pane.PALETTE
                 ]
-            found += [
-                (f"view: {name}", partial(main.action_show, name))
-                for name in ("keys", "policies", "audit", "operators", "token")
-            ]
+            found += [(f"view: {name}", partial(main.action_show, name)) for name, _, _ in PANES]
             found.append(("app: lock now", app.action_lock))
         found += [("app: help", app.action_help), ("app: quit", app.exit)]
         found += [

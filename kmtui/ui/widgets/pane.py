@@ -46,11 +46,12 @@ class Pane(Vertical):
 
         return cast(KmtuiApp, self.app)
 
-    def bindings(self) -> list[Binding]:
-        return [b for b in self.BINDINGS if isinstance(b, Binding)]
+    @classmethod
+    def bindings(cls) -> list[Binding]:
+        return [b for b in cls.BINDINGS if isinstance(b, Binding)]
 
     def reload(self) -> None:
-        """Show fresh data (after an operation, a reconciliation or a theme change)."""
+        """Show fresh data (after an operation or a reconciliation; keys also on a new theme)."""
 
     def prepare(self, what: Callable[[], Prepared]) -> Prepared | None:
         """Prepare on the UI thread (registry reads only); a refusal becomes a notification."""
