@@ -491,27 +491,7 @@ class Hsm:
                 f"({template.mechanism.name} is not offered).",
                 "Choose another algorithm; the Token pane lists what this token supports.",
             )
-        spec = template.algorithm
-        if spec.symmetric:
-            key = session.generate_key(
-                spec.key_type,
-                spec.bits,
-                capabilities=0,
-                mechanism=template.mechanism,
-                template=template.secret,
-            )
-            objects = {ObjectClass.SECRET_KEY: key}
-        else:
-            public, private = session.generate_keypair(
-                spec.key_type,
-                spec.bits if spec.key_type == KeyType.RSA else None,
-                capabilities=0,
-                mechanism=template.mechanism,
-                public_template=template.public,
-                private_template=template.private,
-            )
-            objects = {ObjectClass.PUBLIC_KEY: public, ObjectClass.PRIVATE_KEY: private}
-        return self._prove(template, objects)
+        return self._prove(template, create_objects(session, template))
 
     def adopt(self, template: KeyTemplate) -> GeneratedKey:
         """Prove a key another session made (the security officer's trusted KEK, or a trusted
@@ -533,8 +513,7 @@ class Hsm:
         """A public key given by value (a recipient's, from PEM), created and proved."""
 
         def run() -> GeneratedKey:
-            obj = self._require_session().create_object(template.public)
-            return self._prove(template, {ObjectClass.PUBLIC_KEY: obj})
+            return self._prove(template, create_objects(self._require_session(), template))
 
         return self._run(run)
 
@@ -1080,6 +1059,36 @@ class Hsm:
         yield from self._require_session().get_objects(
             {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: f"{HEAD_LABEL}:{registry}"}
         )
+
+
+def create_objects(session: Any, template: KeyTemplate) -> dict[ObjectClass, Any]:
+    """The token objects a template describes, made in `session` exactly as it says (every
+    capability from the template, none from the library's defaults). Callers prove them.
+
+    The only place a key is made on a token: Hsm.generate and create_public use it, and so does
+    the security officer's child process (kmtui.core.officer), whose session is the SO's.
+    """
+    spec = template.algorithm
+    if template.public and not template.private:  # a public key given by value (a recipient)
+        return {ObjectClass.PUBLIC_KEY: session.create_object(template.public)}
+    if spec.symmetric:
+        key = session.generate_key(
+            spec.key_type,
+            spec.bits,
+            capabilities=0,
+            mechanism=template.mechanism,
+            template=template.secret,
+        )
+        return {ObjectClass.SECRET_KEY: key}
+    public, private = session.generate_keypair(
+        spec.key_type,
+        spec.bits if spec.key_type == KeyType.RSA else None,
+        capabilities=0,
+        mechanism=template.mechanism,
+        public_template=template.public,
+        private_template=template.private,
+    )
+    return {ObjectClass.PUBLIC_KEY: public, ObjectClass.PRIVATE_KEY: private}
 
 
 _USAGE_ATTRS = (

@@ -16,7 +16,7 @@ import sys
 from pkcs11 import Attribute
 
 from kmtui.core import errors, templates
-from kmtui.core.hsm import Hsm
+from kmtui.core.hsm import Hsm, create_objects
 
 
 def create_trusted_kek(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -> None:
@@ -108,16 +108,7 @@ def _child() -> None:
     try:
         token = lib.get_token(**query)
         with token.open(rw=True, so_pin=request["so_pin"]) as session:
-            if template.public:
-                session.create_object(template.public)
-            else:
-                session.generate_key(
-                    template.algorithm.key_type,
-                    template.algorithm.bits,
-                    capabilities=pkcs11.MechanismFlag(0),
-                    mechanism=template.mechanism,
-                    template=template.secret,
-                )
+            create_objects(session, template)
     except p11.PKCS11Error as exc:
         print(f"The token refused the security officer's request ({type(exc).__name__}).")
         raise SystemExit(1) from None

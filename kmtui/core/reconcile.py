@@ -358,7 +358,7 @@ def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report
             exportable=key.exportable,
             trusted="trusted" in key.tags,
         )
-        cls = ObjectClass.SECRET_KEY if spec.symmetric else ObjectClass.PRIVATE_KEY
+        cls = templates.object_class(key.algorithm, key.tags)
         wanted = template.expected(cls)
     try:
         actual = ws.hsm.attributes(version.cka_id, cls)

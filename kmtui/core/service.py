@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from pkcs11 import ObjectClass
+
 from kmtui.core import errors, lifecycle, officer, policy, templates, uri
 from kmtui.core.anchors import Anchors
 from kmtui.core.audit import AuditLog
@@ -50,6 +52,11 @@ USE_ACTIONS = (str(OpKind.KEY_SELFCHECK), str(OpKind.KEY_EXPORT), "key.use")
 
 
 _RULES: dict[tuple[str, str], policy.Rules] = {}
+URI_TYPES = {  # RFC 7512 `type=` of the object that is the key
+    ObjectClass.SECRET_KEY: "secret-key",
+    ObjectClass.PUBLIC_KEY: "public",
+    ObjectClass.PRIVATE_KEY: "private",
+}
 """Parsed policies by (name, rules JSON); Rules are immutable, so sharing them is safe."""
 
 
@@ -366,13 +373,7 @@ class Workstation:
         raise errors.UsageError(f"No key {clean(ref, 60)!r}.", "See `kmtui keys list`.")
 
     def version_uri(self, key: Key, version: KeyVersion) -> str:
-        kind = (
-            "secret-key"
-            if templates.ALGORITHMS[key.algorithm].symmetric
-            else "public"
-            if "recipient" in key.tags
-            else "private"
-        )
+        kind = URI_TYPES[templates.object_class(key.algorithm, key.tags)]
         return uri.build(
             token=self.hsm.found_label,
             serial=version.token_serial,

@@ -8,7 +8,7 @@ a template is sent and on the attributes read back from the token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -396,3 +396,11 @@ def parse_cka_id(value: bytes) -> tuple[str, int] | None:
         return key_id, int(version)
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+def object_class(algorithm: str, tags: Sequence[str]) -> ObjectClass:
+    """The token object that is the key: its secret key, its private key, or (for a recipient
+    imported by its public key alone) that public key."""
+    if ALGORITHMS[algorithm].symmetric:
+        return ObjectClass.SECRET_KEY
+    return ObjectClass.PUBLIC_KEY if "recipient" in tags else ObjectClass.PRIVATE_KEY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pkcs11 import KeyType, ObjectClass
+from pkcs11 import KeyType
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -94,14 +94,7 @@ class KeyDetailScreen(ModalScreen[None]):
                 KeyState.DESTROYED,
                 KeyState.DESTROYED_COMPROMISED,
             ):
-                symmetric = templates.ALGORITHMS[key.algorithm].symmetric
-                cls = (
-                    ObjectClass.SECRET_KEY
-                    if symmetric
-                    else ObjectClass.PUBLIC_KEY
-                    if "recipient" in key.tags
-                    else ObjectClass.PRIVATE_KEY
-                )
+                cls = templates.object_class(key.algorithm, key.tags)
                 data["attributes"] = (
                     attempt(
                         self,
