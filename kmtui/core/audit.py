@@ -17,13 +17,12 @@ from typing import Any
 
 from kmtui.core.errors import AuditError, StoreError
 from kmtui.core.models import AuditEvent, iso, utcnow
-from kmtui.core.store import Store
+from kmtui.core.store import Store, like_escape
 
 GENESIS_HASH = "0" * 64
 
-_NAMES = ("seq", "ts", "actor", "action", "key_id", "params", "outcome", "prev_hash", "hash")
-_FIELDS = ", ".join(_NAMES)
-EVENT_COLUMNS = _FIELDS
+EVENT_NAMES = ("seq", "ts", "actor", "action", "key_id", "params", "outcome", "prev_hash", "hash")
+EVENT_COLUMNS = ", ".join(EVENT_NAMES)
 _SECRET_WORDS = frozenset(
     {"pin", "password", "passwd", "passphrase", "seed", "secret", "code", "otp", "totp", "otpauth"}
 )
@@ -108,7 +107,7 @@ def verify_rows(
     progress: Callable[[int], None] | None = None,
     anchors: Mapping[int, str] | None = None,
 ) -> VerifyResult:
-    """The chain check over batches of rows in `_NAMES` order, by seq (used offline too)."""
+    """The chain check over batches of rows in `EVENT_NAMES` order, by seq (used offline too)."""
     count, expected_seq, prev_hash = 0, 1, GENESIS_HASH
     for rows in batches:
         for row in rows:
@@ -225,7 +224,7 @@ class AuditLog:
                     (seq, ts, actor, action, key_id, text, outcome, prev_hash, "")
                 )
                 conn.execute(
-                    f"INSERT INTO audit_events ({_FIELDS}) "  # noqa: S608 - constant columns
+                    f"INSERT INTO audit_events ({EVENT_COLUMNS}) "  # noqa: S608 - constant columns
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (seq, ts, actor, action, key_id, text, outcome, prev_hash, digest),
                 )
@@ -249,7 +248,7 @@ class AuditLog:
         the head kept on the token) pin it down; see kmtui.core.anchors.
         """
         rows = self._store.stream(
-            f"SELECT {_FIELDS} FROM audit_events ORDER BY seq",  # noqa: S608 - constant columns
+            f"SELECT {EVENT_COLUMNS} FROM audit_events ORDER BY seq",  # noqa: S608 - constant columns
             batch=batch,
         )
         return verify_rows(rows, progress=progress, anchors=anchors)
@@ -293,7 +292,7 @@ class AuditLog:
             params.append(until)
         if actor_contains:
             conditions.append("actor LIKE ? ESCAPE '\\'")
-            params.append("%" + re.sub(r"([\\%_])", r"\\\1", actor_contains) + "%")
+            params.append("%" + like_escape(actor_contains) + "%")
         rows = self._store.keyset_page(
             "audit_events",
             ("seq",),

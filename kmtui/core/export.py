@@ -14,14 +14,13 @@ from typing import Any, TextIO
 
 from kmtui import __version__
 from kmtui.core import errors
-from kmtui.core.audit import EVENT_COLUMNS, canonical_json
+from kmtui.core.audit import EVENT_COLUMNS, EVENT_NAMES, canonical_json
 from kmtui.core.models import iso, parse_iso
 from kmtui.core.store import Store
 
 FORMATS = ("jsonl", "cef", "syslog")
 ENTERPRISE = 32473  # RFC 5612 example enterprise number, for the structured-data id
 _FACILITY_AUTHPRIV = 10
-_NAMES = ("seq", "ts", "actor", "action", "key_id", "params", "outcome", "prev_hash", "hash")
 
 
 def events_since(store: Store, since: int = 0, batch: int = 1000) -> Iterator[dict[str, Any]]:
@@ -32,7 +31,7 @@ def events_since(store: Store, since: int = 0, batch: int = 1000) -> Iterator[di
         batch=batch,
     ):
         for row in rows:
-            event = dict(zip(_NAMES, row, strict=True))
+            event = dict(zip(EVENT_NAMES, row, strict=True))
             try:
                 event["params"] = json.loads(event["params"])
             except (TypeError, ValueError):

@@ -1006,10 +1006,10 @@ class Store:
         if state is not None:  # keys_by_state serves (state, label) as well as (state, id)
             (seek if order in ("state", "label") else check).append(("state = ?", str(state)))
         if label_prefix:  # LIKE is ASCII-case-insensitive, like NOCASE, so it seeks too
-            like = ("label LIKE ? ESCAPE '\\'", _like_escape(label_prefix) + "%")
+            like = ("label LIKE ? ESCAPE '\\'", like_escape(label_prefix) + "%")
             (seek if order == "label" else check).append(like)
         if algorithm:
-            like = ("algorithm LIKE ? ESCAPE '\\'", _like_escape(algorithm) + "%")
+            like = ("algorithm LIKE ? ESCAPE '\\'", like_escape(algorithm) + "%")
             (seek if order == "algorithm" else check).append(like)
         if policy is not None:
             (seek if order == "policy" else check).append(("ifnull(policy, '') = ?", policy))
@@ -1102,7 +1102,7 @@ def key_cursor(key: Key, order: str = "label") -> tuple[str, str]:
     return str(getattr(key, order)), key.id
 
 
-def _like_escape(text: str) -> str:
+def like_escape(text: str) -> str:
     return re.sub(r"([\\%_])", r"\\\1", text)
 
 

@@ -17,6 +17,7 @@ from kmtui.core.lifecycle import RevocationReason
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.operations import OpKind
 from kmtui.core.safetext import clean
+from kmtui.core.service import Prepared
 from kmtui.core.store import key_cursor
 from kmtui.ui.filters import KeyFilter
 from kmtui.ui.screens.distribution import (
@@ -313,15 +314,7 @@ class KeysPane(Pane):
         def chosen(request: ComponentsRequest | None) -> None:
             if request is None:
                 return
-            prepared = self.prepare(
-                lambda: dist.prepare_components(
-                    ws,
-                    label=request.label,
-                    algorithm=request.algorithm,
-                    purpose=request.purpose,
-                    custodians=request.custodians,
-                )
-            )
+            prepared = self._prepare_components(request, generate=True)
             if prepared:
                 self.approve(
                     prepared,
@@ -341,16 +334,7 @@ class KeysPane(Pane):
             def entered(shares: list[dist.Component] | None) -> None:
                 if not shares:
                     return
-                prepared = self.prepare(
-                    lambda: dist.prepare_components(
-                        ws,
-                        label=request.label,
-                        algorithm=request.algorithm,
-                        purpose=request.purpose,
-                        custodians=request.custodians,
-                        generate=False,
-                    )
-                )
+                prepared = self._prepare_components(request, generate=False)
                 if prepared:
                     self.approve(prepared, lambda a: dist.run_components(ws, prepared, a, shares))
 
@@ -359,6 +343,18 @@ class KeysPane(Pane):
             )
 
         self.app.push_screen(ComponentsScreen(generate=False), chosen)
+
+    def _prepare_components(self, request: ComponentsRequest, *, generate: bool) -> Prepared | None:
+        return self.prepare(
+            lambda: dist.prepare_components(
+                self.workstation,
+                label=request.label,
+                algorithm=request.algorithm,
+                purpose=request.purpose,
+                custodians=request.custodians,
+                generate=generate,
+            )
+        )
 
     def select_key(self, key_id: str) -> None:
         """Put the cursor on a key if it is loaded (after a jump from the audit trail)."""
