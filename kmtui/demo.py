@@ -18,11 +18,11 @@ from pathlib import Path
 import pyotp
 
 from kmtui import config, paths
-from kmtui.core import softhsm
-from kmtui.core.dualcontrol import current_code
+from kmtui.core.control.dualcontrol import current_code
+from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.errors import HsmError, UsageError
-from kmtui.core.hsm import default_softhsm_module
-from kmtui.core.operations import ApprovalInput, OpKind
+from kmtui.core.token import softhsm
+from kmtui.core.token.hsm import default_softhsm_module
 
 DEMO_TOKEN = "kmtui-demo"
 DEMO_ACTOR = "demo-setup"
@@ -154,9 +154,9 @@ class _PastClock:
 
 
 def _seed(p: paths.Paths) -> None:
-    from kmtui.core.service import Workstation
-    from kmtui.core.store import Store
+    from kmtui.core.registry.store import Store
     from kmtui.launch import hsm_for
+    from kmtui.service import Workstation
 
     clock = _PastClock()
     cfg = config.load(p.config_file, demo=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from kmtui import paths
 from kmtui.config import Config
 from kmtui.core.errors import ConfigError
-from kmtui.core.hsm import Hsm
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token.hsm import Hsm
+from kmtui.service import Workstation
 
 
 def hsm_for(cfg: Config, p: paths.Paths) -> Hsm:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from kmtui.core import softhsm
-from kmtui.core.dualcontrol import current_code
-from kmtui.core.hsm import Hsm, default_softhsm_module
-from kmtui.core.operations import ApprovalInput, OpKind
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.control.dualcontrol import current_code
+from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.registry.store import Store
+from kmtui.core.token import softhsm
+from kmtui.core.token.hsm import Hsm, default_softhsm_module
+from kmtui.service import Workstation
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from typing import Any
 
 from kmtui import demo
 from kmtui.commands import common
-from kmtui.core import anchors, errors, export, forward, transcript
+from kmtui.core import errors
+from kmtui.core.audit import anchors, export, forward, transcript
 from kmtui.core.models import iso, utcnow
+from kmtui.core.registry.store import Store
 from kmtui.core.safetext import clean
-from kmtui.core.store import Store
 
 EXIT_OK, EXIT_AUDIT = 0, 3
 

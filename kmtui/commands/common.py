@@ -13,9 +13,9 @@ from typing import Any, TextIO
 
 from kmtui import config, demo, paths
 from kmtui.core import errors
-from kmtui.core.operations import ApprovalInput
+from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.safetext import clean
-from kmtui.core.service import Prepared, Workstation
+from kmtui.service import Prepared, Workstation
 
 MAX_APPROVAL_LINE = 200
 

@@ -11,12 +11,12 @@ from typing import Any
 
 from kmtui import demo
 from kmtui.commands import common
-from kmtui.core import distribution as dist
 from kmtui.core import errors
+from kmtui.core.keys import distribution as dist
 from kmtui.core.models import Key
 from kmtui.core.safetext import clean
-from kmtui.core.service import Workstation
-from kmtui.core.templates import Purpose
+from kmtui.core.token.templates import Purpose
+from kmtui.service import Workstation
 
 EXIT_OK = 0
 CLEAR = "\x1b[H\x1b[2J\x1b[3J"  # clear the screen and the scrollback (xterm and most others)

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from kmtui.commands import common, distribution
-from kmtui.core import errors, reconcile
+from kmtui.core import errors
+from kmtui.core.control.operations import OpKind
+from kmtui.core.keys import reconcile
 from kmtui.core.models import KeyState
-from kmtui.core.operations import OpKind
+from kmtui.core.registry.store import key_cursor
 from kmtui.core.safetext import clean
-from kmtui.core.service import Workstation
-from kmtui.core.store import key_cursor
-from kmtui.core.templates import ALGORITHMS, Purpose
+from kmtui.core.token.templates import ALGORITHMS, Purpose
+from kmtui.service import Workstation
 
 EXIT_OK = 0
 TRANSITIONS = {

@@ -12,11 +12,11 @@ from typing import Any
 from kmtui import demo
 from kmtui.commands import common
 from kmtui.core import errors
-from kmtui.core.dualcontrol import Enrollment
+from kmtui.core.control.dualcontrol import Enrollment
+from kmtui.core.control.operations import OpKind
 from kmtui.core.models import Role
-from kmtui.core.operations import OpKind
 from kmtui.core.safetext import clean
-from kmtui.core.service import Workstation
+from kmtui.service import Workstation
 
 EXIT_OK = 0
 CHANGES = {

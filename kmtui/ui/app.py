@@ -14,11 +14,11 @@ from textual.binding import Binding, BindingType
 
 from kmtui import __version__
 from kmtui.config import Config, remember_theme, remembered_theme
+from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
-from kmtui.core.hsm import TokenInfo
-from kmtui.core.operations import ApprovalInput
-from kmtui.core.service import Prepared, Workstation
+from kmtui.core.token.hsm import TokenInfo
 from kmtui.paths import Paths
+from kmtui.service import Prepared, Workstation
 from kmtui.ui import themes
 from kmtui.ui.commands import KmtuiCommands
 from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed, log_in

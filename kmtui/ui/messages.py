@@ -5,9 +5,9 @@ from __future__ import annotations
 from textual.message import Message
 
 from kmtui.core.errors import KmtuiError
-from kmtui.core.hsm import TokenInfo
-from kmtui.core.reconcile import Report
-from kmtui.core.service import Workstation
+from kmtui.core.keys.reconcile import Report
+from kmtui.core.token.hsm import TokenInfo
+from kmtui.service import Workstation
 
 
 class LoggedIn(Message):

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from kmtui.core.anchors import verify_database
-from kmtui.core.audit import GENESIS_HASH, AuditLog, canonical_json, event_hash
+from kmtui.core.audit.anchors import verify_database
+from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
 from kmtui.core.models import iso
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
 
 pytestmark = pytest.mark.bench
 EVENTS = int(os.environ.get("KMTUI_BENCH_EVENTS", "1000000"))
@@ -216,7 +216,7 @@ def verify_memory_mib(path: Path) -> dict[str, float]:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from kmtui.core.anchors import verify_database\n"
+        "from kmtui.core.audit.anchors import verify_database\n"
         "def kib(name):\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(name + ':'):\n"

@@ -39,11 +39,12 @@ import pytest
 from pkcs11 import Attribute, KeyType
 
 from kmtui import config, paths
-from kmtui.core import policy, softhsm
-from kmtui.core.hsm import Hsm, default_softhsm_module
+from kmtui.core.control import policy
 from kmtui.core.models import Policy, iso, new_key_id, utcnow
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token import softhsm
+from kmtui.core.token.hsm import Hsm, default_softhsm_module
+from kmtui.service import Workstation
 
 pytestmark = pytest.mark.bench
 

@@ -18,9 +18,9 @@ import pytest
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from kmtui.core import templates
-from kmtui.core.hsm import Hsm, on_hsm_thread
 from kmtui.core.models import new_key_id
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import Hsm, on_hsm_thread
 
 pytestmark = pytest.mark.bench
 ROUNDS = 60

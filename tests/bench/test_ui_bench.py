@@ -72,10 +72,10 @@ async def bare_start() -> float:
 
 async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]:
     from kmtui.config import Config
-    from kmtui.core.hsm import Hsm
-    from kmtui.core.service import Workstation
-    from kmtui.core.store import Store
+    from kmtui.core.registry.store import Store
+    from kmtui.core.token.hsm import Hsm
     from kmtui.paths import under
+    from kmtui.service import Workstation
     from kmtui.ui.app import KmtuiApp
     from kmtui.ui.filters import KeyFilter
     from kmtui.ui.screens.main import MainScreen

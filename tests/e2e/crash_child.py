@@ -16,13 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kmtui.core import reconcile, templates
-from kmtui.core.audit import AuditLog
-from kmtui.core.dualcontrol import current_code
-from kmtui.core.hsm import Hsm
-from kmtui.core.operations import ApprovalInput, OpKind
-from kmtui.core.service import Prepared, Workstation
-from kmtui.core.store import Store
+from kmtui.core.audit.log import AuditLog
+from kmtui.core.control.dualcontrol import current_code
+from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.keys import reconcile
+from kmtui.core.registry.store import Store
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import Hsm
+from kmtui.service import Prepared, Workstation
 
 KINDS = {"create": OpKind.KEY_CREATE, "rotate": OpKind.KEY_ROTATE, "destroy": OpKind.KEY_DESTROY}
 HSM_STEP = {"create": "generate", "rotate": "generate", "destroy": "destroy"}

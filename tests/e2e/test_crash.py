@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 
-from kmtui.core import errors, templates
-from kmtui.core.hsm import Hsm
+from kmtui.core import errors
+from kmtui.core.control.operations import OpKind
+from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import AuditEvent, KeyState
-from kmtui.core.operations import OpKind
-from kmtui.core.reconcile import FindingKind
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import Hsm
 from tests.conftest import SoftHsm, Team
 
 CHILD = Path(__file__).with_name("crash_child.py")

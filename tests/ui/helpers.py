@@ -11,9 +11,9 @@ from textual.pilot import Pilot
 from textual.widgets import Button, Input, Static
 
 from kmtui.config import Config
-from kmtui.core.operations import ApprovalInput
-from kmtui.core.service import Workstation
+from kmtui.core.control.operations import ApprovalInput
 from kmtui.paths import under
+from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.main import MainScreen

@@ -10,8 +10,8 @@ from pathlib import Path
 from textual.pilot import Pilot
 
 from kmtui import config, demo, paths
-from kmtui.core.service import Workstation
 from kmtui.launch import open_workstation
+from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import MainScreen

@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kmtui.core.audit import GENESIS_HASH, canonical_json, event_hash
+from kmtui.core.audit.log import GENESIS_HASH, canonical_json, event_hash
+from kmtui.core.control.policy import DEFAULT_POLICIES
 from kmtui.core.models import KeyState, iso
-from kmtui.core.policy import DEFAULT_POLICIES
-from kmtui.core.store import MIGRATIONS, Store
+from kmtui.core.registry.store import MIGRATIONS, Store
 
 SERIAL = "SCALE-NOT-THIS-TOKEN"  # reconciliation compares only the session token's objects
 LABELS = ("payments", "orders", "Billing", "hr-archive", "tokenisation", "backup", "Zoë-signing")

@@ -8,10 +8,10 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from kmtui.config import Config
-from kmtui.core.hsm import Hsm
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token.hsm import Hsm
 from kmtui.paths import under
+from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import MainScreen

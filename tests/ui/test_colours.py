@@ -32,9 +32,9 @@ from textual.pilot import Pilot
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from kmtui.core.control.operations import OpKind
 from kmtui.core.models import KeyState, iso, utcnow
-from kmtui.core.operations import OpKind
-from kmtui.core.service import Workstation
+from kmtui.service import Workstation
 from kmtui.ui import themes
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.approval import ApprovalScreen

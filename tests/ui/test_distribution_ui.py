@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual.widgets import Button, Input, Select, Static
 
-from kmtui.core import distribution as dist
+from kmtui.core.keys import distribution as dist
 from kmtui.core.models import Key
 from kmtui.ui.screens.distribution import (
     ComponentsScreen,

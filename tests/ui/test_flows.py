@@ -11,9 +11,9 @@ import pyotp
 from textual.widgets import DataTable, Input, Select, Static, TextArea
 
 from kmtui.config import Config, UiConfig
-from kmtui.core.dualcontrol import Enrollment, current_code
+from kmtui.core.control.dualcontrol import Enrollment, current_code
+from kmtui.core.control.operations import OpKind
 from kmtui.core.models import KeyState, OperatorState, iso, utcnow
-from kmtui.core.operations import OpKind
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.enrolment import EnrolmentScreen
 from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen

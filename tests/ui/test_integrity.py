@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
-from kmtui.core.audit import AuditLog
+from kmtui.core.audit.log import AuditLog
 from kmtui.core.errors import DatabaseCorrupt
-from kmtui.core.hsm import Hsm
 from kmtui.core.models import Policy
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token.hsm import Hsm
+from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm
 from tests.ui.helpers import SIZE, app_for, main_ready, until
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Static
 
-from kmtui.core.hsm import Hsm
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token.hsm import Hsm
+from kmtui.service import Workstation
 from kmtui.ui.widgets.keys_pane import PAGE
 from kmtui.ui.widgets.paged_table import PagedTable
 from tests.conftest import Clock, SoftHsm

@@ -10,8 +10,8 @@ from textual.widgets import DataTable, TabbedContent
 
 from kmtui.config import Config, UiConfig, remember_theme, remembered_theme
 from kmtui.core.models import OperatorState
-from kmtui.core.service import Workstation
 from kmtui.paths import Paths, under
+from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.main import MainScreen

@@ -38,12 +38,12 @@ from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from kmtui.core.dualcontrol import ApproversRefused
-from kmtui.core.hsm import Hsm, on_hsm_thread
+from kmtui.core.control.dualcontrol import ApproversRefused
+from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.models import Key, KeyState, iso, utcnow
-from kmtui.core.operations import ApprovalInput, OpKind
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token.hsm import Hsm, on_hsm_thread
+from kmtui.service import Workstation
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.help import HelpScreen
 from kmtui.ui.screens.key_detail import KeyDetailScreen

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.widgets import Button, Static
 
-from kmtui.core.anchors import signature_ok
+from kmtui.core.audit.anchors import signature_ok
 from kmtui.ui.screens.transcript import TranscriptScreen
 from tests.conftest import SoftHsm, Team
 from tests.ui.helpers import SIZE, app_for, main_ready, until

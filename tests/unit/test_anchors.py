@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmtui.core import errors
-from kmtui.core.anchors import Anchors, Checkpoint, verify_database
-from kmtui.core.audit import GENESIS_HASH, AuditLog, canonical_json, event_hash
-from kmtui.core.hsm import Hsm
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.audit.anchors import Anchors, Checkpoint, verify_database
+from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
+from kmtui.core.registry.store import Store
+from kmtui.core.token.hsm import Hsm
+from kmtui.service import Workstation
 from tests.conftest import Clock
 
 
@@ -126,7 +126,7 @@ def test_a_checkpoint_re_signed_with_another_key_is_caught_with_the_given_key(
     )
     conn = raw(tmp_path / "t.db")
     conn.execute("UPDATE audit_keys SET pem = ?", (attacker_pem,))
-    from kmtui.core.anchors import fingerprint_of
+    from kmtui.core.audit.anchors import fingerprint_of
 
     for row in conn.execute("SELECT * FROM audit_checkpoints").fetchall():
         forged = Checkpoint(

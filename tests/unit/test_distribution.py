@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pkcs11 import ObjectClass
 
-from kmtui.core import distribution as dist
 from kmtui.core import errors
+from kmtui.core.control.operations import OpKind
+from kmtui.core.keys import distribution as dist
 from kmtui.core.models import Key
-from kmtui.core.operations import OpKind
 from tests.conftest import SoftHsm, Team
 
 

@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pkcs11 import ObjectClass
 
-from kmtui.core import distribution as dist
-from kmtui.core import errors, reconcile
+from kmtui.core import errors
+from kmtui.core.control.operations import OpKind
+from kmtui.core.keys import distribution as dist
+from kmtui.core.keys import reconcile
 from kmtui.core.models import Key
-from kmtui.core.operations import OpKind
 from tests.conftest import SoftHsm, Team
 from tests.unit.test_distribution import exportable
 

@@ -15,9 +15,11 @@ import pyotp
 import pytest
 import segno
 
-from kmtui.core import dualcontrol, errors
-from kmtui.core.audit import AuditLog
-from kmtui.core.dualcontrol import (
+from kmtui.core import errors
+from kmtui.core.audit.export import write as write_export
+from kmtui.core.audit.log import AuditLog
+from kmtui.core.control import dualcontrol
+from kmtui.core.control.dualcontrol import (
     ApprovalUnusable,
     ApproversLocked,
     ApproversRefused,
@@ -25,11 +27,10 @@ from kmtui.core.dualcontrol import (
     SeedInUse,
     current_code,
 )
-from kmtui.core.export import write as write_export
-from kmtui.core.hsm import Hsm
+from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requirement
 from kmtui.core.models import OperatorState
-from kmtui.core.operations import ApprovalInput, Operation, OpKind, Requirement
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token.hsm import Hsm
 
 STEP = 30
 T0 = 56_666_667 * STEP + 10.0  # ten seconds into a time step

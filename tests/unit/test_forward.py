@@ -27,16 +27,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kmtui.core import errors, export
-from kmtui.core.audit import AuditLog, canonical_json
-from kmtui.core.forward import (
+from kmtui.core import errors
+from kmtui.core.audit import export
+from kmtui.core.audit.forward import (
     ForwardCursorAhead,
     Forwarder,
     ForwardError,
     cursor_key,
     tls_context,
 )
-from kmtui.core.store import Store
+from kmtui.core.audit.log import AuditLog, canonical_json
+from kmtui.core.registry.store import Store
 
 LOOPBACK = "127.0.0.1"
 EVENTS = 300

@@ -16,9 +16,10 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
 
-from kmtui.core import errors, templates
-from kmtui.core.hsm import Hsm, on_hsm_thread
+from kmtui.core import errors
 from kmtui.core.models import new_key_id
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import Hsm, on_hsm_thread
 from tests.conftest import SoftHsm
 
 COMBINATIONS = [

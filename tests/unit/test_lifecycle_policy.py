@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from kmtui.core import errors, lifecycle, policy
-from kmtui.core.lifecycle import RevocationReason, Use
+from kmtui.core import errors
+from kmtui.core.control import lifecycle, policy
+from kmtui.core.control.lifecycle import RevocationReason, Use
+from kmtui.core.control.operations import OpKind
 from kmtui.core.models import Key, KeyState, Policy, iso, utcnow
-from kmtui.core.operations import OpKind
 
 S = KeyState
 

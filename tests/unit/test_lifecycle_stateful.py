@@ -22,13 +22,16 @@ from hypothesis.stateful import (
 )
 from pkcs11 import ObjectClass
 
-from kmtui.core import errors, lifecycle, policy, reconcile, templates
-from kmtui.core.hsm import Hsm
-from kmtui.core.lifecycle import RevocationReason
+from kmtui.core import errors
+from kmtui.core.control import lifecycle, policy
+from kmtui.core.control.lifecycle import RevocationReason
+from kmtui.core.control.operations import OpKind
+from kmtui.core.keys import reconcile
 from kmtui.core.models import KeyState
-from kmtui.core.operations import OpKind
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import Hsm
+from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm, Team
 
 S = KeyState

@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 from pkcs11 import Attribute, KeyType, ObjectClass
 
-from kmtui.core import errors, reconcile, templates
-from kmtui.core.hsm import Hsm
+from kmtui.core import errors
+from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.keys import reconcile
+from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import KeyState, Policy, iso, utcnow
-from kmtui.core.operations import ApprovalInput, OpKind
-from kmtui.core.reconcile import FindingKind
-from kmtui.core.service import Workstation
-from kmtui.core.store import Store
+from kmtui.core.registry.store import Store
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import Hsm
+from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm, Team
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kmtui.core.audit import AuditLog
+from kmtui.core.audit.log import AuditLog
 from kmtui.core.errors import (
     AuditError,
     DatabaseCorrupt,
@@ -24,7 +24,7 @@ from kmtui.core.errors import (
     StoreError,
 )
 from kmtui.core.models import Key, KeyState, KeyVersion, Policy
-from kmtui.core.store import MIGRATIONS, Store, key_cursor, map_error
+from kmtui.core.registry.store import MIGRATIONS, Store, key_cursor, map_error
 
 NOW = "2026-01-02T03:04:05.000000Z"
 
@@ -707,8 +707,8 @@ def test_every_order_and_filter_pages_each_matching_key_exactly_once_in_order(
     tag_lookup: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("kmtui.core.store._WINDOW", window)
-    monkeypatch.setattr("kmtui.core.store._TAG_LOOKUP", tag_lookup)
+    monkeypatch.setattr("kmtui.core.registry.store._WINDOW", window)
+    monkeypatch.setattr("kmtui.core.registry.store._TAG_LOOKUP", tag_lookup)
     for name, (filters, matches) in KEY_FILTERS.items():
         expected = sorted(
             (k for k in varied if matches(k)), key=SORT_KEYS[order], reverse=descending
@@ -757,7 +757,7 @@ def test_key_tags_follow_every_change_of_a_keys_tags(store: Store, db_path: Path
 def test_a_rare_tag_reads_its_keys_instead_of_scanning_the_table(
     store: Store, varied: list[Key], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("kmtui.core.store._WINDOW", 5)
+    monkeypatch.setattr("kmtui.core.registry.store._WINDOW", 5)
 
     def run() -> None:
         store.page_keys(limit=50, tag="q3", state="suspended")
@@ -765,7 +765,7 @@ def test_a_rare_tag_reads_its_keys_instead_of_scanning_the_table(
     _, after_window = plans_of(store, run)
     assert after_window[0].startswith("SEARCH key_tags USING PRIMARY KEY"), after_window
     assert not any(p.startswith("SCAN keys") for p in after_window), after_window
-    monkeypatch.setattr("kmtui.core.store._TAG_LOOKUP", 10)  # q3 has 120 keys: too many
+    monkeypatch.setattr("kmtui.core.registry.store._TAG_LOOKUP", 10)  # q3 has 120 keys: too many
     _, after_window = plans_of(store, run)
     assert after_window[0] == "SCAN keys", after_window
 

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kmtui import config, paths
-from kmtui.core import errors, uri
+from kmtui.core import errors
 from kmtui.core.safetext import clean, is_clean
+from kmtui.core.token import uri
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kmtui.core import errors, transcript
-from kmtui.core.anchors import signature_ok
-from kmtui.core.operations import ApprovalInput, OpKind
+from kmtui.core import errors
+from kmtui.core.audit import transcript
+from kmtui.core.audit.anchors import signature_ok
+from kmtui.core.control.operations import ApprovalInput, OpKind
 from tests.conftest import Team
 
 

@@ -15,11 +15,11 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from kmtui.core.dualcontrol import ApproversRefused
+from kmtui.core.control.dualcontrol import ApproversRefused
+from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
-from kmtui.core.operations import ApprovalInput
 from kmtui.core.safetext import clean
-from kmtui.core.service import Prepared
+from kmtui.service import Prepared
 from kmtui.ui.text import labelled, plain
 from kmtui.ui.widgets.secret_input import SecretInput
 

@@ -1,5 +1,5 @@
 """Keys that travel, in the TUI: export and import forms, and components shown or typed one
-custodian at a time. The work itself is kmtui.core.distribution, through the gate."""
+custodian at a time. The work itself is kmtui.core.keys.distribution, through the gate."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from kmtui.core import distribution as dist
 from kmtui.core.errors import KmtuiError
+from kmtui.core.keys import distribution as dist
 from kmtui.core.models import Key
-from kmtui.core.service import Workstation
+from kmtui.service import Workstation
 from kmtui.ui.screens.forms import FormScreen
 from kmtui.ui.text import plain
 

@@ -13,9 +13,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from kmtui.core.dualcontrol import Enrollment
+from kmtui.core.control.dualcontrol import Enrollment
 from kmtui.core.errors import KmtuiError
-from kmtui.core.service import Workstation
+from kmtui.service import Workstation
 from kmtui.ui.screens.approval import CODE
 from kmtui.ui.text import plain
 from kmtui.ui.widgets.secret_input import SecretInput

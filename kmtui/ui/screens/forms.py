@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from kmtui.core.errors import KmtuiError
-from kmtui.core.service import Workstation
+from kmtui.service import Workstation
 from kmtui.ui.text import plain
 
 

@@ -13,9 +13,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from kmtui.core import templates
 from kmtui.core.models import AuditEvent, Key, KeyState
-from kmtui.core.service import Workstation
+from kmtui.core.token import templates
+from kmtui.service import Workstation
 from kmtui.ui.messages import WorkFailed
 from kmtui.ui.text import labelled, plain, state_styles, when
 from kmtui.ui.workers import attempt

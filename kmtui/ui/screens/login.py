@@ -11,7 +11,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
-from kmtui.core.service import Workstation
+from kmtui.service import Workstation
 from kmtui.ui.messages import LoginFailed, log_in
 from kmtui.ui.text import plain
 from kmtui.ui.widgets.secret_input import SecretInput

@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from kmtui.core.errors import DatabaseCorrupt, KmtuiError
-from kmtui.core.service import Workstation
+from kmtui.service import Workstation
 from kmtui.ui.messages import Reconciled
 from kmtui.ui.widgets.audit_pane import AuditPane
 from kmtui.ui.widgets.keys_pane import KeysPane

@@ -15,8 +15,8 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
-from kmtui.core import transcript
-from kmtui.core.service import Workstation
+from kmtui.core.audit import transcript
+from kmtui.service import Workstation
 from kmtui.ui.text import plain
 from kmtui.ui.workers import attempt
 

@@ -13,7 +13,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
-from kmtui.core.audit import VerifyResult
+from kmtui.core.audit.log import VerifyResult
 from kmtui.core.errors import KmtuiError
 from kmtui.core.models import AuditEvent
 from kmtui.ui.filters import AuditFilter

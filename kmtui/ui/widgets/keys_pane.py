@@ -11,14 +11,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Input, Static
 
-from kmtui.core import distribution as dist
+from kmtui.core.control.lifecycle import RevocationReason
+from kmtui.core.control.operations import OpKind
 from kmtui.core.errors import KmtuiError
-from kmtui.core.lifecycle import RevocationReason
+from kmtui.core.keys import distribution as dist
 from kmtui.core.models import Key, KeyState, iso, utcnow
-from kmtui.core.operations import OpKind
+from kmtui.core.registry.store import key_cursor
 from kmtui.core.safetext import clean
-from kmtui.core.service import Prepared
-from kmtui.core.store import key_cursor
+from kmtui.service import Prepared
 from kmtui.ui.filters import KeyFilter
 from kmtui.ui.screens.distribution import (
     ComponentsRequest,
@@ -264,7 +264,7 @@ class KeysPane(Pane):
         reasons = [r.value for r in RevocationReason]
         self.app.push_screen(ChoiceScreen("Revoke the key: why?", reasons), chosen)
 
-    # -- keys that travel (kmtui.core.distribution, through the approval dialog) ------------
+    # -- keys that travel (kmtui.core.keys.distribution, through the approval dialog) ------------
 
     def action_export(self) -> None:
         key = self.selected()

@@ -8,9 +8,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from kmtui.core.dualcontrol import Enrollment
+from kmtui.core.control.dualcontrol import Enrollment
+from kmtui.core.control.operations import OpKind
 from kmtui.core.models import OperatorState, Role
-from kmtui.core.operations import OpKind
 from kmtui.ui.screens.enrolment import EnrolmentScreen
 from kmtui.ui.screens.forms import ChoiceScreen
 from kmtui.ui.text import plain, when

@@ -10,9 +10,9 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
+from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
-from kmtui.core.operations import ApprovalInput
-from kmtui.core.service import Prepared, Workstation
+from kmtui.service import Prepared, Workstation
 from kmtui.ui.messages import WorkFailed
 
 if TYPE_CHECKING:

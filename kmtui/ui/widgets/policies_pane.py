@@ -10,7 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from kmtui.core import policy
+from kmtui.core.control import policy
 from kmtui.core.errors import KmtuiError
 from kmtui.ui.screens.policy_edit import PolicyEditScreen
 from kmtui.ui.text import labelled, plain, when

@@ -12,9 +12,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
-from kmtui.core import reconcile
-from kmtui.core.hsm import TokenInfo
-from kmtui.core.reconcile import Finding, Report
+from kmtui.core.keys import reconcile
+from kmtui.core.keys.reconcile import Finding, Report
+from kmtui.core.token.hsm import TokenInfo
 from kmtui.ui.messages import Reconciled
 from kmtui.ui.screens.forms import TextScreen
 from kmtui.ui.text import labelled, plain

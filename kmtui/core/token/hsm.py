@@ -28,8 +28,9 @@ from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from kmtui.core import errors, templates
-from kmtui.core.templates import KeyTemplate, violations
+from kmtui.core import errors
+from kmtui.core.token import templates
+from kmtui.core.token.templates import KeyTemplate, violations
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -1066,7 +1067,7 @@ def create_objects(session: Any, template: KeyTemplate) -> dict[ObjectClass, Any
     capability from the template, none from the library's defaults). Callers prove them.
 
     The only place a key is made on a token: Hsm.generate and create_public use it, and so does
-    the security officer's child process (kmtui.core.officer), whose session is the SO's.
+    the security officer's child process (kmtui.core.token.officer), whose session is the SO's.
     """
     spec = template.algorithm
     if template.public and not template.private:  # a public key given by value (a recipient)

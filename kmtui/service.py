@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 
 from pkcs11 import ObjectClass
 
-from kmtui.core import errors, lifecycle, officer, policy, templates, uri
-from kmtui.core.anchors import Anchors
-from kmtui.core.audit import AuditLog
-from kmtui.core.dualcontrol import DualControl, Enrollment, valid_name
-from kmtui.core.hsm import Hsm, TokenInfo
-from kmtui.core.lifecycle import Use
+from kmtui.core import errors
+from kmtui.core.audit.anchors import Anchors
+from kmtui.core.audit.log import AuditLog
+from kmtui.core.control import lifecycle, policy
+from kmtui.core.control.dualcontrol import DualControl, Enrollment, valid_name
+from kmtui.core.control.lifecycle import Use
+from kmtui.core.control.operations import ApprovalInput, Approver, Operation, OpKind, Requirement
 from kmtui.core.models import (
     AuditEvent,
     Key,
@@ -40,9 +41,10 @@ from kmtui.core.models import (
     parse_iso,
     utcnow,
 )
-from kmtui.core.operations import ApprovalInput, Approver, Operation, OpKind, Requirement
+from kmtui.core.registry.store import Store, key_cursor
 from kmtui.core.safetext import clean
-from kmtui.core.store import Store, key_cursor
+from kmtui.core.token import officer, templates, uri
+from kmtui.core.token.hsm import Hsm, TokenInfo
 
 T = TypeVar("T")
 Apply = Callable[[], None]

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from pkcs11 import ObjectClass
 
-from kmtui.core import errors, templates
-from kmtui.core.hsm import HEAD_LABEL, SEAL_KEY_ID, ObjectInfo
+from kmtui.core import errors
+from kmtui.core.control.operations import OpKind
 from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
-from kmtui.core.operations import OpKind
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import HEAD_LABEL, SEAL_KEY_ID, ObjectInfo
 
 if TYPE_CHECKING:
-    from kmtui.core.service import Workstation
+    from kmtui.service import Workstation
 
 GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
 SYSTEM_PREFIX = b"kmtui:sys-"

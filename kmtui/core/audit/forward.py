@@ -30,9 +30,10 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, cast
 
-from kmtui.core import errors, export
+from kmtui.core import errors
+from kmtui.core.audit import export
+from kmtui.core.registry.store import Store
 from kmtui.core.safetext import clean
-from kmtui.core.store import Store
 
 CURSOR_PREFIX = "forward_cursor"
 DEFAULT_BATCH = 500

@@ -8,8 +8,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 from kmtui.core import errors
+from kmtui.core.control.operations import OpKind
 from kmtui.core.models import KeyState
-from kmtui.core.operations import OpKind
 
 S = KeyState
 

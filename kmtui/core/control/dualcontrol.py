@@ -23,12 +23,12 @@ import pyotp
 import segno
 
 from kmtui.core import errors
-from kmtui.core.audit import AuditLog
-from kmtui.core.hsm import Hsm, on_hsm_thread
+from kmtui.core.audit.log import AuditLog
+from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
 from kmtui.core.models import Operator, OperatorState, Outcome, Role, iso, parse_iso
-from kmtui.core.operations import ApprovalInput, Operation, Requirement
+from kmtui.core.registry.store import Store
 from kmtui.core.safetext import clean
-from kmtui.core.store import Store
+from kmtui.core.token.hsm import Hsm, on_hsm_thread
 
 ISSUER = "kmtui"
 DIGITS = 6

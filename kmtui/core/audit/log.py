@@ -17,7 +17,7 @@ from typing import Any
 
 from kmtui.core.errors import AuditError, StoreError
 from kmtui.core.models import AuditEvent, iso, utcnow
-from kmtui.core.store import Store, like_escape
+from kmtui.core.registry.store import Store, like_escape
 
 GENESIS_HASH = "0" * 64
 
@@ -245,7 +245,7 @@ class AuditLog:
 
         This proves the rows agree with each other. Cutting events off the end, or re-chaining
         them, leaves a consistent chain: `anchors` (seq -> hash, from HSM-signed checkpoints and
-        the head kept on the token) pin it down; see kmtui.core.anchors.
+        the head kept on the token) pin it down; see kmtui.core.audit.anchors.
         """
         rows = self._store.stream(
             f"SELECT {EVENT_COLUMNS} FROM audit_events ORDER BY seq",  # noqa: S608 - constant columns

@@ -31,12 +31,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pkcs11 import MGF, Mechanism
 
-from kmtui.core import errors, lifecycle, officer, policy, templates
-from kmtui.core.lifecycle import Use
+from kmtui.core import errors
+from kmtui.core.control import lifecycle, policy
+from kmtui.core.control.lifecycle import Use
+from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, new_key_id, utcnow
-from kmtui.core.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.safetext import clean
-from kmtui.core.service import Apply, Prepared, Workstation, session_context
+from kmtui.core.token import officer, templates
+from kmtui.service import Apply, Prepared, Workstation, session_context
 
 FILE_FORMAT = "kmtui-wrapped-key-v1"
 MECHANISMS = {"aes-key-wrap-pad": Mechanism.AES_KEY_WRAP_PAD}  # RFC 5649; what import unwraps

@@ -40,7 +40,7 @@ def init_token(module: str, conf: Path, label: str, so_pin: str, user_pin: str) 
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
     request = json.dumps({"module": module, "label": label, "so_pin": so_pin, "user_pin": user_pin})
     proc = subprocess.run(
-        [sys.executable, "-m", "kmtui.core.softhsm"],
+        [sys.executable, "-m", "kmtui.core.token.softhsm"],
         input=request,
         capture_output=True,
         text=True,

@@ -15,8 +15,9 @@ import sys
 
 from pkcs11 import Attribute
 
-from kmtui.core import errors, templates
-from kmtui.core.hsm import Hsm, create_objects
+from kmtui.core import errors
+from kmtui.core.token import templates
+from kmtui.core.token.hsm import Hsm, create_objects
 
 
 def create_trusted_kek(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -> None:
@@ -56,7 +57,7 @@ def _as_officer(hsm: Hsm, so_pin: str, request: dict[str, str]) -> None:
     if hsm.softhsm2_conf:
         env["SOFTHSM2_CONF"] = hsm.softhsm2_conf
     proc = subprocess.run(
-        [sys.executable, "-m", "kmtui.core.officer"],
+        [sys.executable, "-m", "kmtui.core.token.officer"],
         input=json.dumps(
             {
                 "module": hsm.module,

@@ -10,8 +10,8 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from kmtui.core.anchors import Anchors, Checkpoint
-from kmtui.core.audit import AuditLog
+from kmtui.core.audit.anchors import Anchors, Checkpoint
+from kmtui.core.audit.log import AuditLog
 from kmtui.core.models import AuditEvent
 from kmtui.core.safetext import clean
 

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kmtui.core import errors
+from kmtui.core.control.operations import OpKind, Requirement
 from kmtui.core.models import Key, Policy, parse_iso
-from kmtui.core.operations import OpKind, Requirement
-from kmtui.core.templates import ALGORITHMS, Purpose
+from kmtui.core.token.templates import ALGORITHMS, Purpose
 
 DUAL_CONTROLLED = (
     OpKind.KEY_CREATE,

@@ -1,0 +1,1 @@
+"""The hash-chained trail, its signed checkpoints and head, export and forwarding."""

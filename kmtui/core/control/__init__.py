@@ -1,0 +1,1 @@
+"""The gate every state change passes, dual control, policy and the key lifecycle."""

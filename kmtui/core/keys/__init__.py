@@ -1,0 +1,1 @@
+"""Key operations over the gate: lifecycle work, distribution and reconciliation."""

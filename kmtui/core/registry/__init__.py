@@ -1,0 +1,1 @@
+"""SQLite: the connection, schema and migrations, and named reads and writes."""
