@@ -18,8 +18,8 @@ from pathlib import Path
 import pyotp
 
 from kmtui import config, paths
-from kmtui.core.control.dualcontrol import current_code
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.totp import current_code
 from kmtui.core.errors import HsmError, UsageError
 from kmtui.core.token import softhsm
 from kmtui.core.token.hsm import default_softhsm_module

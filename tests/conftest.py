@@ -12,8 +12,8 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from kmtui.core.control.dualcontrol import current_code
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.totp import current_code
 from kmtui.core.registry.store import Store
 from kmtui.core.token import softhsm
 from kmtui.core.token.hsm import Hsm, default_softhsm_module

@@ -204,7 +204,7 @@ def _forward(args: argparse.Namespace) -> int:
             report(forwarder.send_pending(), forwarder.cursor())
             return EXIT_OK
 
-        def retrying(exc: forward.ForwardError, delay: float) -> None:
+        def retrying(exc: errors.ForwardError, delay: float) -> None:
             print(f"kmtui: {clean(exc.message)}", file=sys.stderr)
             print(f"  retrying in {delay:g} s (Ctrl-C to stop)", file=sys.stderr, flush=True)
 

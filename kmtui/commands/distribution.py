@@ -12,7 +12,7 @@ from typing import Any
 from kmtui import demo
 from kmtui.commands import common
 from kmtui.core import errors
-from kmtui.core.keys import distribution as dist
+from kmtui.core.keys import components, keyfiles
 from kmtui.core.models import Key
 from kmtui.core.safetext import clean
 from kmtui.core.token.templates import Purpose
@@ -114,39 +114,41 @@ def so_pin(args: argparse.Namespace, p: Any) -> str:
 def cmd(args: argparse.Namespace) -> int:
     with common.workstation(args, login=True) as ws:
         if args.action == "export":
-            prepared = dist.prepare_export(ws, args.key, args.wrap_with)
-            result = dist.run_export(
-                ws, prepared, common.approvals(args, prepared), args.out, actor="cli"
+            prepared = ws.distribution.prepare_export(args.key, args.wrap_with)
+            result = ws.distribution.run_export(
+                prepared, common.approvals(args, prepared), args.out, actor="cli"
             )
             _report(
                 args,
-                {"file": str(args.out), "manifest": prepared.operation.params, "result": result},
+                {
+                    "file": str(args.out),
+                    "manifest": prepared.operation.params,
+                    "result": result.as_dict(),
+                },
             )
             return EXIT_OK
         if args.action == "import":
-            raw = dist.RawBlob(args.algorithm, args.purpose, args.kcv) if args.raw else None
-            wrapped = dist.load_wrapped(ws, args.file, raw=raw, actor="cli")
-            prepared = dist.prepare_import(
-                ws,
+            raw = keyfiles.RawBlob(args.algorithm, args.purpose, args.kcv) if args.raw else None
+            wrapped = ws.distribution.load_wrapped(args.file, raw=raw, actor="cli")
+            prepared = ws.distribution.prepare_import(
                 wrapped,
                 args.unwrap_with,
                 label=args.label,
                 policy_name=args.policy,
                 kcv=args.kcv,
             )
-            key = dist.run_import(
-                ws, prepared, wrapped, common.approvals(args, prepared), actor="cli"
+            key = ws.distribution.run_import(
+                prepared, wrapped, common.approvals(args, prepared), actor="cli"
             )
             _report(args, ws.describe(key))
             return EXIT_OK
         if args.action == "import-public":
-            recipient = dist.load_recipient(ws, args.pem, actor="cli")
-            prepared = dist.prepare_import_public(
-                ws, recipient, label=args.label, trusted=args.trusted, policy_name=args.policy
+            recipient = ws.distribution.load_recipient(args.pem, actor="cli")
+            prepared = ws.distribution.prepare_import_public(
+                recipient, label=args.label, trusted=args.trusted, policy_name=args.policy
             )
             officer_pin = so_pin(args, common.home(args)) if args.trusted else ""
-            key = dist.run_import_public(
-                ws,
+            key = ws.distribution.run_import_public(
                 prepared,
                 recipient,
                 common.approvals(args, prepared),
@@ -172,9 +174,8 @@ def _components(ws: Workstation, args: argparse.Namespace) -> int:
     custodians = [c.strip() for c in args.custodians.split(",") if c.strip()]
     generate = args.action == "components-create"
     if not generate:
-        entered = _enter(ws, args, custodians, dist.size_of(args.algorithm))
-    prepared = dist.prepare_components(
-        ws,
+        entered = _enter(ws, args, custodians, components.size_of(args.algorithm))
+    prepared = ws.distribution.prepare_components(
         label=args.label,
         algorithm=args.algorithm,
         purpose=args.purpose,
@@ -184,8 +185,8 @@ def _components(ws: Workstation, args: argparse.Namespace) -> int:
         expected_kcv=getattr(args, "kcv", ""),
     )
     approvals = common.approvals(args, prepared)
-    key, shares = dist.run_components(
-        ws, prepared, approvals, None if generate else entered, actor="cli"
+    key, shares = ws.distribution.run_components(
+        prepared, approvals, None if generate else entered, actor="cli"
     )
     if generate:
         _hand_out(args, shares, key)
@@ -193,12 +194,12 @@ def _components(ws: Workstation, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _hand_out(args: argparse.Namespace, shares: list[dist.Component], key: Key) -> None:
+def _hand_out(args: argparse.Namespace, shares: list[components.Component], key: Key) -> None:
     """Each component once, to its custodian only: on screen (then cleared) or in a file each."""
     if args.components_dir:
         args.components_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for share in shares:
-            dist.write_component(args.components_dir / f"{share.custodian}.txt", share)
+            components.write_component(args.components_dir / f"{share.custodian}.txt", share)
         print(
             f"{len(shares)} component files written to {args.components_dir} (one per "
             "custodian; deliver each sealed, then delete).",
@@ -213,7 +214,7 @@ def _hand_out(args: argparse.Namespace, shares: list[dist.Component], key: Key) 
     for number, share in enumerate(shares, 1):
         input(f"{share.custodian}: press Enter when only you can see the screen. ")
         print(f"Component {number} of {len(shares)} for {share.custodian}:")
-        print(f"  {dist.grouped(share.value)}")
+        print(f"  {components.grouped(share.value)}")
         print(f"  KCV {share.kcv}")
         input("Write it down, then press Enter to clear the screen. ")
         print(CLEAR, end="", flush=True)
@@ -222,12 +223,12 @@ def _hand_out(args: argparse.Namespace, shares: list[dist.Component], key: Key) 
 
 def _enter(
     ws: Workstation, args: argparse.Namespace, custodians: list[str], size: int
-) -> list[dist.Component]:
+) -> list[components.Component]:
     """Each custodian types their component and its KCV; a typo is caught at that component."""
-    shares: list[dist.Component] = []
+    shares: list[components.Component] = []
     for number, name in enumerate(custodians, 1):
         if args.components_dir:
-            value, typed_kcv = dist.read_component(args.components_dir / f"{name}.txt", size)
+            value, typed_kcv = components.read_component(args.components_dir / f"{name}.txt", size)
             typed = value.hex()
         else:
             if not sys.stdin.isatty():
@@ -236,7 +237,7 @@ def _enter(
                 )
             typed = getpass.getpass(f"{name}: component {number}: ")
             typed_kcv = input(f"{name}: KCV of component {number}: ")
-        share = dist.enter_component(ws, typed, typed_kcv, shares, name, size, actor="cli")
+        share = ws.distribution.enter_component(typed, typed_kcv, shares, name, size, actor="cli")
         shares.append(share)
         print(f"component {number} ({name}): KCV {share.kcv} matches", file=sys.stderr)
     return shares

@@ -11,7 +11,6 @@ from typing import Any
 from kmtui.commands import common, distribution
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
-from kmtui.core.keys import reconcile
 from kmtui.core.models import KeyState
 from kmtui.core.registry.store import key_cursor
 from kmtui.core.safetext import clean
@@ -153,14 +152,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
             prepared, common.approvals(args, prepared), actor="cli", officer_pin=officer_pin
         )
         key = ws.get_key(prepared.operation.key_id)
-        data = {**ws.describe(key), "result": result}
+        data = {**ws.describe(key), "result": result.as_dict()}
         if args.json:
             common.print_json(data)
         else:
-            print(f"{args.action}: done (audit event {result['audit_seq']})")
-            for dependent in result.get("dependents", []):
+            print(f"{args.action}: done (audit event {result.audit_seq})")
+            for dependent in result.facts.get("dependents", []):
                 print(f"  depends on it: {dependent['key_id']} ({dependent['relation']})")
-            for name, value in result.get("checks", {}).items():
+            for name, value in result.facts.get("checks", {}).items():
                 print(f"  {name:<16} {clean(value)}")
             _print_key(data)
         return EXIT_OK
@@ -191,18 +190,18 @@ def _read_only(ws: Workstation, args: argparse.Namespace) -> int:
     if args.action == "due":
         due = ws.due(args.within)
         if args.json:
-            common.print_json(due)
+            common.print_json([d.as_dict() for d in due])
         else:
             common.print_table(
                 ["ID", "LABEL", "STATE", "ROTATION DUE", "ORIGINATOR END", "OVERDUE"],
                 [
                     [
-                        d["id"],
-                        d["label"],
-                        d["state"],
-                        d.get("rotation_due", ""),
-                        d.get("originator_end", ""),
-                        "yes" if d["overdue"] else "",
+                        d.id,
+                        d.label,
+                        d.state,
+                        d.dates.get("rotation_due", ""),
+                        d.dates.get("originator_end", ""),
+                        "yes" if d.overdue else "",
                     ]
                     for d in due
                 ],
@@ -279,7 +278,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
         with common.workstation(args, login=True) as ws:
             prepared = ws.prepare_policy_change(args.name, rules)
             result = ws.run(prepared, common.approvals(args, prepared), actor="cli")
-            print(f"policy {args.name!r} changed (audit event {result['audit_seq']})")
+            print(f"policy {args.name!r} changed (audit event {result.audit_seq})")
         return EXIT_OK
     with common.workstation(args) as ws:
         if args.action == "show":
@@ -324,9 +323,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         if args.acknowledge:
             prepared = ws.prepare_acknowledge(args.acknowledge, args.note)
             result = ws.run(prepared, common.approvals(args, prepared), actor="cli")
-            print(f"finding acknowledged (audit event {result['audit_seq']})")
+            print(f"finding acknowledged (audit event {result.audit_seq})")
             return EXIT_OK
-        report = reconcile.run(ws, actor="cli")
+        report = ws.reconciler.run(actor="cli")
         if args.json:
             common.print_json(report.as_dict())
         else:

@@ -12,8 +12,8 @@ from typing import Any
 from kmtui import demo
 from kmtui.commands import common
 from kmtui.core import errors
-from kmtui.core.control.dualcontrol import Enrollment
 from kmtui.core.control.operations import OpKind
+from kmtui.core.control.totp import Enrollment
 from kmtui.core.models import Role
 from kmtui.core.safetext import clean
 from kmtui.service import Workstation
@@ -67,7 +67,7 @@ def cmd_operators(args: argparse.Namespace) -> int:
                     "enrolled_at": o.enrolled_at,
                     "failures": o.failures,
                 }
-                for o in ws.dual.operators()
+                for o in ws.operators.all()
             ]
             if args.json:
                 common.print_json(listing)
@@ -96,9 +96,9 @@ def cmd_operators(args: argparse.Namespace) -> int:
             if not args.json and sys.stdin.isatty():
                 _confirm_now(ws, enrollment.name)
         elif args.json:
-            common.print_json({"operator": args.name, **result})
+            common.print_json({"operator": args.name, **result.as_dict()})
         else:
-            print(f"operator {args.name}: {result['state']} (audit event {result['audit_seq']})")
+            print(f"operator {args.name}: {result.facts['state']} (audit event {result.audit_seq})")
     return EXIT_OK
 
 

@@ -106,6 +106,20 @@ class AuditError(KmtuiError):
     """The audit trail could not be written; the operation it guards did not run."""
 
 
+class ForwardError(KmtuiError):
+    """The collector did not confirm a batch; the cursor stayed where it was."""
+
+    def __init__(self, message: str, hint: str = "", *, cursor: int = 0) -> None:
+        super().__init__(message, hint)
+        self.cursor = cursor
+        self.forwarded = 0
+        """Events confirmed by the same send_pending call before it failed."""
+
+
+class ForwardCursorAhead(KmtuiError):
+    """The collector was sent events this trail no longer holds: retrying cannot help."""
+
+
 # --- policy and dual control -------------------------------------------------------------------
 
 
@@ -119,6 +133,45 @@ class ApprovalRefused(KmtuiError):
 
 class OperatorLocked(ApprovalRefused):
     pass
+
+
+REFUSAL_REASONS = {
+    "wrong": "wrong code",
+    "replayed": "code already used",
+    "malformed": "not six digits",
+    "locked": "locked",
+    "inactive": "not active",
+    "unknown": "not an enrolled operator",
+    "duplicate": "counted twice",
+    "excluded": "may not approve this operation",
+    "role": "role may not approve this operation",
+    "unsealable": "seed failed its integrity check",
+}
+"""Why one approver was refused, in the words a refusal message and the approval dialog use."""
+
+
+class SeedInUse(ApprovalRefused):
+    """The new seed is already held by another operator: one person, one name."""
+
+
+class ApproversRefused(ApprovalRefused):
+    """Some approvers were refused; `refusals` pairs each name with its reason, never a code."""
+
+    def __init__(self, message: str, hint: str, refusals: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(message, hint)
+        self.refusals = refusals
+
+
+class ApproversLocked(ApproversRefused, OperatorLocked):
+    """At least one approver is locked, or was locked by this attempt."""
+
+
+class ApprovalUnusable(ApprovalRefused):
+    """An approval cannot be spent: `reason` is unknown, wrong-operation, spent, expired, ..."""
+
+    def __init__(self, message: str, hint: str, reason: str) -> None:
+        super().__init__(message, hint)
+        self.reason = reason
 
 
 class AuditTampered(AuditError):

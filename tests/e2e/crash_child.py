@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from kmtui.core.audit.log import AuditLog
-from kmtui.core.control.dualcontrol import current_code
+from kmtui.core.control.gate import Gate
 from kmtui.core.control.operations import ApprovalInput, OpKind
-from kmtui.core.keys import reconcile
+from kmtui.core.control.totp import current_code
 from kmtui.core.registry.store import Store
 from kmtui.core.token import templates
 from kmtui.core.token.hsm import Hsm
@@ -106,15 +106,15 @@ class Child:
 
         AuditLog.append = append  # type: ignore[method-assign]
 
-        real_execute = Workstation.execute
+        real_execute = Gate.execute
 
-        def execute(ws: Workstation, *args: Any, **kwargs: Any) -> Any:
-            result = real_execute(ws, *args, **kwargs)
+        def execute(gate: Gate, *args: Any, **kwargs: Any) -> Any:
+            result = real_execute(gate, *args, **kwargs)
             if boundary == "outcome-committed":
                 self.die(boundary)
             return result
 
-        Workstation.execute = execute  # type: ignore[method-assign]
+        Gate.execute = execute  # type: ignore[method-assign]
 
     def operate(self) -> None:
         prepared = self.prepare()
@@ -152,11 +152,11 @@ class Child:
                 return _real(hsm, *args)
 
             setattr(Hsm, name, counted)
-        out: dict[str, Any] = {"open_before": len(reconcile.open_intents(self.ws))}
+        out: dict[str, Any] = {"open_before": len(self.ws.reconciler.open_intents())}
         out["open_by_scan_before"] = len(self.ws.store.open_intents_by_scan())
-        out["first"] = reconcile.run(self.ws).as_dict()
-        out["second"] = reconcile.run(self.ws).as_dict()
-        out["open_after"] = len(reconcile.open_intents(self.ws))
+        out["first"] = self.ws.reconciler.run().as_dict()
+        out["second"] = self.ws.reconciler.run().as_dict()
+        out["open_after"] = len(self.ws.reconciler.open_intents())
         out["token"] = self.token_view()
         out["hsm_calls"] = calls
         print(json.dumps(out), flush=True)
@@ -165,8 +165,8 @@ class Child:
         """What a finding asks the custodian to do: run the operation again, freshly approved."""
         result = self.ws.run(self.prepare(), self.codes())
         out = {
-            "result": {k: v for k, v in result.items() if k != "final_checks"},
-            "report": reconcile.run(self.ws).as_dict(),
+            "result": {k: v for k, v in result.as_dict().items() if k != "final_checks"},
+            "report": self.ws.reconciler.run().as_dict(),
             "token": self.token_view(),
         }
         print(json.dumps(out), flush=True)

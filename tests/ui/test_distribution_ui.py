@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual.widgets import Button, Input, Select, Static
 
-from kmtui.core.keys import distribution as dist
+from kmtui.core.keys import components
 from kmtui.core.models import Key
 from kmtui.ui.screens.distribution import (
     ComponentsScreen,
@@ -107,12 +107,12 @@ async def test_components_are_revealed_one_custodian_at_a_time_and_entered_back(
             reveal.query_one("#reveal", Button).press()
             await pilot.pause()
             shown = str(text.render())
-            assert dist.grouped(share.value) in shown and share.kcv in shown
-            assert all(dist.grouped(o.value) not in shown for o in shares if o is not share)
+            assert components.grouped(share.value) in shown and share.kcv in shown
+            assert all(components.grouped(o.value) not in shown for o in shares if o is not share)
             seen.append(share.custodian)
             reveal.query_one("#reveal", Button).press()
             await pilot.pause()
-            assert dist.grouped(share.value) not in str(text.render())
+            assert components.grouped(share.value) not in str(text.render())
         reveal.query_one("#reveal", Button).press()
         await until(pilot, lambda: not isinstance(app.screen, RevealScreen), "done")
         assert seen == ["alice", "bob", "carol"]
@@ -134,7 +134,7 @@ async def test_components_are_revealed_one_custodian_at_a_time_and_entered_back(
         )
         entry = app.screen
         for number, share in enumerate(shares, 1):
-            entry.query_one("#component", Input).value = dist.grouped(share.value)
+            entry.query_one("#component", Input).value = components.grouped(share.value)
             entry.query_one("#kcv", Input).value = "000000" if number == 2 else share.kcv
             entry.query_one("#next", Button).press()
             await pilot.pause()

@@ -11,8 +11,8 @@ import pyotp
 from textual.widgets import DataTable, Input, Select, Static, TextArea
 
 from kmtui.config import Config, UiConfig
-from kmtui.core.control.dualcontrol import Enrollment, current_code
 from kmtui.core.control.operations import OpKind
+from kmtui.core.control.totp import Enrollment, current_code
 from kmtui.core.models import KeyState, OperatorState, iso, utcnow
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.enrolment import EnrolmentScreen
@@ -152,13 +152,13 @@ async def test_enrol_an_operator_shows_the_qr_code_and_confirms_the_first_code(
 ) -> None:
     ws = team.ws
     enrolled: list[Enrollment] = []
-    begin = ws.dual.begin_enrollment
+    begin = ws.operators.begin_enrollment
 
     def capture(name: str, role: str) -> Enrollment:  # the test stands in for dave's phone
         enrolled.append(begin(name, role))
         return enrolled[-1]
 
-    ws.dual.begin_enrollment = capture  # type: ignore[method-assign]
+    ws.operators.begin_enrollment = capture  # type: ignore[method-assign]
     app = app_for(ws, tmp_path, softhsm_token.pin)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
@@ -183,7 +183,7 @@ async def test_enrol_an_operator_shows_the_qr_code_and_confirms_the_first_code(
         app.screen.query_one("#first-code", Input).value = current_code(seed, team.clock())
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, MainScreen), "the confirmation")
-    assert ws.dual.get("dave").state == OperatorState.ACTIVE
+    assert ws.operators.get("dave").state == OperatorState.ACTIVE
 
 
 async def test_audit_filter_narrows_the_trail_by_term_and_time_and_a_row_opens_its_key(

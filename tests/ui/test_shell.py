@@ -132,9 +132,9 @@ async def test_an_operator_is_locked_and_unlocked_from_the_operators_pane(
         await until(pilot, lambda: isinstance(app.screen, ApprovalScreen), "the dialog")
         assert app.screen.prepared.summary == "Lock operator 'carol'"
         await approve(pilot, team.codes("alice", "bob"))
-        assert ws.dual.get("carol").state == OperatorState.LOCKED
+        assert ws.operators.get("carol").state == OperatorState.LOCKED
         await until(pilot, lambda: "locked" in table.get_row_at(names.index("carol"))[2].plain)
         await pilot.press("u")
         await approve(pilot, team.codes("alice", "bob"))
-        assert ws.dual.get("carol").state == OperatorState.ACTIVE
+        assert ws.operators.get("carol").state == OperatorState.ACTIVE
         await until(pilot, lambda: "active" in table.get_row_at(names.index("carol"))[2].plain)

@@ -38,8 +38,8 @@ from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from kmtui.core.control.dualcontrol import ApproversRefused
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.errors import ApproversRefused
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.registry.store import Store
 from kmtui.core.token.hsm import Hsm, on_hsm_thread

@@ -11,7 +11,7 @@ from pkcs11 import ObjectClass
 
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
-from kmtui.core.keys import distribution as dist
+from kmtui.core.keys import components, keyfiles
 from kmtui.core.models import Key
 from tests.conftest import SoftHsm, Team
 
@@ -35,14 +35,14 @@ def exportable(team: Team, label: str = "app-dek") -> Key:
 
 
 def export(team: Team, key: Key, kek: Key, out: Path) -> dict:
-    prepared = dist.prepare_export(team.ws, key.id, kek.id)
-    return dist.run_export(team.ws, prepared, team.codes("alice", "carol"), out)
+    prepared = team.ws.distribution.prepare_export(key.id, kek.id)
+    return team.ws.distribution.run_export(prepared, team.codes("alice", "carol"), out)
 
 
 def do_import(team: Team, path: Path, kek: Key, label: str, kcv: str = "") -> Key:
-    wrapped = dist.read_wrapped(path)
-    prepared = dist.prepare_import(team.ws, wrapped, kek.id, label=label, kcv=kcv)
-    return dist.run_import(team.ws, prepared, wrapped, team.codes("bob", "carol"))
+    wrapped = keyfiles.read_wrapped(path)
+    prepared = team.ws.distribution.prepare_import(wrapped, kek.id, label=label, kcv=kcv)
+    return team.ws.distribution.run_import(prepared, wrapped, team.codes("bob", "carol"))
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_export_then_import_round_trips_with_the_same_kcv(
     assert (tmp_path / "dek.json").stat().st_mode & 0o777 == 0o600
     manifest = document["manifest"]
     assert manifest["kcv"] == key.versions[0].kcv and manifest["wrapping_key_id"] == kek.id
-    assert result["blob_sha256"]
+    assert result.facts["blob_sha256"]
     imported = do_import(team, tmp_path / "dek.json", kek, "app-dek-copy")
     assert imported.versions[0].kcv == key.versions[0].kcv
     assert team.ws.hsm.kcv(imported.versions[0].cka_id) == key.versions[0].kcv
@@ -92,7 +92,7 @@ def test_a_non_exportable_key_is_refused_with_the_reason(team: Team, kek: Key) -
         label="stays", algorithm="AES-256", approvals=team.codes("alice", "bob")
     )
     with pytest.raises(errors.PolicyRefused, match="not exportable"):
-        dist.prepare_export(team.ws, key.id, kek.id)
+        team.ws.distribution.prepare_export(key.id, kek.id)
 
 
 def test_an_untrusted_kek_cannot_wrap_an_exportable_key(team: Team, tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_an_untrusted_kek_cannot_wrap_an_exportable_key(team: Team, tmp_path: Pa
     )
     key = exportable(team)
     with pytest.raises(errors.PolicyRefused, match="not a trusted"):
-        dist.prepare_export(team.ws, key.id, plain.id)
+        team.ws.distribution.prepare_export(key.id, plain.id)
 
 
 def _tamper(path: Path, how: str) -> None:
@@ -146,7 +146,7 @@ def test_truncated_json_and_a_wrong_kek_are_refused(team: Team, kek: Key, tmp_pa
     text = (tmp_path / "k.json").read_text()
     (tmp_path / "cut.json").write_text(text[: len(text) // 2])
     with pytest.raises(errors.UsageError, match="truncated or damaged JSON"):
-        dist.read_wrapped(tmp_path / "cut.json")
+        keyfiles.read_wrapped(tmp_path / "cut.json")
     other = team.ws.create_key(
         label="other-kek", algorithm="AES-256", purpose="wrap", approvals=team.codes("alice", "bob")
     )
@@ -157,20 +157,19 @@ def test_truncated_json_and_a_wrong_kek_are_refused(team: Team, kek: Key, tmp_pa
 
 
 def test_components_generate_a_key_no_custodian_holds_alone(team: Team) -> None:
-    prepared = dist.prepare_components(
-        team.ws,
+    prepared = team.ws.distribution.prepare_components(
         label="zmk",
         algorithm="AES-256",
         purpose="wrap",
         custodians=["alice", "bob", "carol"],
     )
-    key, shares = dist.run_components(team.ws, prepared, team.codes("alice", "bob"))
+    key, shares = team.ws.distribution.run_components(prepared, team.codes("alice", "bob"))
     assert [s.custodian for s in shares] == ["alice", "bob", "carol"]
     assert len({s.value for s in shares}) == 3
-    whole = dist._xor([s.value for s in shares])
-    assert key.versions[0].kcv == dist.kcv_of(whole)
-    assert team.ws.hsm.kcv(key.versions[0].cka_id) == dist.kcv_of(whole)
-    assert all(s.kcv == dist.kcv_of(s.value) for s in shares)
+    whole = components.xor([s.value for s in shares])
+    assert key.versions[0].kcv == components.kcv_of(whole)
+    assert team.ws.hsm.kcv(key.versions[0].cka_id) == components.kcv_of(whole)
+    assert all(s.kcv == components.kcv_of(s.value) for s in shares)
     trail = "\n".join(json.dumps(e.params) for e in team.ws.audit.events(limit=50))
     assert "alice" in trail and shares[0].kcv in trail
     for share in shares:
@@ -181,41 +180,41 @@ def test_components_generate_a_key_no_custodian_holds_alone(team: Team) -> None:
 def test_components_entered_by_custodians_are_checked_one_by_one(team: Team) -> None:
     values = [bytes([n]) * 16 for n in (1, 2, 3)]
     typed = [
-        dist.parse_component(" ".join(v.hex()[i : i + 4] for i in range(0, 32, 4)), 16)
+        components.parse_component(" ".join(v.hex()[i : i + 4] for i in range(0, 32, 4)), 16)
         for v in values
     ]
     assert typed == values
     with pytest.raises(errors.UsageError, match="Component 2 does not match its KCV"):
-        dist.check_component(typed[1], "000000", [typed[0]], 2)
+        components.check_component(typed[1], "000000", [typed[0]], 2)
     with pytest.raises(errors.UsageError, match="same as an earlier"):
-        dist.check_component(typed[0], dist.kcv_of(typed[0]), [typed[0]], 2)
+        components.check_component(typed[0], components.kcv_of(typed[0]), [typed[0]], 2)
     with pytest.raises(errors.UsageError, match="needs 16"):
-        dist.parse_component("0011", 16)
+        components.parse_component("0011", 16)
     shares = [
-        dist.Component(n, v, dist.check_component(v, dist.kcv_of(v), values[:i], i + 1))
+        components.Component(
+            n, v, components.check_component(v, components.kcv_of(v), values[:i], i + 1)
+        )
         for i, (n, v) in enumerate(zip(["alice", "bob", "carol"], values, strict=True))
     ]
-    prepared = dist.prepare_components(
-        team.ws,
+    prepared = team.ws.distribution.prepare_components(
         label="entered",
         algorithm="AES-128",
         purpose="encrypt",
         custodians=["alice", "bob", "carol"],
         generate=False,
-        expected_kcv=dist.kcv_of(dist._xor(values)),
+        expected_kcv=components.kcv_of(components.xor(values)),
     )
-    key, _ = dist.run_components(team.ws, prepared, team.codes("alice", "carol"), shares)
-    assert team.ws.hsm.kcv(key.versions[0].cka_id) == dist.kcv_of(dist._xor(values))
+    key, _ = team.ws.distribution.run_components(prepared, team.codes("alice", "carol"), shares)
+    assert team.ws.hsm.kcv(key.versions[0].cka_id) == components.kcv_of(components.xor(values))
 
 
 def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
     values = [bytes([n]) * 16 for n in (4, 5, 6)]
     shares = [
-        dist.Component(n, v, dist.kcv_of(v))
+        components.Component(n, v, components.kcv_of(v))
         for n, v in zip(["alice", "bob", "carol"], values, strict=True)
     ]
-    prepared = dist.prepare_components(
-        team.ws,
+    prepared = team.ws.distribution.prepare_components(
         label="bad",
         algorithm="AES-128",
         purpose="encrypt",
@@ -225,15 +224,14 @@ def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
     )
     before = team.ws.store.count_keys()
     with pytest.raises(errors.PolicyRefused, match="mistyped"):
-        dist.run_components(team.ws, prepared, team.codes("alice", "bob"), shares)
+        team.ws.distribution.run_components(prepared, team.codes("alice", "bob"), shares)
     assert team.ws.store.count_keys() == before
     assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 
 def test_fewer_components_than_the_policy_wants_are_refused(team: Team) -> None:
     with pytest.raises(errors.PolicyRefused, match="at least 3 components"):
-        dist.prepare_components(
-            team.ws,
+        team.ws.distribution.prepare_components(
             label="two",
             algorithm="AES-128",
             purpose="encrypt",
@@ -250,31 +248,33 @@ def test_a_raw_blob_is_imported_only_with_the_kcv_from_paper(
     (tmp_path / "k.bin").write_bytes(blob)
     (tmp_path / "k.hex").write_text(blob.hex() + "\n")
     with pytest.raises(errors.UsageError, match="needs the key's KCV"):
-        dist.load_wrapped(team.ws, tmp_path / "k.bin", raw=dist.RawBlob("AES-256", "encrypt", ""))
-    for name in ("k.bin", "k.hex"):
-        wrapped = dist.load_wrapped(
-            team.ws, tmp_path / name, raw=dist.RawBlob("AES-256", "encrypt", key.versions[0].kcv)
+        team.ws.distribution.load_wrapped(
+            tmp_path / "k.bin", raw=keyfiles.RawBlob("AES-256", "encrypt", "")
         )
-        prepared = dist.prepare_import(team.ws, wrapped, kek.id, label=f"raw-{name}")
-        imported = dist.run_import(team.ws, prepared, wrapped, team.codes("alice", "bob"))
+    for name in ("k.bin", "k.hex"):
+        wrapped = team.ws.distribution.load_wrapped(
+            tmp_path / name, raw=keyfiles.RawBlob("AES-256", "encrypt", key.versions[0].kcv)
+        )
+        prepared = team.ws.distribution.prepare_import(wrapped, kek.id, label=f"raw-{name}")
+        imported = team.ws.distribution.run_import(prepared, wrapped, team.codes("alice", "bob"))
         assert imported.versions[0].kcv == key.versions[0].kcv
-    wrong = dist.load_wrapped(
-        team.ws, tmp_path / "k.bin", raw=dist.RawBlob("AES-256", "encrypt", "ABCDEF")
+    wrong = team.ws.distribution.load_wrapped(
+        tmp_path / "k.bin", raw=keyfiles.RawBlob("AES-256", "encrypt", "ABCDEF")
     )
-    prepared = dist.prepare_import(team.ws, wrong, kek.id, label="raw-wrong")
+    prepared = team.ws.distribution.prepare_import(wrong, kek.id, label="raw-wrong")
     with pytest.raises(errors.PolicyRefused, match="KCV mismatch"):
-        dist.run_import(team.ws, prepared, wrong, team.codes("bob", "carol"))
+        team.ws.distribution.run_import(prepared, wrong, team.codes("bob", "carol"))
 
 
 def test_refusals_before_the_gate_are_audited_without_values(team: Team, tmp_path: Path) -> None:
     (tmp_path / "cut.json").write_text('{"format": "kmtui-wrapped-key-v1", "manif')
     with pytest.raises(errors.UsageError):
-        dist.load_wrapped(team.ws, tmp_path / "cut.json")
+        team.ws.distribution.load_wrapped(tmp_path / "cut.json")
     refused = team.ws.audit.events(action="key.import", limit=1)[0]
     assert (refused.outcome, refused.params["file"]) == ("refused", "cut.json")
     value = bytes(range(16))
     with pytest.raises(errors.UsageError, match="Component 1 does not match"):
-        dist.enter_component(team.ws, value.hex(), "000000", [], "alice", 16)
+        team.ws.distribution.enter_component(value.hex(), "000000", [], "alice", 16)
     typo = team.ws.audit.events(action="key.components", limit=1)[0]
     assert (typo.params["custodian"], typo.params["component"]) == ("alice", 1)
     trail = json.dumps([e.params for e in team.ws.audit.events(limit=20)])
@@ -282,15 +282,14 @@ def test_refusals_before_the_gate_are_audited_without_values(team: Team, tmp_pat
 
 
 def test_no_component_or_clear_key_value_is_left_in_the_database_files(team: Team) -> None:
-    prepared = dist.prepare_components(
-        team.ws,
+    prepared = team.ws.distribution.prepare_components(
         label="zmk-scan",
         algorithm="AES-256",
         purpose="wrap",
         custodians=["alice", "bob", "carol"],
     )
-    _, shares = dist.run_components(team.ws, prepared, team.codes("alice", "bob"))
-    whole = dist._xor([s.value for s in shares])
+    _, shares = team.ws.distribution.run_components(prepared, team.codes("alice", "bob"))
+    whole = components.xor([s.value for s in shares])
     path = team.ws.store.path
     data = b"".join(
         p.read_bytes()

@@ -14,8 +14,7 @@ from pkcs11 import ObjectClass
 
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
-from kmtui.core.keys import distribution as dist
-from kmtui.core.keys import reconcile
+from kmtui.core.keys import components, keyfiles, reconcile
 from kmtui.core.models import Key
 from tests.conftest import SoftHsm, Team
 from tests.unit.test_distribution import exportable
@@ -35,10 +34,10 @@ def pem_of(public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, path: Path) -> 
 def import_public(
     team: Team, path: Path, label: str, *, trusted: bool = False, so_pin: str = ""
 ) -> Key:
-    recipient = dist.read_recipient_pem(path)
-    prepared = dist.prepare_import_public(team.ws, recipient, label=label, trusted=trusted)
-    return dist.run_import_public(
-        team.ws, prepared, recipient, team.codes("alice", "bob"), officer_pin=so_pin
+    recipient = keyfiles.read_recipient_pem(path)
+    prepared = team.ws.distribution.prepare_import_public(recipient, label=label, trusted=trusted)
+    return team.ws.distribution.run_import_public(
+        prepared, recipient, team.codes("alice", "bob"), officer_pin=so_pin
     )
 
 
@@ -60,7 +59,9 @@ def test_a_trusted_recipient_is_imported_by_the_security_officer(
     team: Team, trusted_recipient: Key, recipient_private: rsa.RSAPrivateKey, tmp_path: Path
 ) -> None:
     version = trusted_recipient.versions[0]
-    expected = dist.read_recipient_pem(pem_of(recipient_private.public_key(), tmp_path / "p.pem"))
+    expected = keyfiles.read_recipient_pem(
+        pem_of(recipient_private.public_key(), tmp_path / "p.pem")
+    )
     assert version.fingerprint == expected.fingerprint and version.kcv == ""
     assert trusted_recipient.algorithm == "RSA-2048" and trusted_recipient.purpose == "wrap"
     assert trusted_recipient.tags == ["recipient", "trusted"]
@@ -82,8 +83,8 @@ def test_an_untrusted_recipient_is_imported_by_the_user_session(team: Team, tmp_
     attrs = team.ws.hsm.attributes(key.versions[0].cka_id, ObjectClass.PUBLIC_KEY)
     assert attrs["TRUSTED"] is False and attrs["WRAP"] is True
     with pytest.raises(errors.UsageError, match="already registered"):
-        dist.prepare_import_public(
-            team.ws, dist.read_recipient_pem(tmp_path / "r.pem"), label="again"
+        team.ws.distribution.prepare_import_public(
+            keyfiles.read_recipient_pem(tmp_path / "r.pem"), label="again"
         )
 
 
@@ -91,14 +92,14 @@ def test_a_trusted_import_needs_the_so_pin_and_a_wrong_one_creates_nothing(
     team: Team, tmp_path: Path
 ) -> None:
     public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    recipient = dist.read_recipient_pem(pem_of(public, tmp_path / "r.pem"))
+    recipient = keyfiles.read_recipient_pem(pem_of(public, tmp_path / "r.pem"))
     before = team.ws.store.count_keys()
-    prepared = dist.prepare_import_public(team.ws, recipient, label="needs-so", trusted=True)
+    prepared = team.ws.distribution.prepare_import_public(recipient, label="needs-so", trusted=True)
     with pytest.raises(errors.UsageError, match="security officer"):
-        dist.run_import_public(team.ws, prepared, recipient, team.codes("alice", "bob"))
+        team.ws.distribution.run_import_public(prepared, recipient, team.codes("alice", "bob"))
     with pytest.raises(errors.HsmError):
-        dist.run_import_public(
-            team.ws, prepared, recipient, team.codes("alice", "bob"), officer_pin="wrong-pin"
+        team.ws.distribution.run_import_public(
+            prepared, recipient, team.codes("alice", "bob"), officer_pin="wrong-pin"
         )
     assert team.ws.store.count_keys() == before
     assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
@@ -138,7 +139,7 @@ def test_bad_recipient_keys_are_refused_and_nothing_is_registered(
         )
     before = team.ws.store.count_keys()
     with pytest.raises(errors.UsageError, match=message):
-        dist.load_recipient(team.ws, path)
+        team.ws.distribution.load_recipient(path)
     assert team.ws.store.count_keys() == before
     refused = team.ws.audit.events(action="key.import", limit=1, newest_first=True)[0]
     assert refused.outcome == "refused" and refused.params["recipient_pem"] == path.name
@@ -154,23 +155,25 @@ def test_export_to_a_trusted_recipient_really_holds_the_key(
     key = exportable(team, "dek-for-partner")
     kcv = key.versions[0].kcv
     assert len(kcv) == 6
-    prepared = dist.prepare_export(team.ws, key.id, trusted_recipient.id)
+    prepared = team.ws.distribution.prepare_export(key.id, trusted_recipient.id)
     assert "RSA-OAEP" in prepared.summary
-    result = dist.run_export(team.ws, prepared, team.codes("alice", "carol"), tmp_path / "k.json")
+    result = team.ws.distribution.run_export(
+        prepared, team.codes("alice", "carol"), tmp_path / "k.json"
+    )
     document = json.loads((tmp_path / "k.json").read_text())
     manifest = document["manifest"]
     assert manifest["mechanism"] == "rsa-oaep-sha1"
     assert manifest["wrapping_key_fingerprint"] == trusted_recipient.versions[0].fingerprint
     assert "wrapping_key_kcv" not in manifest and manifest["kcv"] == kcv
     blob = base64.b64decode(document["wrapped"])
-    assert len(blob) == 256 and result["blob_sha256"]
+    assert len(blob) == 256 and result.facts["blob_sha256"]
     # What the recipient's HSM would do: OAEP-decrypt with the private key, then check the KCV.
     value = recipient_private.decrypt(blob, OAEP_SHA1)
-    assert len(value) == 32 and dist.kcv_of(value) == kcv
+    assert len(value) == 32 and components.kcv_of(value) == kcv
     assert key.id in {k for k, _ in team.ws.store.dependents(trusted_recipient.id)}
     # Such a file is the recipient's to open, not this workstation's.
     with pytest.raises(errors.UsageError, match="meant for that recipient's private key"):
-        dist.read_wrapped(tmp_path / "k.json")
+        keyfiles.read_wrapped(tmp_path / "k.json")
 
 
 def test_an_untrusted_recipient_cannot_wrap_an_exportable_key(team: Team, tmp_path: Path) -> None:
@@ -178,13 +181,13 @@ def test_an_untrusted_recipient_cannot_wrap_an_exportable_key(team: Team, tmp_pa
     untrusted = import_public(team, pem_of(public, tmp_path / "u.pem"), "untrusted-partner")
     key = exportable(team, "dek-stays")
     with pytest.raises(errors.PolicyRefused, match="not a trusted recipient key"):
-        dist.prepare_export(team.ws, key.id, untrusted.id)
+        team.ws.distribution.prepare_export(key.id, untrusted.id)
     # The token says the same when asked directly: WRAP_WITH_TRUSTED needs CKA_TRUSTED.
     with pytest.raises(errors.PolicyRefused, match="refused to wrap"):
         team.ws.hsm.wrap(
             key.versions[0].cka_id,
             untrusted.versions[0].cka_id,
-            *dist.WRAP_MECHANISMS["rsa-oaep-sha1"],
+            *keyfiles.WRAP_MECHANISMS["rsa-oaep-sha1"],
         )
     assert not list((tmp_path).glob("*.json"))
 
@@ -194,13 +197,14 @@ def test_reconcile_is_clean_for_recipient_keys_and_sees_a_missing_one(
 ) -> None:
     public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     import_public(team, pem_of(public, tmp_path / "u.pem"), "plain-partner")
-    report = reconcile.run(team.ws)
+    report = team.ws.reconciler.run()
     mine = [f for f in report.findings if f.key_id == trusted_recipient.id]
     assert mine == []
     assert report.matched >= 2
-    checks = team.ws.run(team.ws.prepare(OpKind.KEY_SELFCHECK, trusted_recipient.id))["checks"]
+    prepared = team.ws.prepare(OpKind.KEY_SELFCHECK, trusted_recipient.id)
+    checks = team.ws.run(prepared).facts["checks"]
     assert checks["registry-match"] == "pass" and checks["wrap-only"] == "pass"
     team.ws.hsm.destroy(trusted_recipient.versions[0].cka_id)
-    report = reconcile.run(team.ws)
+    report = team.ws.reconciler.run()
     kinds = {f.kind for f in report.findings if f.key_id == trusted_recipient.id}
     assert kinds == {reconcile.FindingKind.MISSING}

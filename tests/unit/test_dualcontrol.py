@@ -17,20 +17,14 @@ import segno
 
 from kmtui.core import errors
 from kmtui.core.audit.export import write as write_export
-from kmtui.core.audit.log import AuditLog
-from kmtui.core.control import dualcontrol
-from kmtui.core.control.dualcontrol import (
-    ApprovalUnusable,
-    ApproversLocked,
-    ApproversRefused,
-    DualControl,
-    SeedInUse,
-    current_code,
-)
+from kmtui.core.control import totp
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requirement
+from kmtui.core.control.totp import current_code
+from kmtui.core.errors import ApprovalUnusable, ApproversLocked, ApproversRefused, SeedInUse
 from kmtui.core.models import OperatorState
 from kmtui.core.registry.store import Store
 from kmtui.core.token.hsm import Hsm
+from kmtui.service import Workstation
 
 STEP = 30
 T0 = 56_666_667 * STEP + 10.0  # ten seconds into a time step
@@ -59,22 +53,27 @@ class Bench:
     hsm: Hsm
     clock: Clock
     store: Store
-    dc: DualControl
+    dc: Workstation
     seeds: dict[str, str] = field(default_factory=dict)
     opened: list[Store] = field(default_factory=list)
 
-    def reopen(self) -> tuple[Store, DualControl]:
-        """A new Store and DualControl on the same file; the old ones are left as they were."""
+    def reopen(self) -> tuple[Store, Workstation]:
+        """A new Store and workstation on the same file; the old ones are left as they were."""
         store = Store.open(self.path)
         self.opened.append(store)
-        return store, DualControl(store, self.hsm, AuditLog(store), clock=self.clock)
+        return store, Workstation.assemble(self.hsm, store, clock=self.clock)
 
     def enroll(self, name: str, role: str = "custodian") -> str:
-        enrollment = self.dc.begin_enrollment(name, role)
+        enrollment = self.dc.operators.begin_enrollment(name, role)
         seed = pyotp.parse_uri(enrollment.otpauth_uri).secret
-        self.dc.confirm_enrollment(name, current_code(seed, self.clock.now))
+        self.dc.operators.confirm_enrollment(name, current_code(seed, self.clock.now))
         self.seeds[name] = seed
         return seed
+
+    def approve(
+        self, operation: Operation, inputs: list[ApprovalInput], requirement: Requirement
+    ) -> list[int]:
+        return self.dc.gate.approvals.approve(operation, inputs, requirement)
 
     def code(self, name: str, steps: int = 0) -> str:
         return current_code(self.seeds[name], self.clock.now + steps * STEP)
@@ -107,12 +106,12 @@ class Bench:
         return int(self.store.rows("SELECT count(*) AS n FROM approvals")[0]["n"])
 
     def consume(
-        self, ids: list[int], operation: Operation, on: tuple[Store, DualControl] | None = None
+        self, ids: list[int], operation: Operation, on: tuple[Store, Workstation] | None = None
     ) -> None:
         """As the gate does: inside the transaction that runs the operation."""
         store, dc = on or (self.store, self.dc)
         with store.transaction():
-            dc.consume(ids, operation)
+            dc.gate.approvals.consume(ids, operation)
 
 
 @pytest.fixture
@@ -120,7 +119,7 @@ def bench(hsm: Hsm, tmp_path: Path) -> Iterator[Bench]:
     path = tmp_path / "kmtui.db"
     store = Store.open(path)
     clock = Clock(T0)
-    b = Bench(path, hsm, clock, store, DualControl(store, hsm, AuditLog(store), clock=clock))
+    b = Bench(path, hsm, clock, store, Workstation.assemble(hsm, store, clock=clock))
     yield b
     for s in [store, *b.opened]:
         s.close()
@@ -166,7 +165,7 @@ def test_code_window_accepts_one_step_either_side_and_refuses_two(
     code = bench.code("alice", offset)
 
     def approve() -> list[int]:
-        return bench.dc.approve(op(), [ApprovalInput("alice", code)], ONE)
+        return bench.approve(op(), [ApprovalInput("alice", code)], ONE)
 
     if accepted:
         assert len(approve()) == 1
@@ -181,25 +180,25 @@ def test_code_window_accepts_one_step_either_side_and_refuses_two(
 
 def test_a_code_replayed_for_the_same_operation_is_refused_as_replayed(team: Bench) -> None:
     operation, inputs = op(), team.inputs("alice", "bob")
-    team.dc.approve(operation, inputs, TWO)
-    error = refusals_of(lambda: team.dc.approve(operation, inputs, TWO))
+    team.approve(operation, inputs, TWO)
+    error = refusals_of(lambda: team.approve(operation, inputs, TWO))
     assert error.refusals == (("alice", "replayed"), ("bob", "replayed"))
     assert team.approvals() == 2
 
 
 def test_a_code_replayed_for_a_different_operation_is_refused_as_replayed(team: Bench) -> None:
     inputs = team.inputs("alice", "bob")
-    team.dc.approve(op(), inputs, TWO)
-    error = refusals_of(lambda: team.dc.approve(op(OpKind.KEY_EXPORT), inputs, TWO))
+    team.approve(op(), inputs, TWO)
+    error = refusals_of(lambda: team.approve(op(OpKind.KEY_EXPORT), inputs, TWO))
     assert error.refusals == (("alice", "replayed"), ("bob", "replayed"))
     assert team.approvals() == 2
 
 
 def test_a_code_accepted_one_step_ahead_cannot_be_replayed_a_step_later(team: Bench) -> None:
     ahead = team.code("alice", 1)
-    team.dc.approve(op(), [ApprovalInput("alice", ahead)], ONE)
+    team.approve(op(), [ApprovalInput("alice", ahead)], ONE)
     team.clock.next_step()  # the same code is now the current step's code
-    error = refusals_of(lambda: team.dc.approve(op(), [ApprovalInput("alice", ahead)], ONE))
+    error = refusals_of(lambda: team.approve(op(), [ApprovalInput("alice", ahead)], ONE))
     assert error.refusals == (("alice", "replayed"),)
 
 
@@ -214,27 +213,27 @@ def test_the_same_operator_twice_in_one_approval_is_refused_and_spends_no_code(
         ApprovalInput("alice", team.code("alice")),
         ApprovalInput("alice", team.code("alice")),
     ]
-    error = refusals_of(lambda: team.dc.approve(op(), inputs, TWO))
+    error = refusals_of(lambda: team.approve(op(), inputs, TWO))
     assert error.refusals == (("alice", "duplicate"),)
     assert team.operator("alice")["last_step"] == before
     assert team.approvals() == 0
-    assert team.dc.approve(op(), team.inputs("alice", "bob"), TWO)  # the code was not spent
+    assert team.approve(op(), team.inputs("alice", "bob"), TWO)  # the code was not spent
 
 
 def test_two_names_sharing_a_seed_are_refused_at_enrolment(
     bench: Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dualcontrol, "_new_seed", lambda: b"\x42" * 20)
+    monkeypatch.setattr(totp, "new_seed", lambda: b"\x42" * 20)
     bench.enroll("alice")
     with pytest.raises(SeedInUse) as info:
-        bench.dc.begin_enrollment("alias", "officer")
+        bench.dc.operators.begin_enrollment("alias", "officer")
     assert "another operator" in str(info.value)
-    assert [o.name for o in bench.dc.operators()] == ["alice"]
+    assert [o.name for o in bench.dc.operators.all()] == ["alice"]
 
 
 def test_an_excluded_operator_is_refused(team: Bench) -> None:
     requirement = Requirement(exclude=frozenset({"alice"}))
-    error = refusals_of(lambda: team.dc.approve(op(), team.inputs("alice", "bob"), requirement))
+    error = refusals_of(lambda: team.approve(op(), team.inputs("alice", "bob"), requirement))
     assert error.refusals == (("alice", "excluded"),)
     assert team.approvals() == 0
 
@@ -250,30 +249,30 @@ def test_an_operator_whose_role_may_not_approve_is_refused(
     team: Bench, names: tuple[str, str], roles: frozenset[str], refused: str
 ) -> None:
     requirement = Requirement(roles=roles)
-    error = refusals_of(lambda: team.dc.approve(op(), team.inputs(*names), requirement))
+    error = refusals_of(lambda: team.approve(op(), team.inputs(*names), requirement))
     assert error.refusals == ((refused, "role"),)
     assert team.approvals() == 0
 
 
 def test_unknown_and_pending_and_revoked_operators_are_refused(team: Bench) -> None:
-    team.dc.begin_enrollment("erin", "custodian")
-    team.dc.set_state("carol", OperatorState.REVOKED)
+    team.dc.operators.begin_enrollment("erin", "custodian")
+    team.dc.operators.set_state("carol", OperatorState.REVOKED)
     inputs = [ApprovalInput(n, "123456") for n in ("zed", "erin", "carol")]
-    error = refusals_of(lambda: team.dc.approve(op(), inputs, Requirement(quorum=3)))
+    error = refusals_of(lambda: team.approve(op(), inputs, Requirement(quorum=3)))
     assert error.refusals == (("zed", "unknown"), ("erin", "inactive"), ("carol", "inactive"))
 
 
 def test_fewer_approvers_than_the_quorum_is_refused_and_spends_no_code(team: Bench) -> None:
     before = team.operator("alice")["last_step"]
     with pytest.raises(errors.ApprovalRefused, match="needs 2 approvals"):
-        team.dc.approve(op(), team.inputs("alice"), TWO)
+        team.approve(op(), team.inputs("alice"), TWO)
     assert team.operator("alice")["last_step"] == before
     assert team.audit("approval.refused")[-1]["params"]["reason"] == "quorum"
 
 
 def test_quorum_zero_approves_nothing_and_checks_nothing(team: Bench) -> None:
     events = len(team.audit("approval.refused"))
-    assert team.dc.approve(op(), [ApprovalInput("nobody", "x")], Requirement(quorum=0)) == []
+    assert team.approve(op(), [ApprovalInput("nobody", "x")], Requirement(quorum=0)) == []
     assert len(team.audit("approval.refused")) == events
 
 
@@ -286,7 +285,7 @@ def test_every_code_is_checked_and_each_failed_approver_is_named_without_codes(
         ApprovalInput("bob", "12345"),
         ApprovalInput("carol", good),
     ]
-    error = refusals_of(lambda: team.dc.approve(op(), inputs, Requirement(quorum=3)))
+    error = refusals_of(lambda: team.approve(op(), inputs, Requirement(quorum=3)))
     assert error.refusals == (("alice", "wrong"), ("bob", "malformed"))
     assert "alice" in str(error) and "bob" in str(error)
     assert wrong not in str(error) and good not in str(error) and "12345" not in str(error)
@@ -319,12 +318,12 @@ def test_a_code_not_exactly_six_ascii_digits_is_refused_as_malformed(
 ) -> None:
     code = team.code("alice")
     bad = MALFORMED[form](code)
-    error = refusals_of(lambda: team.dc.approve(op(), [ApprovalInput("alice", bad)], ONE))
+    error = refusals_of(lambda: team.approve(op(), [ApprovalInput("alice", bad)], ONE))
     assert error.refusals == (("alice", "malformed"),)
     assert len(str(error)) < 500 and (not bad.strip() or bad not in str(error))
     assert team.operator("alice")["failures"] == 1
     assert team.refused()[-1] == ("alice", "malformed")
-    assert team.dc.approve(op(), [ApprovalInput("alice", code)], ONE)  # the digits were valid
+    assert team.approve(op(), [ApprovalInput("alice", code)], ONE)  # the digits were valid
 
 
 def test_pyotp_alone_would_accept_full_width_digits(team: Bench) -> None:
@@ -337,7 +336,7 @@ def test_pyotp_alone_would_accept_full_width_digits(team: Bench) -> None:
 
 def test_a_code_that_is_not_a_string_is_refused_as_malformed(team: Bench) -> None:
     code: Any = int(team.code("alice"))
-    error = refusals_of(lambda: team.dc.approve(op(), [ApprovalInput("alice", code)], ONE))
+    error = refusals_of(lambda: team.approve(op(), [ApprovalInput("alice", code)], ONE))
     assert error.refusals == (("alice", "malformed"),)
 
 
@@ -348,7 +347,7 @@ def test_five_consecutive_failures_lock_the_operator_and_the_lock_survives_a_reo
     team: Bench,
 ) -> None:
     def attempt() -> list[int]:
-        return team.dc.approve(op(), [ApprovalInput("alice", team.wrong("alice"))], ONE)
+        return team.approve(op(), [ApprovalInput("alice", team.wrong("alice"))], ONE)
 
     for n in range(1, 5):
         assert refusals_of(attempt).refusals == (("alice", "wrong"),)
@@ -365,25 +364,25 @@ def test_five_consecutive_failures_lock_the_operator_and_the_lock_survives_a_reo
         "failures": 5,
     }
     good = [ApprovalInput("alice", team.code("alice"))]
-    assert refusals_of(lambda: team.dc.approve(op(), good, ONE), ApproversLocked).refusals == (
+    assert refusals_of(lambda: team.approve(op(), good, ONE), ApproversLocked).refusals == (
         ("alice", "locked"),
     )
     team.store.close()
     _, reopened = team.reopen()
-    assert reopened.get("alice").state is OperatorState.LOCKED
-    assert refusals_of(lambda: reopened.approve(op(), good, ONE), ApproversLocked).refusals == (
-        ("alice", "locked"),
-    )
+    assert reopened.operators.get("alice").state is OperatorState.LOCKED
+    assert refusals_of(
+        lambda: reopened.gate.approvals.approve(op(), good, ONE), ApproversLocked
+    ).refusals == (("alice", "locked"),)
 
 
 def test_a_correct_code_resets_the_consecutive_failure_count(team: Bench) -> None:
     def fail() -> None:
         with pytest.raises(ApproversRefused):
-            team.dc.approve(op(), [ApprovalInput("alice", team.wrong("alice"))], ONE)
+            team.approve(op(), [ApprovalInput("alice", team.wrong("alice"))], ONE)
 
     for _ in range(4):
         fail()
-    team.dc.approve(op(), team.inputs("alice"), ONE)
+    team.approve(op(), team.inputs("alice"), ONE)
     assert team.operator("alice")["failures"] == 0
     team.clock.next_step()
     for _ in range(4):
@@ -394,11 +393,11 @@ def test_a_correct_code_resets_the_consecutive_failure_count(team: Bench) -> Non
 def test_unlock_resets_failures_and_codes_are_accepted_again(team: Bench) -> None:
     for _ in range(5):
         with pytest.raises(ApproversRefused):
-            team.dc.approve(op(), [ApprovalInput("alice", team.wrong("alice"))], ONE)
-    assert team.dc.get("alice").state is OperatorState.LOCKED
-    unlocked = team.dc.set_state("alice", OperatorState.ACTIVE)
+            team.approve(op(), [ApprovalInput("alice", team.wrong("alice"))], ONE)
+    assert team.dc.operators.get("alice").state is OperatorState.LOCKED
+    unlocked = team.dc.operators.set_state("alice", OperatorState.ACTIVE)
     assert (unlocked.state, unlocked.failures) == (OperatorState.ACTIVE, 0)
-    assert team.dc.approve(op(), team.inputs("alice"), ONE)
+    assert team.approve(op(), team.inputs("alice"), ONE)
 
 
 @pytest.mark.parametrize(
@@ -409,12 +408,12 @@ def test_set_state_never_activates_without_confirmation_nor_revives_a_revoked_op
     team: Bench, start: str, target: OperatorState | str
 ) -> None:
     if start == "pending":
-        team.dc.begin_enrollment("alice", "custodian")
+        team.dc.operators.begin_enrollment("alice", "custodian")
     elif start == "revoked":
-        team.dc.set_state("alice", OperatorState.REVOKED)
+        team.dc.operators.set_state("alice", OperatorState.REVOKED)
     with pytest.raises(errors.UsageError):
-        team.dc.set_state("alice", target)
-    assert team.dc.get("alice").state.value == start
+        team.dc.operators.set_state("alice", target)
+    assert team.dc.operators.get("alice").state.value == start
 
 
 # -- expiry and spending ------------------------------------------------------------------------
@@ -425,7 +424,7 @@ def test_an_approval_is_valid_at_its_expiry_second_and_refused_one_second_later(
     team: Bench, later: int, usable: bool
 ) -> None:
     operation = op()
-    ids = team.dc.approve(operation, team.inputs("alice", "bob"), TWO)
+    ids = team.approve(operation, team.inputs("alice", "bob"), TWO)
     team.clock.now += later
     if usable:
         team.consume(ids, operation)
@@ -441,7 +440,7 @@ def test_an_approval_consumed_twice_is_refused_the_second_time_also_after_a_reop
     team: Bench,
 ) -> None:
     operation = op()
-    ids = team.dc.approve(operation, team.inputs("alice", "bob"), TWO)
+    ids = team.approve(operation, team.inputs("alice", "bob"), TWO)
     team.consume(ids, operation)
     for where in ((team.store, team.dc), team.reopen()):
         with pytest.raises(ApprovalUnusable) as info:
@@ -451,7 +450,7 @@ def test_an_approval_consumed_twice_is_refused_the_second_time_also_after_a_reop
 
 def test_an_approval_cannot_be_consumed_for_a_different_operation(team: Bench) -> None:
     operation = op()
-    ids = team.dc.approve(operation, team.inputs("alice", "bob"), TWO)
+    ids = team.approve(operation, team.inputs("alice", "bob"), TWO)
     same_but_new_nonce = Operation(operation.kind, operation.key_id, operation.params)
     for other in (op(OpKind.KEY_EXPORT), same_but_new_nonce):
         with pytest.raises(ApprovalUnusable) as info:
@@ -462,8 +461,8 @@ def test_an_approval_cannot_be_consumed_for_a_different_operation(team: Bench) -
 
 def test_an_approval_from_an_operator_revoked_since_cannot_be_consumed(team: Bench) -> None:
     operation = op()
-    ids = team.dc.approve(operation, team.inputs("alice", "bob"), TWO)
-    team.dc.set_state("bob", OperatorState.REVOKED)
+    ids = team.approve(operation, team.inputs("alice", "bob"), TWO)
+    team.dc.operators.set_state("bob", OperatorState.REVOKED)
     with pytest.raises(ApprovalUnusable) as info:
         team.consume(ids, operation)
     assert info.value.reason == "inactive"
@@ -471,9 +470,9 @@ def test_an_approval_from_an_operator_revoked_since_cannot_be_consumed(team: Ben
 
 def test_approvals_from_one_operator_in_two_rounds_count_once(team: Bench) -> None:
     operation = op()
-    first = team.dc.approve(operation, team.inputs("alice", "bob"), TWO)
+    first = team.approve(operation, team.inputs("alice", "bob"), TWO)
     team.clock.next_step()
-    second = team.dc.approve(operation, team.inputs("alice", "carol"), TWO)
+    second = team.approve(operation, team.inputs("alice", "carol"), TWO)
     with pytest.raises(ApprovalUnusable) as info:
         team.consume([first[0], second[0]], operation)
     assert info.value.reason == "duplicate"
@@ -481,7 +480,7 @@ def test_approvals_from_one_operator_in_two_rounds_count_once(team: Bench) -> No
 
 def test_approve_refuses_to_run_inside_a_transaction(team: Bench) -> None:
     with team.store.transaction(), pytest.raises(RuntimeError, match="outside"):
-        team.dc.approve(op(), team.inputs("alice", "bob"), TWO)
+        team.approve(op(), team.inputs("alice", "bob"), TWO)
 
 
 # -- crash safety and secrecy -------------------------------------------------------------------
@@ -491,12 +490,15 @@ def test_a_crash_after_approve_leaves_the_step_committed_so_the_code_is_refused(
     team: Bench,
 ) -> None:
     inputs = team.inputs("alice", "bob")
-    team.dc.approve(op(), inputs, TWO)
+    team.approve(op(), inputs, TWO)
     step = int(team.clock.now // STEP)
     # The operation never ran: another process opens the file as it is on disk.
     _, after_crash = team.reopen()
-    assert after_crash.get("alice").last_step == step and after_crash.get("bob").last_step == step
-    error = refusals_of(lambda: after_crash.approve(op(), inputs, TWO))
+    assert (
+        after_crash.operators.get("alice").last_step == step
+        and after_crash.operators.get("bob").last_step == step
+    )
+    error = refusals_of(lambda: after_crash.gate.approvals.approve(op(), inputs, TWO))
     assert error.refusals == (("alice", "replayed"), ("bob", "replayed"))
 
 
@@ -512,15 +514,13 @@ def _derived_fields_blanked(text: str) -> str:
 def test_audit_rows_and_export_of_refusals_hold_no_code(team: Bench) -> None:
     wrong, good_alice, good_bob = team.wrong("alice"), team.code("alice"), team.code("bob")
     with pytest.raises(ApproversRefused):
-        team.dc.approve(op(), [ApprovalInput("alice", wrong), ApprovalInput("bob", good_bob)], TWO)
+        team.approve(op(), [ApprovalInput("alice", wrong), ApprovalInput("bob", good_bob)], TWO)
     with pytest.raises(ApproversRefused):  # bob's code was spent above: a replay
-        team.dc.approve(
+        team.approve(
             op(), [ApprovalInput("alice", good_alice), ApprovalInput("bob", good_bob)], TWO
         )
     with pytest.raises(ApproversRefused):
-        team.dc.approve(
-            op(), [ApprovalInput("carol", team.code("carol").translate(FULL_WIDTH))], ONE
-        )
+        team.approve(op(), [ApprovalInput("carol", team.code("carol").translate(FULL_WIDTH))], ONE)
     assert set(team.refused()) >= {("alice", "wrong"), ("bob", "replayed"), ("carol", "malformed")}
     table = _derived_fields_blanked(json.dumps(team.store.rows("SELECT * FROM audit_events")))
     export = io.StringIO()
@@ -540,12 +540,12 @@ def _database_bytes(path: Path) -> dict[str, bytes]:
 
 
 def test_the_database_files_hold_no_seed_raw_base32_or_hex(team: Bench) -> None:
-    pending = team.dc.begin_enrollment("erin", "officer")
+    pending = team.dc.operators.begin_enrollment("erin", "officer")
     team.seeds["erin"] = pyotp.parse_uri(pending.otpauth_uri).secret
-    team.dc.approve(op(), team.inputs("alice", "bob"), TWO)
+    team.approve(op(), team.inputs("alice", "bob"), TWO)
     seeds = [base64.b32decode(s) for s in team.seeds.values()]
     assert len(seeds) == 5
-    sealed = [bytes(o.sealed_seed) for o in team.dc.operators()]
+    sealed = [bytes(o.sealed_seed) for o in team.dc.operators.all()]
     forms = [
         form
         for seed in seeds
@@ -574,7 +574,7 @@ def test_a_tampered_sealed_seed_fails_closed_with_a_clear_refusal(team: Bench) -
     with team.store.transaction() as conn:
         conn.execute("UPDATE operators SET sealed_seed = ? WHERE name = 'alice'", (bytes(blob),))
     before = team.operator("alice")
-    error = refusals_of(lambda: team.dc.approve(op(), team.inputs("alice", "bob"), TWO))
+    error = refusals_of(lambda: team.approve(op(), team.inputs("alice", "bob"), TWO))
     assert ("alice", "unsealable") in error.refusals
     assert "Re-enrol" in str(error)
     assert team.operator("alice")["failures"] == before["failures"]
@@ -588,7 +588,7 @@ def test_a_sealed_seed_copied_to_another_operator_does_not_unseal(team: Bench) -
             "(SELECT sealed_seed FROM operators WHERE name = 'alice') WHERE name = 'carol'"
         )
     inputs = [ApprovalInput("carol", team.code("alice"))]
-    error = refusals_of(lambda: team.dc.approve(op(), inputs, ONE))
+    error = refusals_of(lambda: team.approve(op(), inputs, ONE))
     assert error.refusals == (("carol", "unsealable"),)
 
 
@@ -596,7 +596,7 @@ def test_a_sealed_seed_copied_to_another_operator_does_not_unseal(team: Bench) -
 
 
 def test_enrollment_repr_and_str_hide_the_uri_and_the_qr_code(bench: Bench) -> None:
-    enrollment = bench.dc.begin_enrollment("alice", "custodian")
+    enrollment = bench.dc.operators.begin_enrollment("alice", "custodian")
     secret = pyotp.parse_uri(enrollment.otpauth_uri).secret
     for text in (repr(enrollment), str(enrollment), f"{enrollment}"):
         assert "alice" in text
@@ -606,7 +606,7 @@ def test_enrollment_repr_and_str_hide_the_uri_and_the_qr_code(bench: Bench) -> N
 
 
 def test_enrollment_uri_is_standard_totp_and_its_qr_text_encodes_it(bench: Bench) -> None:
-    enrollment = bench.dc.begin_enrollment("alice", "custodian")
+    enrollment = bench.dc.operators.begin_enrollment("alice", "custodian")
     totp = pyotp.parse_uri(enrollment.otpauth_uri)
     assert isinstance(totp, pyotp.TOTP)
     assert (totp.issuer, totp.name, totp.digits, totp.interval) == ("kmtui", "alice", 6, 30)
@@ -642,49 +642,55 @@ def test_enrollment_uri_is_standard_totp_and_its_qr_text_encodes_it(bench: Bench
 )
 def test_an_invalid_operator_name_is_refused_without_being_echoed(bench: Bench, name: str) -> None:
     with pytest.raises(errors.UsageError) as info:
-        bench.dc.begin_enrollment(name, "custodian")
+        bench.dc.operators.begin_enrollment(name, "custodian")
     assert "not a valid operator name" in str(info.value)
     assert not name or name not in str(info.value)
-    assert bench.dc.operators() == []
+    assert bench.dc.operators.all() == []
 
 
 @pytest.mark.parametrize("name", ["a", "alice.b-c_d", "A" * 32, "007x"])
 def test_a_valid_operator_name_is_accepted(bench: Bench, name: str) -> None:
-    bench.dc.begin_enrollment(name, "officer")
-    assert bench.dc.get(name).state is OperatorState.PENDING
+    bench.dc.operators.begin_enrollment(name, "officer")
+    assert bench.dc.operators.get(name).state is OperatorState.PENDING
 
 
 def test_a_name_differing_only_in_case_is_refused(bench: Bench) -> None:
-    bench.dc.begin_enrollment("alice", "custodian")
+    bench.dc.operators.begin_enrollment("alice", "custodian")
     with pytest.raises(errors.UsageError, match="differ only in case"):
-        bench.dc.begin_enrollment("Alice", "custodian")
+        bench.dc.operators.begin_enrollment("Alice", "custodian")
 
 
 def test_confirmation_needs_a_code_of_the_new_seed_and_makes_the_operator_active(
     bench: Bench,
 ) -> None:
-    enrollment = bench.dc.begin_enrollment("alice", "custodian")
+    enrollment = bench.dc.operators.begin_enrollment("alice", "custodian")
     seed = pyotp.parse_uri(enrollment.otpauth_uri).secret
     with pytest.raises(ApproversRefused):
-        bench.dc.confirm_enrollment("alice", current_code(pyotp.random_base32(), bench.clock.now))
-    assert bench.dc.get("alice").state is OperatorState.PENDING
-    confirmed = bench.dc.confirm_enrollment("alice", current_code(seed, bench.clock.now))
+        bench.dc.operators.confirm_enrollment(
+            "alice", current_code(pyotp.random_base32(), bench.clock.now)
+        )
+    assert bench.dc.operators.get("alice").state is OperatorState.PENDING
+    confirmed = bench.dc.operators.confirm_enrollment("alice", current_code(seed, bench.clock.now))
     assert (confirmed.state, confirmed.failures) == (OperatorState.ACTIVE, 0)
     assert confirmed.last_step == int(bench.clock.now // STEP)
     assert bench.audit("operator.confirmed")[-1]["params"]["operator"] == "alice"
 
 
 def test_a_pending_operator_out_of_attempts_must_enrol_again(bench: Bench) -> None:
-    first = pyotp.parse_uri(bench.dc.begin_enrollment("alice", "custodian").otpauth_uri).secret
+    first = pyotp.parse_uri(
+        bench.dc.operators.begin_enrollment("alice", "custodian").otpauth_uri
+    ).secret
     bench.seeds["alice"] = first
     for _ in range(5):
         with pytest.raises(ApproversRefused):
-            bench.dc.confirm_enrollment("alice", bench.wrong("alice"))
+            bench.dc.operators.confirm_enrollment("alice", bench.wrong("alice"))
     with pytest.raises(ApproversLocked, match="enrolment again"):
-        bench.dc.confirm_enrollment("alice", bench.code("alice"))
-    assert bench.dc.get("alice").state is OperatorState.PENDING
-    again = pyotp.parse_uri(bench.dc.begin_enrollment("alice", "custodian").otpauth_uri).secret
-    confirmed = bench.dc.confirm_enrollment("alice", current_code(again, bench.clock.now))
+        bench.dc.operators.confirm_enrollment("alice", bench.code("alice"))
+    assert bench.dc.operators.get("alice").state is OperatorState.PENDING
+    again = pyotp.parse_uri(
+        bench.dc.operators.begin_enrollment("alice", "custodian").otpauth_uri
+    ).secret
+    confirmed = bench.dc.operators.confirm_enrollment("alice", current_code(again, bench.clock.now))
     assert confirmed.state is OperatorState.ACTIVE
 
 
@@ -694,10 +700,10 @@ def test_re_enrolment_replaces_the_seed_and_old_codes_stop_working(team: Bench) 
     team.clock.next_step()
     assert team.seeds["alice"] != old
     old_code = current_code(old, team.clock.now)
-    error = refusals_of(lambda: team.dc.approve(op(), [ApprovalInput("alice", old_code)], ONE))
+    error = refusals_of(lambda: team.approve(op(), [ApprovalInput("alice", old_code)], ONE))
     assert error.refusals == (("alice", "wrong"),)
 
 
 def test_get_of_an_unknown_operator_says_how_to_list_them(bench: Bench) -> None:
     with pytest.raises(errors.UsageError, match="operators list"):
-        bench.dc.get("nobody")
+        bench.dc.operators.get("nobody")

@@ -29,14 +29,9 @@ from cryptography.x509.oid import NameOID
 
 from kmtui.core import errors
 from kmtui.core.audit import export
-from kmtui.core.audit.forward import (
-    ForwardCursorAhead,
-    Forwarder,
-    ForwardError,
-    cursor_key,
-    tls_context,
-)
+from kmtui.core.audit.forward import Forwarder, cursor_key, tls_context
 from kmtui.core.audit.log import AuditLog, canonical_json
+from kmtui.core.errors import ForwardCursorAhead, ForwardError
 from kmtui.core.registry.store import Store
 
 LOOPBACK = "127.0.0.1"

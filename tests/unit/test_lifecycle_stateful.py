@@ -105,8 +105,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert legal, f"{kind} from {expected.state} should have been refused"
         success, intent = self.ws.audit.events(key_id=key_id, action=str(kind), limit=2)
         assert (intent.outcome, success.outcome) == ("intent", "success")
-        assert success.params["intent"] == intent.seq == result["intent"]
-        assert result["audit_seq"] == success.seq
+        assert success.params["intent"] == intent.seq == result.intent
+        assert result.audit_seq == success.seq
         return result
 
     def legal(self, key_id: str, kind: OpKind) -> bool:
@@ -141,7 +141,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if result:
             m.versions[-1] = S.DEACTIVATED  # the default policy retires the previous version
             m.versions.append(S.ACTIVE)
-            assert result["version"] == len(m.versions)
+            assert result.facts["version"] == len(m.versions)
 
     @rule(key_id=keys)
     def suspend(self, key_id: str) -> None:
@@ -201,7 +201,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             m.state, m.before_destroy = target, None
             m.versions = [target] * len(m.versions)
             per_version = 1 if templates.ALGORITHMS[m.algorithm].symmetric else 2
-            assert result["objects_destroyed"] == live * per_version
+            assert result.facts["objects_destroyed"] == live * per_version
 
     @rule(key_id=keys)
     def self_check(self, key_id: str) -> None:
@@ -211,7 +211,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         result = self.attempt(key_id, OpKind.KEY_SELFCHECK, legal)
         if result:
             verdicts = {
-                k: v for k, v in result["checks"].items() if k not in ("kcv", "fingerprint")
+                k: v for k, v in result.facts["checks"].items() if k not in ("kcv", "fingerprint")
             }
             assert "registry-match" in verdicts and set(verdicts.values()) == {"pass"}
 
@@ -249,9 +249,9 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def reconcile_finds_nothing_and_every_intent_has_an_outcome(self) -> None:
-        assert reconcile.open_intents(self.ws) == []
+        assert self.ws.reconciler.open_intents() == []
         assert self.ws.store.open_intents_by_scan() == []  # the kept table agrees with a scan
-        report = reconcile.run(self.ws)
+        report = self.ws.reconciler.run()
         assert report.completed == []
         mine = [f.as_dict() for f in report.findings if self._mine(f)]
         assert mine == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 
 from kmtui.core import errors
 from kmtui.core.control.operations import ApprovalInput, OpKind
-from kmtui.core.keys import reconcile
+from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import KeyState, Policy, iso, utcnow
 from kmtui.core.registry.store import Store
@@ -151,7 +150,7 @@ def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouc
     assert key.state == KeyState.QUARANTINED
     intent = team.ws.audit.events(limit=1)[0]
     assert intent.action == "key.create" and intent.outcome == "intent"
-    report = reconcile.run(team.ws)
+    report = team.ws.reconciler.run()
     closing = team.ws.audit.events(action="key.create", key_id=key.id, limit=1)[0]
     assert closing.outcome == "failure" and closing.params["intent"] == intent.seq
     assert closing.params["error"] == "TemplateMismatch" and closing.params["quarantined"]
@@ -186,7 +185,7 @@ def test_rotation_makes_a_new_current_version_and_deactivates_the_old(team: Team
     key = create(team, "rotating")
     result = run(team, OpKind.KEY_ROTATE, key.id)
     rotated = team.ws.get_key(key.id)
-    assert rotated.current_version == 2 and result["version"] == 2
+    assert rotated.current_version == 2 and result.facts["version"] == 2
     v1, v2 = rotated.versions
     assert (v1.state, v2.state) == (KeyState.DEACTIVATED, KeyState.ACTIVE)
     assert v1.kcv != v2.kcv
@@ -223,7 +222,7 @@ def test_revoke_for_compromise_lists_keys_that_depend_on_it(team: Team) -> None:
     assert revoked.state == KeyState.COMPROMISED
     assert revoked.compromised_at == "2026-11-01T00:00:00.000000Z"
     assert revoked.revocation_reason == "key-compromise"
-    assert result["dependents"] == [{"key_id": dek.id, "relation": "wrapped-by"}]
+    assert result.facts["dependents"] == [{"key_id": dek.id, "relation": "wrapped-by"}]
 
 
 def test_revoke_superseded_deactivates(team: Team) -> None:
@@ -255,7 +254,7 @@ def test_destruction_waits_can_be_cancelled_and_leaves_a_tombstone(team: Team) -
     result = run(team, OpKind.KEY_DESTROY, key.id)
     tomb = team.ws.get_key(key.id)
     assert tomb.state == KeyState.DESTROYED
-    assert result["objects_destroyed"] == 1
+    assert result.facts["objects_destroyed"] == 1
     assert tomb.versions[0].kcv == key.versions[0].kcv  # the final KCV stays on record
     assert team.ws.hsm.find(key.versions[0].cka_id) is None
     with pytest.raises(errors.PolicyRefused):
@@ -269,7 +268,7 @@ def test_a_compromised_key_is_destroyed_as_destroyed_compromised(team: Team) -> 
     _expire_wait(team.ws, key.id)
     result = run(team, OpKind.KEY_DESTROY, key.id)
     assert team.ws.get_key(key.id).state == KeyState.DESTROYED_COMPROMISED
-    assert result["objects_destroyed"] == 2  # public and private key
+    assert result.facts["objects_destroyed"] == 2  # public and private key
 
 
 def test_an_operation_prepared_on_a_stale_state_is_refused(team: Team) -> None:
@@ -308,8 +307,10 @@ def test_self_checks_pass_and_count_as_use(team: Team, algorithm: str, purpose: 
     key = create(team, f"check-{algorithm}", algorithm, purpose=purpose)
     assert team.ws.last_use(key.id) is None
     result = run(team, OpKind.KEY_SELFCHECK, key.id)
-    assert all(v == "pass" for k, v in result["checks"].items() if k not in ("kcv", "fingerprint"))
-    assert result["checks"]["registry-match"] == "pass"
+    assert all(
+        v == "pass" for k, v in result.facts["checks"].items() if k not in ("kcv", "fingerprint")
+    )
+    assert result.facts["checks"]["registry-match"] == "pass"
     assert team.ws.last_use(key.id).action == "key.selfcheck"
 
 
@@ -331,15 +332,15 @@ def test_due_lists_keys_whose_rotation_is_overdue(team: Team) -> None:
         "UPDATE keys SET activated_at = ? WHERE id = ?", ("2020-01-01T00:00:00.000000Z", key.id)
     )
     due = team.ws.due(30)
-    assert [d["label"] for d in due] == ["ancient"]
-    assert due[0]["overdue"] is True and "rotation_due" in due[0]
+    assert [d.label for d in due] == ["ancient"]
+    assert due[0].overdue is True and "rotation_due" in due[0].dates
 
 
 def test_reconcile_is_clean_after_normal_operations(team: Team) -> None:
     create(team, "a")
     key = create(team, "b", "EC-P256")
     run(team, OpKind.KEY_ROTATE, key.id)
-    report = reconcile.run(team.ws)
+    report = team.ws.reconciler.run()
     mine = [f for f in report.findings if f.key_id]
     assert mine == [] and report.matched >= 3
     assert not any(f.label.startswith("kmtui-audit-head") for f in report.findings)
@@ -365,7 +366,7 @@ def test_reconcile_flags_missing_unknown_and_substituted_objects(team: Team) -> 
             )
 
     team.ws.hsm.call(substitute)
-    report = reconcile.run(team.ws)
+    report = team.ws.reconciler.run()
     kinds = {(f.kind, f.key_id) for f in report.findings}
     assert (FindingKind.MISSING, gone.id) in kinds
     assert (FindingKind.MISMATCH, swapped.id) in kinds or (FindingKind.DRIFT, swapped.id) in kinds
@@ -380,7 +381,7 @@ def test_reconcile_flags_missing_unknown_and_substituted_objects(team: Team) -> 
     missing = next(f for f in report.findings if f.kind == FindingKind.MISSING)
     prepared = team.ws.prepare_acknowledge(missing.ident, "lost in the 2026 token swap")
     team.ws.run(prepared, team.codes("alice", "bob"))
-    again = reconcile.run(team.ws)
+    again = team.ws.reconciler.run()
     assert missing.ident not in {f.ident for f in again.findings}
     assert missing.ident in {f.ident for f in again.acknowledged}
 
@@ -397,7 +398,7 @@ def test_bootstrap_enrolment_closes_after_the_first_two_and_never_reopens(team: 
         wrong = ApprovalInput("bob", f"{(int(bob.code) + 1) % 1_000_000:06d}")
         with pytest.raises(errors.ApprovalRefused):
             team.ws.create_key(label="x", algorithm="AES-128", approvals=[alice, wrong])
-    assert str(team.ws.dual.get("bob").state) == "locked"
+    assert str(team.ws.operators.get("bob").state) == "locked"
     assert not team.ws.bootstrap_open("mallory")
     # Unlocking needs two OTHER operators.
     unlock = team.ws.prepare_operator(OpKind.OPERATOR_UNLOCK, "bob")
@@ -406,7 +407,7 @@ def test_bootstrap_enrolment_closes_after_the_first_two_and_never_reopens(team: 
     team.ws.run_operator(
         team.ws.prepare_operator(OpKind.OPERATOR_UNLOCK, "bob"), team.codes("alice", "carol")
     )
-    assert str(team.ws.dual.get("bob").state) == "active"
+    assert str(team.ws.operators.get("bob").state) == "active"
 
 
 def test_the_idle_lock_is_the_shortest_of_configuration_and_policies(team: Team) -> None:
@@ -452,14 +453,14 @@ def test_a_token_chosen_by_serial_still_names_its_label_in_pkcs11_uris(
     try:
         by_serial.open()
         assert by_serial.found_label == softhsm_token.label
-        ws = replace(team.ws, hsm=by_serial)
+        queries = KeyQueries(team.ws.store, by_serial, team.ws.audit, team.ws.policies)
         key = team.ws.create_key(
             label="by-serial", algorithm="AES-256", approvals=team.codes("alice", "bob")
         )
         assert key.current is not None
-        link = ws.version_uri(key, key.current)
+        link = queries.version_uri(key, key.current)
         assert f"token={softhsm_token.label};" in link
-        assert ws.get_key(link).id == key.id
+        assert queries.get(link).id == key.id
     finally:
         by_serial.close()
 

@@ -42,20 +42,6 @@ DEFAULT_MAX_BACKOFF = 60.0
 _POLL = 0.002  # seconds between looks at the send queue while the last ACK is on its way
 
 
-class ForwardError(errors.KmtuiError):
-    """The collector did not confirm a batch; the cursor stayed where it was."""
-
-    def __init__(self, message: str, hint: str = "", *, cursor: int = 0) -> None:
-        super().__init__(message, hint)
-        self.cursor = cursor
-        self.forwarded = 0
-        """Events confirmed by the same send_pending call before it failed."""
-
-
-class ForwardCursorAhead(errors.KmtuiError):
-    """The collector was sent events this trail no longer holds: retrying cannot help."""
-
-
 def cursor_key(host: str, port: int) -> str:
     return f"{CURSOR_PREFIX}:{host.lower()}:{port}"
 
@@ -150,7 +136,7 @@ class Forwarder:
         cursor = self.cursor()
         head = int(self._store.rows("SELECT max(seq) AS seq FROM audit_events")[0]["seq"] or 0)
         if cursor > head:
-            raise ForwardCursorAhead(
+            raise errors.ForwardCursorAhead(
                 f"The collector at {self.where} already received events up to {cursor}, but "
                 f"this audit trail ends at event {head}.",
                 "The database was replaced by an older copy or cut short: run `kmtui audit "
@@ -163,7 +149,7 @@ class Forwarder:
                 return confirmed
             try:
                 self._deliver(payload, cursor)
-            except ForwardError as exc:
+            except errors.ForwardError as exc:
                 exc.forwarded = confirmed
                 raise
             self._advance(last)
@@ -188,7 +174,7 @@ class Forwarder:
         *,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
         on_forwarded: Callable[[int, int], None] | None = None,
-        on_error: Callable[[ForwardError, float], None] | None = None,
+        on_error: Callable[[errors.ForwardError, float], None] | None = None,
     ) -> int:
         """Forward new events every `interval` seconds until `stop` is set; the total confirmed.
 
@@ -201,7 +187,7 @@ class Forwarder:
         while not stop.is_set():
             try:
                 sent = self.send_pending()
-            except ForwardError as exc:
+            except errors.ForwardError as exc:
                 sent, failures = exc.forwarded, failures + 1
                 delay = min(cap, interval * 2 ** min(failures - 1, 32))
                 if on_error is not None:
@@ -234,7 +220,7 @@ class Forwarder:
                     phase = "confirm"
                     self._confirm(sock, time.monotonic() + self.timeout)
         except ssl.SSLCertVerificationError as exc:
-            raise ForwardError(
+            raise errors.ForwardError(
                 f"TLS verification of the collector at {self.where} failed "
                 f"({clean(exc.verify_message or exc.reason)}).",
                 "Trust the CA that signed its certificate (--ca FILE) and connect by a name or "
@@ -242,7 +228,7 @@ class Forwarder:
                 cursor=cursor,
             ) from None
         except socket.gaierror as exc:
-            raise ForwardError(
+            raise errors.ForwardError(
                 f"Cannot resolve the collector's host name {clean(self.host)} ({clean(exc)}).",
                 f"Check the name and the DNS or /etc/hosts of this machine. {retry}",
                 cursor=cursor,
@@ -250,14 +236,14 @@ class Forwarder:
         except OSError as exc:  # refused, reset, timed out, TLS alerts
             reason = _reason(exc)
             if phase == "connect":
-                raise ForwardError(
+                raise errors.ForwardError(
                     f"The collector at {self.where} is unreachable ({reason}).",
                     "Check that it is running and accepts TCP connections on that port, and "
                     f"that no firewall is in the way. {retry}",
                     cursor=cursor,
                 ) from None
             if phase == "tls":
-                raise ForwardError(
+                raise errors.ForwardError(
                     f"The TLS handshake with the collector at {self.where} failed ({reason}).",
                     "Check that it speaks syslog over TLS on this port (RFC 5425, usually 6514) "
                     f"and accepts TLS 1.2 or later. {retry}",
@@ -265,9 +251,9 @@ class Forwarder:
                 ) from None
             raise self._dropped(phase, reason, retry, cursor) from None
 
-    def _dropped(self, phase: str, reason: str, retry: str, cursor: int) -> ForwardError:
+    def _dropped(self, phase: str, reason: str, retry: str, cursor: int) -> errors.ForwardError:
         when = "while the batch was being sent" if phase == "send" else "before confirming"
-        return ForwardError(
+        return errors.ForwardError(
             f"The collector at {self.where} dropped the connection {when} ({reason}).",
             f"Check the collector's own log (full disk, crash, restart). {retry}",
             cursor=cursor,

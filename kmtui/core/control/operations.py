@@ -1,4 +1,4 @@
-"""What gets approved: an operation, its canonical form and digest, and the approver interface.
+"""What gets approved: an operation, its canonical form and digest, and what policy demands.
 
 The digest is SHA-256 over the canonical JSON of every field that matters, including a nonce, so an
 approval given for one operation can never be spent on another (or on a repeat of the same one).
@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 
 class OpKind(StrEnum):
@@ -90,17 +90,3 @@ class Requirement:
     roles: frozenset[str] = frozenset({"custodian", "officer"})
     expiry_seconds: int = 300
     exclude: frozenset[str] = frozenset()  # operators who may not approve (e.g. the subject)
-
-
-class Approver(Protocol):
-    """Verifies approvals for a digest (dual control) and spends them exactly once."""
-
-    def approve(
-        self, operation: Operation, inputs: Sequence[ApprovalInput], requirement: Requirement
-    ) -> list[int]:
-        """Check each code; persist accepted steps; record and return approval ids."""
-        ...
-
-    def consume(self, approval_ids: Sequence[int], operation: Operation) -> None:
-        """Mark the approvals executed inside the caller's transaction; refuse spent or expired."""
-        ...

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pkcs11 import ObjectClass
 
 from kmtui.core import errors
-from kmtui.core.control.operations import OpKind
+from kmtui.core.audit.anchors import Anchors
+from kmtui.core.audit.log import AuditLog
+from kmtui.core.control.gate import Apply, Executed, Gate, Prepared
+from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
+from kmtui.core.control.policies import PolicyBook
+from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
+from kmtui.core.registry.store import Store
+from kmtui.core.safetext import clean
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import HEAD_LABEL, SEAL_KEY_ID, ObjectInfo
-
-if TYPE_CHECKING:
-    from kmtui.service import Workstation
+from kmtui.core.token.hsm import HEAD_LABEL, SEAL_KEY_ID, Hsm, ObjectInfo
 
 GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
 SYSTEM_PREFIX = b"kmtui:sys-"
@@ -95,40 +99,356 @@ class Report:
         }
 
 
-def open_intents(ws: Workstation) -> list[dict[str, Any]]:
-    """Intent events that no outcome refers to (the process stopped between the two).
+class Reconciler:
+    """Compares the token with the registry and settles interrupted operations."""
 
-    Read from the table the store keeps as events are appended, not from a scan of the trail.
-    """
-    return ws.store.open_intents()
+    def __init__(
+        self,
+        store: Store,
+        hsm: Hsm,
+        audit: AuditLog,
+        anchors: Anchors,
+        records: KeyRecords,
+        gate: Gate,
+        policies: PolicyBook,
+    ) -> None:
+        self._store = store
+        self._hsm = hsm
+        self._audit = audit
+        self._anchors = anchors
+        self._records = records
+        self._gate = gate
+        self._policies = policies
 
+    def open_intents(self) -> list[dict[str, Any]]:
+        """Intent events that no outcome refers to (the process stopped between the two).
 
-def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
-    """Finish or close interrupted operations, then compare token and registry."""
-    report = Report()
-    serial = ws.hsm.info().serial
-    objects = _by_id(ws.hsm.objects())
-    for intent in open_intents(ws):
-        _settle(ws, intent, objects, serial, report, actor)
-    objects = _by_id(ws.hsm.objects()) if report.completed else objects
-    _compare(ws, objects, serial, report)
-    acked = ws.store.acknowledged()
-    report.acknowledged = [f for f in report.findings if f.ident in acked]
-    report.findings = [f for f in report.findings if f.ident not in acked]
-    ws.audit.append(
-        "reconcile.run",
-        actor=actor,
-        outcome=Outcome.SUCCESS if report.clean else Outcome.FAILURE,
-        params={
-            "matched": report.matched,
-            "completed": len(report.completed),
-            "findings": [f.ident for f in report.findings][:200],  # the first 200 named
-            "finding_count": len(report.findings),
-            "acknowledged": len(report.acknowledged),
-        },
-    )
-    ws.anchors.sync()
-    return report
+        Read from the table the store keeps as events are appended, not from a scan of the trail.
+        """
+        return self._store.open_intents()
+
+    def prepare_acknowledge(self, finding: str, note: str) -> Prepared:
+        if not note.strip():
+            raise errors.UsageError("Say why the finding is acknowledged.", "Use --note TEXT.")
+        op = Operation(OpKind.RECONCILE_RESOLVE, "", {"finding": finding, "note": note})
+        summary = f"Acknowledge reconciliation finding {clean(finding, 80)}: {clean(note, 80)}"
+        quorum = self._policies.rules("default").requirement(op.kind).quorum
+        return Prepared(op, summary, None, quorum)
+
+    def run_acknowledge(
+        self, prepared: Prepared, approvals: Sequence[ApprovalInput], *, actor: str
+    ) -> Executed:
+        """Record a finding as acknowledged (with why), in the transaction of its outcome."""
+        p = prepared.operation.params
+
+        def work(facts: dict[str, Any]) -> Apply:
+            seq = int(facts["intent"])
+            return lambda: self._store.acknowledge(str(p["finding"]), str(p["note"]), seq)
+
+        rules = self._policies.rules("default")
+        return self._gate.execute(prepared, approvals, work, rules=rules, actor=actor)
+
+    def run(self, *, actor: str = "reconcile") -> Report:
+        """Finish or close interrupted operations, then compare token and registry."""
+        report = Report()
+        serial = self._hsm.info().serial
+        objects = _by_id(self._hsm.objects())
+        for intent in self._store.open_intents():
+            self._settle(intent, objects, serial, report, actor)
+        objects = _by_id(self._hsm.objects()) if report.completed else objects
+        self._compare(objects, serial, report)
+        acked = self._store.acknowledged()
+        report.acknowledged = [f for f in report.findings if f.ident in acked]
+        report.findings = [f for f in report.findings if f.ident not in acked]
+        self._audit.append(
+            "reconcile.run",
+            actor=actor,
+            outcome=Outcome.SUCCESS if report.clean else Outcome.FAILURE,
+            params={
+                "matched": report.matched,
+                "completed": len(report.completed),
+                "findings": [f.ident for f in report.findings][:200],  # the first 200 named
+                "finding_count": len(report.findings),
+                "acknowledged": len(report.acknowledged),
+            },
+        )
+        self._anchors.sync()
+        return report
+
+    def _settle(
+        self,
+        intent: dict[str, Any],
+        objects: dict[bytes, list[ObjectInfo]],
+        serial: str,
+        report: Report,
+        actor: str,
+    ) -> None:
+        """Finish an operation whose token step happened; close it as interrupted otherwise."""
+        action, key_id = str(intent["action"]), str(intent["key_id"])
+        params = json.loads(intent["params"])
+        key = self._store.get_key(key_id) if key_id else None
+        if (
+            action == OpKind.KEY_CREATE
+            and bytes.fromhex(params["cka_id"]) in objects
+            and key is None
+        ):
+            cka_id = bytes.fromhex(params["cka_id"])
+            check = self._observed(str(params["algorithm"]), cka_id)
+            symmetric = templates.ALGORITHMS[str(params["algorithm"])].symmetric
+            version = KeyVersion(
+                key_id,
+                1,
+                KeyState.ACTIVE,
+                cka_id,
+                serial,
+                iso(utcnow()),
+                kcv=check if symmetric else "",
+                fingerprint="" if symmetric else check,
+            )
+            created = self._records.created(key_id, params, version)
+            with self._store.transaction():
+                self._store.add_key(created)
+                self._close(intent, actor, Outcome.SUCCESS, recovered=True, version=1, check=check)
+            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+            return
+        if action == OpKind.KEY_CREATE and key is not None and key.state == KeyState.QUARANTINED:
+            # The token made the key, it read back wrong, and it was registered as quarantined
+            # (committed before the failure outcome, which the crash then lost).
+            self._close(
+                intent,
+                actor,
+                Outcome.FAILURE,
+                error="TemplateMismatch",
+                recovered=True,
+                quarantined=True,
+                message="the key was made with attributes other than asked; it stays quarantined",
+            )
+            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+            return
+        if action == OpKind.KEY_ROTATE and key is not None:
+            number = int(params["new_version"])
+            cka_id = templates.cka_id(key_id, number)
+            registered = any(v.version == number for v in key.versions)
+            if cka_id in objects and not registered:
+                check = self._observed(key.algorithm, cka_id)
+                apply, _ = self._records.rotation(key, number, check, serial)
+                with self._store.transaction():
+                    apply()
+                    self._close(
+                        intent,
+                        actor,
+                        Outcome.SUCCESS,
+                        recovered=True,
+                        version=number,
+                        check=check,
+                    )
+                report.completed.append(
+                    {"intent": intent["seq"], "action": action, "key_id": key_id}
+                )
+                return
+        if action == OpKind.KEY_DESTROY and key is not None and key.state not in GONE:
+            remaining = [v for v in key.versions if v.cka_id in objects]
+            if not remaining:
+                target = KeyState(str(params["to_state"]))
+                with self._store.transaction():
+                    self._records.destruction(key, target)()
+                    self._close(intent, actor, Outcome.SUCCESS, recovered=True, state=str(target))
+                report.completed.append(
+                    {"intent": intent["seq"], "action": action, "key_id": key_id}
+                )
+                return
+            if len(remaining) < len(key.versions):
+                self._close(
+                    intent,
+                    actor,
+                    Outcome.FAILURE,
+                    error="Interrupted",
+                    message=f"{len(remaining)} of {len(key.versions)} versions remain",
+                )
+                report.findings.append(
+                    Finding(
+                        FindingKind.UNFINISHED,
+                        remaining[0].cka_id.hex(),
+                        f"Destruction stopped half-way: {len(remaining)} version(s) remain; "
+                        "run the destroy again with fresh approvals.",
+                        key_id,
+                        remaining[0].version,
+                        key.label,
+                    )
+                )
+                return
+        self._close(
+            intent,
+            actor,
+            Outcome.FAILURE,
+            error="Interrupted",
+            message="the operation stopped before it changed anything; run it again",
+        )
+        report.findings.append(
+            Finding(
+                FindingKind.INTERRUPTED,
+                str(params.get("cka_id", "")),
+                f"{action} (audit event {intent['seq']}) stopped before changing anything; its "
+                "approvals are spent, so run it again with fresh ones.",
+                key_id,
+                0,
+                str(params.get("label", "")),
+            )
+        )
+
+    def _observed(self, algorithm: str, cka_id: bytes) -> str:
+        if templates.ALGORITHMS[algorithm].symmetric:
+            return self._hsm.kcv(cka_id)
+        return self._hsm.fingerprint(cka_id)
+
+    def _compare(self, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report) -> None:
+        # Only this token's objects: versions registered on other tokens are not read at all.
+        registered = {
+            version.cka_id: (key, version) for key, version in self._store.versions_on(serial)
+        }
+
+        for cka_id, (key, version) in registered.items():
+            if version.state in GONE or key.state in GONE:
+                if cka_id in objects:
+                    report.findings.append(
+                        Finding(
+                            FindingKind.UNKNOWN,
+                            cka_id.hex(),
+                            "The registry says this version was destroyed, yet it is on the token.",
+                            key.id,
+                            version.version,
+                            key.label,
+                        )
+                    )
+                continue
+            if cka_id not in objects:
+                report.findings.append(
+                    Finding(
+                        FindingKind.MISSING,
+                        cka_id.hex(),
+                        "The registry holds this version but the token has no such object.",
+                        key.id,
+                        version.version,
+                        key.label,
+                    )
+                )
+                continue
+            report.matched += 1
+            self._check_object(key, version, report)
+
+        for cka_id, group in objects.items():
+            if cka_id in registered or cka_id == SEAL_KEY_ID or cka_id.startswith(SYSTEM_PREFIX):
+                continue
+            # Objects without a CKA_ID are unrelated to each other: one finding each.
+            seen: dict[tuple[str, str], int] = {}
+            for objs in [group] if cka_id else [[o] for o in group]:
+                rank = seen.get((objs[0].object_class, objs[0].label), 0)
+                seen[(objs[0].object_class, objs[0].label)] = rank + 1
+                _unregistered(cka_id, objs, report, rank)
+
+    def _check_object(self, key: Key, version: KeyVersion, report: Report) -> None:
+        """Attributes still as created, and the same KCV or fingerprint as registered."""
+        spec = templates.ALGORITHMS.get(key.algorithm)
+        if spec is None:
+            return
+        if "recipient" in key.tags:  # a recipient's public key: no private half on this token
+            cls = ObjectClass.PUBLIC_KEY
+            wanted = templates.recipient_flags(trusted="trusted" in key.tags)
+        else:
+            template = templates.build(
+                key.algorithm,
+                key.purpose,
+                cka_id=version.cka_id,
+                label=key.label or "?",
+                exportable=key.exportable,
+                trusted="trusted" in key.tags,
+            )
+            cls = templates.object_class(key.algorithm, key.tags)
+            wanted = template.expected(cls)
+        try:
+            actual = self._hsm.attributes(version.cka_id, cls)
+            observed = self._observed(key.algorithm, version.cka_id)
+        except errors.ObjectGone:
+            report.findings.append(
+                Finding(
+                    FindingKind.MISSING,
+                    version.cka_id.hex(),
+                    "The object vanished during the check.",
+                    key.id,
+                    version.version,
+                    key.label,
+                )
+            )
+            return
+        except errors.HsmError as exc:
+            report.findings.append(
+                Finding(
+                    FindingKind.DRIFT,
+                    version.cka_id.hex(),
+                    f"Could not read the object: {exc.message}",
+                    key.id,
+                    version.version,
+                    key.label,
+                )
+            )
+            return
+        watched = (
+            "SENSITIVE",
+            "EXTRACTABLE",
+            "WRAP_WITH_TRUSTED",
+            "ENCRYPT",
+            "DECRYPT",
+            "WRAP",
+            "UNWRAP",
+            "SIGN",
+            "VERIFY",
+            "DERIVE",
+            "TRUSTED",
+            "ALWAYS_SENSITIVE",
+            "NEVER_EXTRACTABLE",
+        )
+        expected = {a.name: v for a, v in wanted.items()}
+        if {"imported", "components"} & set(key.tags):  # entered, not generated on this token
+            for name in ("ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE"):
+                expected.pop(name, None)
+        drift = [
+            f"{name} is {actual.get(name)!r}, expected {expected[name]!r}"
+            for name in watched
+            if name in expected and actual.get(name) != expected[name]
+        ]
+        if drift:
+            report.findings.append(
+                Finding(
+                    FindingKind.DRIFT,
+                    version.cka_id.hex(),
+                    "; ".join(drift),
+                    key.id,
+                    version.version,
+                    key.label,
+                )
+            )
+        registered = version.kcv or version.fingerprint
+        if registered and observed != registered:
+            report.findings.append(
+                Finding(
+                    FindingKind.MISMATCH,
+                    version.cka_id.hex(),
+                    f"The token's key has check value {observed[:23]}, the registry "
+                    f"{registered[:23]}: the key was substituted. Do not use it.",
+                    key.id,
+                    version.version,
+                    key.label,
+                )
+            )
+
+    def _close(self, intent: dict[str, Any], actor: str, outcome: Outcome, **params: Any) -> None:
+        self._audit.append(
+            str(intent["action"]),
+            actor=actor,
+            outcome=outcome,
+            key_id=str(intent["key_id"]),
+            params={"intent": intent["seq"], **params},
+        )
 
 
 def _by_id(objects: Iterable[ObjectInfo]) -> dict[bytes, list[ObjectInfo]]:
@@ -136,182 +456,6 @@ def _by_id(objects: Iterable[ObjectInfo]) -> dict[bytes, list[ObjectInfo]]:
     for obj in objects:
         grouped.setdefault(obj.cka_id, []).append(obj)
     return grouped
-
-
-def _close(
-    ws: Workstation, intent: dict[str, Any], actor: str, outcome: Outcome, **params: Any
-) -> None:
-    ws.audit.append(
-        str(intent["action"]),
-        actor=actor,
-        outcome=outcome,
-        key_id=str(intent["key_id"]),
-        params={"intent": intent["seq"], **params},
-    )
-
-
-def _settle(
-    ws: Workstation,
-    intent: dict[str, Any],
-    objects: dict[bytes, list[ObjectInfo]],
-    serial: str,
-    report: Report,
-    actor: str,
-) -> None:
-    """Finish an operation whose token step happened; close it as interrupted otherwise."""
-    action, key_id = str(intent["action"]), str(intent["key_id"])
-    params = json.loads(intent["params"])
-    key = ws.store.get_key(key_id) if key_id else None
-    if action == OpKind.KEY_CREATE and bytes.fromhex(params["cka_id"]) in objects and key is None:
-        cka_id = bytes.fromhex(params["cka_id"])
-        check = _observed(ws, str(params["algorithm"]), cka_id)
-        symmetric = templates.ALGORITHMS[str(params["algorithm"])].symmetric
-        version = KeyVersion(
-            key_id,
-            1,
-            KeyState.ACTIVE,
-            cka_id,
-            serial,
-            iso(utcnow()),
-            kcv=check if symmetric else "",
-            fingerprint="" if symmetric else check,
-        )
-        created = ws.created_key(key_id, params, version)
-        with ws.store.transaction():
-            ws.store.add_key(created)
-            _close(ws, intent, actor, Outcome.SUCCESS, recovered=True, version=1, check=check)
-        report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
-        return
-    if action == OpKind.KEY_CREATE and key is not None and key.state == KeyState.QUARANTINED:
-        # The token made the key, it read back wrong, and it was registered as quarantined
-        # (committed before the failure outcome, which the crash then lost).
-        _close(
-            ws,
-            intent,
-            actor,
-            Outcome.FAILURE,
-            error="TemplateMismatch",
-            recovered=True,
-            quarantined=True,
-            message="the key was made with attributes other than asked; it stays quarantined",
-        )
-        report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
-        return
-    if action == OpKind.KEY_ROTATE and key is not None:
-        number = int(params["new_version"])
-        cka_id = templates.cka_id(key_id, number)
-        registered = any(v.version == number for v in key.versions)
-        if cka_id in objects and not registered:
-            check = _observed(ws, key.algorithm, cka_id)
-            apply, _ = ws.rotation_writes(key, number, check, serial)
-            with ws.store.transaction():
-                apply()
-                _close(
-                    ws, intent, actor, Outcome.SUCCESS, recovered=True, version=number, check=check
-                )
-            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
-            return
-    if action == OpKind.KEY_DESTROY and key is not None and key.state not in GONE:
-        remaining = [v for v in key.versions if v.cka_id in objects]
-        if not remaining:
-            target = KeyState(str(params["to_state"]))
-            with ws.store.transaction():
-                ws.destroy_writes(key, target)()
-                _close(ws, intent, actor, Outcome.SUCCESS, recovered=True, state=str(target))
-            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
-            return
-        if len(remaining) < len(key.versions):
-            _close(
-                ws,
-                intent,
-                actor,
-                Outcome.FAILURE,
-                error="Interrupted",
-                message=f"{len(remaining)} of {len(key.versions)} versions remain",
-            )
-            report.findings.append(
-                Finding(
-                    FindingKind.UNFINISHED,
-                    remaining[0].cka_id.hex(),
-                    f"Destruction stopped half-way: {len(remaining)} version(s) remain; "
-                    "run the destroy again with fresh approvals.",
-                    key_id,
-                    remaining[0].version,
-                    key.label,
-                )
-            )
-            return
-    _close(
-        ws,
-        intent,
-        actor,
-        Outcome.FAILURE,
-        error="Interrupted",
-        message="the operation stopped before it changed anything; run it again",
-    )
-    report.findings.append(
-        Finding(
-            FindingKind.INTERRUPTED,
-            str(params.get("cka_id", "")),
-            f"{action} (audit event {intent['seq']}) stopped before changing anything; its "
-            "approvals are spent, so run it again with fresh ones.",
-            key_id,
-            0,
-            str(params.get("label", "")),
-        )
-    )
-
-
-def _observed(ws: Workstation, algorithm: str, cka_id: bytes) -> str:
-    if templates.ALGORITHMS[algorithm].symmetric:
-        return ws.hsm.kcv(cka_id)
-    return ws.hsm.fingerprint(cka_id)
-
-
-def _compare(
-    ws: Workstation, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report
-) -> None:
-    # Only this token's objects: versions registered on other tokens are not read at all.
-    registered = {version.cka_id: (key, version) for key, version in ws.store.versions_on(serial)}
-
-    for cka_id, (key, version) in registered.items():
-        if version.state in GONE or key.state in GONE:
-            if cka_id in objects:
-                report.findings.append(
-                    Finding(
-                        FindingKind.UNKNOWN,
-                        cka_id.hex(),
-                        "The registry says this version was destroyed, yet it is on the token.",
-                        key.id,
-                        version.version,
-                        key.label,
-                    )
-                )
-            continue
-        if cka_id not in objects:
-            report.findings.append(
-                Finding(
-                    FindingKind.MISSING,
-                    cka_id.hex(),
-                    "The registry holds this version but the token has no such object.",
-                    key.id,
-                    version.version,
-                    key.label,
-                )
-            )
-            continue
-        report.matched += 1
-        _check_object(ws, key, version, report)
-
-    for cka_id, group in objects.items():
-        if cka_id in registered or cka_id == SEAL_KEY_ID or cka_id.startswith(SYSTEM_PREFIX):
-            continue
-        # Objects without a CKA_ID are unrelated to each other: one finding each.
-        seen: dict[tuple[str, str], int] = {}
-        for objs in [group] if cka_id else [[o] for o in group]:
-            rank = seen.get((objs[0].object_class, objs[0].label), 0)
-            seen[(objs[0].object_class, objs[0].label)] = rank + 1
-            _unregistered(cka_id, objs, report, rank)
 
 
 def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report, rank: int) -> None:
@@ -338,101 +482,5 @@ def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report, rank: i
                 "Left untouched.",
                 label=label,
                 nth=rank,
-            )
-        )
-
-
-def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report) -> None:
-    """Attributes still as created, and the same KCV or fingerprint as registered."""
-    spec = templates.ALGORITHMS.get(key.algorithm)
-    if spec is None:
-        return
-    if "recipient" in key.tags:  # a recipient's public key: no private half on this token
-        cls = ObjectClass.PUBLIC_KEY
-        wanted = templates.recipient_flags(trusted="trusted" in key.tags)
-    else:
-        template = templates.build(
-            key.algorithm,
-            key.purpose,
-            cka_id=version.cka_id,
-            label=key.label or "?",
-            exportable=key.exportable,
-            trusted="trusted" in key.tags,
-        )
-        cls = templates.object_class(key.algorithm, key.tags)
-        wanted = template.expected(cls)
-    try:
-        actual = ws.hsm.attributes(version.cka_id, cls)
-        observed = _observed(ws, key.algorithm, version.cka_id)
-    except errors.ObjectGone:
-        report.findings.append(
-            Finding(
-                FindingKind.MISSING,
-                version.cka_id.hex(),
-                "The object vanished during the check.",
-                key.id,
-                version.version,
-                key.label,
-            )
-        )
-        return
-    except errors.HsmError as exc:
-        report.findings.append(
-            Finding(
-                FindingKind.DRIFT,
-                version.cka_id.hex(),
-                f"Could not read the object: {exc.message}",
-                key.id,
-                version.version,
-                key.label,
-            )
-        )
-        return
-    watched = (
-        "SENSITIVE",
-        "EXTRACTABLE",
-        "WRAP_WITH_TRUSTED",
-        "ENCRYPT",
-        "DECRYPT",
-        "WRAP",
-        "UNWRAP",
-        "SIGN",
-        "VERIFY",
-        "DERIVE",
-        "TRUSTED",
-        "ALWAYS_SENSITIVE",
-        "NEVER_EXTRACTABLE",
-    )
-    expected = {a.name: v for a, v in wanted.items()}
-    if {"imported", "components"} & set(key.tags):  # entered, not generated on this token
-        for name in ("ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE"):
-            expected.pop(name, None)
-    drift = [
-        f"{name} is {actual.get(name)!r}, expected {expected[name]!r}"
-        for name in watched
-        if name in expected and actual.get(name) != expected[name]
-    ]
-    if drift:
-        report.findings.append(
-            Finding(
-                FindingKind.DRIFT,
-                version.cka_id.hex(),
-                "; ".join(drift),
-                key.id,
-                version.version,
-                key.label,
-            )
-        )
-    registered = version.kcv or version.fingerprint
-    if registered and observed != registered:
-        report.findings.append(
-            Finding(
-                FindingKind.MISMATCH,
-                version.cka_id.hex(),
-                f"The token's key has check value {observed[:23]}, the registry {registered[:23]}: "
-                "the key was substituted. Do not use it.",
-                key.id,
-                version.version,
-                key.label,
             )
         )

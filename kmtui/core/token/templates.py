@@ -235,6 +235,18 @@ def build(
     return template
 
 
+def from_params(params: Mapping[str, Any]) -> KeyTemplate:
+    """The template an operation's parameters describe (what its approvers saw)."""
+    return build(
+        str(params["algorithm"]),
+        str(params["purpose"]),
+        cka_id=bytes.fromhex(str(params["cka_id"])),
+        label=str(params["label"]),
+        exportable=bool(params.get("exportable")),
+        trusted=bool(params.get("trusted")),
+    )
+
+
 MIN_RECIPIENT_BITS = 2048
 RECIPIENT_BITS = (2048, 3072, 4096)
 """RSA sizes kmtui registers as recipients' public keys (each has an RSA-<bits> entry above)."""

@@ -15,9 +15,8 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from kmtui.core.control.dualcontrol import ApproversRefused
 from kmtui.core.control.operations import ApprovalInput
-from kmtui.core.errors import KmtuiError
+from kmtui.core.errors import REFUSAL_REASONS, ApproversRefused, KmtuiError
 from kmtui.core.safetext import clean
 from kmtui.service import Prepared
 from kmtui.ui.text import labelled, plain
@@ -25,18 +24,6 @@ from kmtui.ui.widgets.secret_input import SecretInput
 
 Runner = Callable[[Sequence[ApprovalInput]], Any]
 CODE = re.compile(r"[0-9]{6}", re.ASCII)
-REASONS = {
-    "wrong": "wrong code",
-    "replayed": "code already used: wait for the next one",
-    "malformed": "not six digits",
-    "locked": "locked",
-    "inactive": "not an active operator",
-    "unknown": "no such operator",
-    "role": "role not allowed by the policy",
-    "excluded": "may not approve this (the subject)",
-    "duplicate": "named twice",
-    "unsealable": "seed unreadable: re-enrol",
-}
 
 
 class ApprovalScreen(ModalScreen[Any]):
@@ -192,7 +179,9 @@ class ApprovalScreen(ModalScreen[Any]):
             reason = refused.get(name.casefold())
             result = self.query_one(f"#result-{i}", Static)
             if reason is not None:
-                result.update(Text(f"✗ {REASONS.get(reason, clean(reason, 30))}", style="bold"))
+                result.update(
+                    Text(f"✗ {REFUSAL_REASONS.get(reason, clean(reason, 30))}", style="bold")
+                )
             elif message.refusals:
                 result.update(Text("✓ code accepted", style="dim"))
             else:

@@ -15,7 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from kmtui.core.errors import KmtuiError
-from kmtui.core.keys import distribution as dist
+from kmtui.core.keys import components
 from kmtui.core.models import Key
 from kmtui.service import Workstation
 from kmtui.ui.screens.forms import FormScreen
@@ -149,7 +149,7 @@ class RevealScreen(ModalScreen[None]):
         Binding("escape", "nothing", "", id="reveal.noescape", show=False)
     ]
 
-    def __init__(self, shares: list[dist.Component], key: Key) -> None:
+    def __init__(self, shares: list[components.Component], key: Key) -> None:
         super().__init__()
         self.shares = shares
         self.key = key
@@ -183,7 +183,7 @@ class RevealScreen(ModalScreen[None]):
             text.update(
                 plain(
                     f"Component {self.index + 1} of {len(self.shares)} for "
-                    f"{share.custodian}:\n\n  {dist.grouped(share.value)}\n\n  KCV "
+                    f"{share.custodian}:\n\n  {components.grouped(share.value)}\n\n  KCV "
                     f"{share.kcv}\n\nWrite it down, then hide it."
                 )
             )
@@ -207,7 +207,7 @@ class RevealScreen(ModalScreen[None]):
         """Escape does not skip a custodian: every component must be handed out."""
 
 
-class EnterComponentsScreen(ModalScreen[list[dist.Component] | None]):
+class EnterComponentsScreen(ModalScreen[list[components.Component] | None]):
     """Each custodian types their component and its KCV; a typo is caught at that component."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -218,8 +218,8 @@ class EnterComponentsScreen(ModalScreen[list[dist.Component] | None]):
         super().__init__()
         self.workstation = workstation
         self.custodians = custodians
-        self.key_bytes = dist.size_of(algorithm)
-        self.entered: list[dist.Component] = []
+        self.key_bytes = components.size_of(algorithm)
+        self.entered: list[components.Component] = []
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="form-box"):
@@ -251,8 +251,7 @@ class EnterComponentsScreen(ModalScreen[list[dist.Component] | None]):
     def checked(self) -> None:
         number = len(self.entered) + 1
         try:
-            share = dist.enter_component(
-                self.workstation,
+            share = self.workstation.distribution.enter_component(
                 self.query_one("#component", Input).value,
                 self.query_one("#kcv", Input).value,
                 self.entered,

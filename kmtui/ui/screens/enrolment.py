@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from kmtui.core.control.dualcontrol import Enrollment
+from kmtui.core.control.totp import Enrollment
 from kmtui.core.errors import KmtuiError
 from kmtui.service import Workstation
 from kmtui.ui.screens.approval import CODE

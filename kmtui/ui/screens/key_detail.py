@@ -13,14 +13,12 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from kmtui.core.models import AuditEvent, Key, KeyState
-from kmtui.core.token import templates
+from kmtui.core.keys.queries import HISTORY, KeyDetail
+from kmtui.core.models import KeyState
 from kmtui.service import Workstation
 from kmtui.ui.messages import WorkFailed
 from kmtui.ui.text import labelled, plain, state_styles, when
 from kmtui.ui.workers import attempt
-
-HISTORY = 50
 
 
 class KeyDetailScreen(ModalScreen[None]):
@@ -32,10 +30,9 @@ class KeyDetailScreen(ModalScreen[None]):
     ]
 
     class Loaded(Message):
-        def __init__(self, key: Key, data: dict[str, Any]) -> None:
+        def __init__(self, detail: KeyDetail) -> None:
             super().__init__()
-            self.key = key
-            self.data = data
+            self.detail = detail
 
     def __init__(self, workstation: Workstation, key_id: str) -> None:
         super().__init__()
@@ -78,49 +75,22 @@ class KeyDetailScreen(ModalScreen[None]):
 
     @work(thread=True, exit_on_error=False, group="detail")
     def _load(self) -> None:
-        ws = self.workstation
-
-        def gather() -> tuple[Key, dict[str, Any]]:
-            key = ws.get_key(self.key_id)
-            data: dict[str, Any] = {
-                "describe": ws.describe(key),
-                "history": ws.audit.events(key_id=key.id, limit=HISTORY, newest_first=True),
-                "last_use": ws.last_use(key.id),
-                "rules": ws.rules(key.policy).to_json() if key.policy else {},
-                "attributes": {},
-            }
-            current = key.current
-            if current is not None and key.state not in (
-                KeyState.DESTROYED,
-                KeyState.DESTROYED_COMPROMISED,
-            ):
-                cls = templates.object_class(key.algorithm, key.tags)
-                data["attributes"] = (
-                    attempt(
-                        self,
-                        "Reading token attributes",
-                        lambda: ws.hsm.attributes(current.cka_id, cls),
-                    )
-                    or {}
-                )
-            return key, data
-
-        loaded = attempt(self, "Loading the key", gather)
-        if loaded is not None:
-            self.post_message(self.Loaded(*loaded))
+        loaded = attempt(self, "Loading the key", lambda: self.workstation.detail(self.key_id))
+        if loaded is None:
+            return
+        if loaded.attributes_error is not None:
+            self.post_message(WorkFailed("Reading token attributes", str(loaded.attributes_error)))
+        self.post_message(self.Loaded(loaded))
 
     def on_key_detail_screen_loaded(self, message: Loaded) -> None:
-        key, data = message.key, message.data
+        detail = message.detail
+        key, described = detail.key, detail.described
         self.uri = next(
-            (
-                v["pkcs11_uri"]
-                for v in data["describe"]["versions"]
-                if v["version"] == key.current_version
-            ),
+            (v["pkcs11_uri"] for v in described["versions"] if v["version"] == key.current_version),
             "",
         )
         styles = state_styles(self.app.current_theme)
-        last: AuditEvent | None = data["last_use"]
+        last = detail.last_use
         self.query_one("#detail-title", Label).update(plain(f"Key {key.label}", limit=70))
         self.query_one("#detail-summary", Static).update(
             labelled(
@@ -141,7 +111,7 @@ class KeyDetailScreen(ModalScreen[None]):
             )
         )
         versions = self.query_one("#detail-versions", DataTable)
-        for v in data["describe"]["versions"]:
+        for v in described["versions"]:
             versions.add_row(
                 plain(v["version"]),
                 plain(v["state"], styles.get(KeyState(v["state"]), "")),
@@ -150,21 +120,19 @@ class KeyDetailScreen(ModalScreen[None]):
             )
         # URIs are long: each on its own line, folded, so none is cut off at 80 columns.
         self.query_one("#detail-uris", Static).update(
-            labelled(
-                [(f"URI v{v['version']}", v["pkcs11_uri"]) for v in data["describe"]["versions"]]
-            )
+            labelled([(f"URI v{v['version']}", v["pkcs11_uri"]) for v in described["versions"]])
         )
-        attrs = data["attributes"]
+        attrs = detail.attributes
         self.query_one("#detail-attributes", Static).update(
             labelled([(k, _shown(k, v)) for k, v in sorted(attrs.items())], 20)
             if attrs
             else plain("—")
         )
         self.query_one("#detail-policy", Static).update(
-            labelled([(k, v) for k, v in data["rules"].items()], 24)
+            labelled([(k, v) for k, v in detail.rules.items()], 24)
         )
         history = self.query_one("#detail-history", DataTable)
-        for e in data["history"]:
+        for e in detail.history:
             history.add_row(
                 plain(e.seq), plain(when(e.ts)), plain(e.action), plain(e.outcome), plain(e.actor)
             )

@@ -14,11 +14,11 @@ from textual.widgets import DataTable, Input, Static
 from kmtui.core.control.lifecycle import RevocationReason
 from kmtui.core.control.operations import OpKind
 from kmtui.core.errors import KmtuiError
-from kmtui.core.keys import distribution as dist
+from kmtui.core.keys import components
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.registry.store import key_cursor
 from kmtui.core.safetext import clean
-from kmtui.service import Prepared
+from kmtui.service import Executed, Prepared
 from kmtui.ui.filters import KeyFilter
 from kmtui.ui.screens.distribution import (
     ComponentsRequest,
@@ -228,8 +228,8 @@ class KeysPane(Pane):
         if prepared is None:
             return
 
-        def report(result: dict[str, Any]) -> None:
-            checks = result.get("checks", {})
+        def report(result: Executed) -> None:
+            checks = result.facts.get("checks", {})
             shown = ", ".join(f"{name} {value}" for name, value in checks.items())
             self.notify(
                 clean(f"Self-check of {key.label!r}: {shown}", 200),
@@ -275,12 +275,14 @@ class KeysPane(Pane):
         def chosen(request: ExportRequest | None) -> None:
             if request is None:
                 return
-            prepared = self.prepare(lambda: dist.prepare_export(ws, key.id, request.wrapping_key))
+            prepared = self.prepare(
+                lambda: ws.distribution.prepare_export(key.id, request.wrapping_key)
+            )
             if prepared:
                 request.out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self.approve(
                     prepared,
-                    lambda a: dist.run_export(ws, prepared, a, request.out),
+                    lambda a: ws.distribution.run_export(prepared, a, request.out),
                     then=lambda _: self.notify(f"Exported to {request.out}", markup=False),
                 )
 
@@ -294,17 +296,17 @@ class KeysPane(Pane):
             if request is None:
                 return
             try:
-                wrapped = dist.load_wrapped(ws, request.path)
+                wrapped = ws.distribution.load_wrapped(request.path)
             except KmtuiError as exc:
                 self.notify(str(exc), severity="error", markup=False, timeout=8)
                 return
             prepared = self.prepare(
-                lambda: dist.prepare_import(
-                    ws, wrapped, request.unwrapping_key, label=request.label, kcv=request.kcv
+                lambda: ws.distribution.prepare_import(
+                    wrapped, request.unwrapping_key, label=request.label, kcv=request.kcv
                 )
             )
             if prepared:
-                self.approve(prepared, lambda a: dist.run_import(ws, prepared, wrapped, a))
+                self.approve(prepared, lambda a: ws.distribution.run_import(prepared, wrapped, a))
 
         self.app.push_screen(ImportScreen(ws), chosen)
 
@@ -318,7 +320,7 @@ class KeysPane(Pane):
             if prepared:
                 self.approve(
                     prepared,
-                    lambda a: dist.run_components(ws, prepared, a),
+                    lambda a: ws.distribution.run_components(prepared, a),
                     then=lambda made: self.app.push_screen(RevealScreen(made[1], made[0])),
                 )
 
@@ -331,12 +333,14 @@ class KeysPane(Pane):
             if request is None:
                 return
 
-            def entered(shares: list[dist.Component] | None) -> None:
+            def entered(shares: list[components.Component] | None) -> None:
                 if not shares:
                     return
                 prepared = self._prepare_components(request, generate=False)
                 if prepared:
-                    self.approve(prepared, lambda a: dist.run_components(ws, prepared, a, shares))
+                    self.approve(
+                        prepared, lambda a: ws.distribution.run_components(prepared, a, shares)
+                    )
 
             self.app.push_screen(
                 EnterComponentsScreen(ws, request.custodians, request.algorithm), entered
@@ -346,8 +350,7 @@ class KeysPane(Pane):
 
     def _prepare_components(self, request: ComponentsRequest, *, generate: bool) -> Prepared | None:
         return self.prepare(
-            lambda: dist.prepare_components(
-                self.workstation,
+            lambda: self.workstation.distribution.prepare_components(
                 label=request.label,
                 algorithm=request.algorithm,
                 purpose=request.purpose,

@@ -8,8 +8,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from kmtui.core.control.dualcontrol import Enrollment
 from kmtui.core.control.operations import OpKind
+from kmtui.core.control.totp import Enrollment
 from kmtui.core.models import OperatorState, Role
 from kmtui.ui.screens.enrolment import EnrolmentScreen
 from kmtui.ui.screens.forms import ChoiceScreen
@@ -63,7 +63,7 @@ class OperatorsPane(Pane):
                 "SELECT operator, max(approved_at) AS at FROM approvals GROUP BY operator"
             )
         }
-        operators = self.workstation.dual.operators()
+        operators = self.workstation.operators.all()
         for o in operators:
             table.add_row(
                 plain(o.name),

@@ -12,7 +12,6 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
-from kmtui.core.keys import reconcile
 from kmtui.core.keys.reconcile import Finding, Report
 from kmtui.core.token.hsm import TokenInfo
 from kmtui.ui.messages import Reconciled
@@ -115,7 +114,7 @@ class TokenPane(Pane):
     def run_reconcile(self) -> None:
         """Token and registry compared: interrupted work finished, differences flagged."""
         report = attempt(
-            self, "Reconciliation", lambda: reconcile.run(self.workstation, actor="console")
+            self, "Reconciliation", lambda: self.workstation.reconciler.run(actor="console")
         )
         if report is not None:
             self.post_message(Reconciled(report))

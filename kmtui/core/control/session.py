@@ -1,0 +1,85 @@
+"""The token session of the workstation: log-in (refusing a rolled-back trail) and log-out."""
+
+from __future__ import annotations
+
+import threading
+
+from kmtui.core import errors
+from kmtui.core.audit.anchors import Anchors
+from kmtui.core.audit.log import AuditLog
+from kmtui.core.control.origin import session_context
+from kmtui.core.models import Outcome
+from kmtui.core.token.hsm import Hsm, TokenInfo
+
+
+class Session:
+    """One log-in or log-out at a time: the idle lock's log-out and the app closing can overlap."""
+
+    def __init__(self, hsm: Hsm, audit: AuditLog, anchors: Anchors) -> None:
+        self._hsm = hsm
+        self._audit = audit
+        self._anchors = anchors
+        self._lock = threading.Lock()
+
+    def login(self, pin: str, actor: str = "console") -> TokenInfo:
+        """Log in, then refuse a rolled-back trail before anything else runs; all audited."""
+        with self._lock:
+            info = self._open(pin, actor)
+            try:
+                return self._after_login(info, actor)
+            except BaseException:  # refused (rolled-back trail, unwritable audit): no session
+                if self._hsm.logged_in:
+                    self._hsm.logout()
+                raise
+
+    def _open(self, pin: str, actor: str) -> TokenInfo:
+        try:
+            return self._hsm.login(pin)
+        except errors.HsmError as exc:
+            self._audit.append(
+                "token.login",
+                actor=actor,
+                outcome=Outcome.FAILURE,
+                params={**session_context(), "error": type(exc).__name__},
+            )
+            raise
+
+    def _after_login(self, info: TokenInfo, actor: str) -> TokenInfo:
+        problem = self._anchors.check_head()
+        if problem:
+            self._hsm.logout()  # first: nothing may mirror this database's head on the token
+            self._audit.append(
+                "audit.head-mismatch",
+                actor=actor,
+                outcome=Outcome.FAILURE,
+                params={**session_context(), "problem": problem},
+            )
+            raise errors.AuditTampered(
+                f"AUDIT TRAIL ROLLED BACK OR CUT SHORT: {problem}.",
+                "Nothing else will run on this database. Restore the latest backup made by "
+                "kmtui, or keep the files for investigation and call the security officer.",
+            )
+        self._audit.append(
+            "token.login",
+            actor=actor,
+            outcome=Outcome.SUCCESS,
+            params={**session_context(), "token": info.label, "serial": info.serial},
+        )
+        self._anchors.public_key()
+        self._anchors.sync()
+        return info
+
+    def logout(self, actor: str = "console", reason: str = "") -> None:
+        """Sign a checkpoint for the session, mirror the head, then log out (once, when two
+        callers race)."""
+        with self._lock:
+            if not self._hsm.logged_in:
+                return
+            try:
+                self._audit.append(
+                    "token.logout", actor=actor, outcome=Outcome.SUCCESS, params={"reason": reason}
+                )
+                self._anchors.checkpoint("session end")
+                self._anchors.sync()
+            finally:  # a trail that cannot be written must not keep the token open
+                self._hsm.logout()
