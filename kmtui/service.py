@@ -37,11 +37,12 @@ from kmtui.core.models import (
     Policy,
     Role,
     iso,
+    key_cursor,
     new_key_id,
     parse_iso,
     utcnow,
 )
-from kmtui.core.registry.store import Store, key_cursor
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates, uri
 from kmtui.core.token.hsm import Hsm, TokenInfo
@@ -126,10 +127,10 @@ class Workstation:
 
     def ensure_defaults(self) -> None:
         """The shipped policy set, added when missing (never overwriting a changed policy)."""
-        present = {p.name for p in self.store.policies()}
+        present = {p.name for p in self.store.policies.all()}
         for shipped in policy.DEFAULT_POLICIES:
             if shipped.name not in present:
-                self.store.add_policy(replace(shipped, updated_at=iso(utcnow())))
+                self.store.policies.add(replace(shipped, updated_at=iso(utcnow())))
 
     def close(self) -> None:
         self.hsm.close()
@@ -226,7 +227,7 @@ class Workstation:
         """Minutes before the console locks, and who set it: the shortest of the configured value
         and every policy's idle_lock_minutes (a policy can only shorten the lock)."""
         minutes, source = configured_minutes, "configuration"
-        for stored in self.store.policies():
+        for stored in self.store.policies.all():
             try:
                 limit = self.rules(stored.name).idle_lock_minutes
             except errors.KmtuiError:
@@ -361,10 +362,10 @@ class Workstation:
             if parsed is None:
                 raise errors.UsageError("That PKCS#11 URI does not name a kmtui key (id=...).")
             ref = parsed[0]
-        key = self.store.get_key(ref)
+        key = self.store.keys.get(ref)
         if key is not None:
             return key
-        matches = self.store.find_keys(label=ref)
+        matches = self.store.keys.find(label=ref)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -624,7 +625,7 @@ class Workstation:
                     activated_at="",
                     rotation_due_at="",
                 )
-                self.store.add_key(key)
+                self.store.keys.add(key)
                 result["quarantined"] = True
                 raise
             version = KeyVersion(
@@ -641,7 +642,7 @@ class Workstation:
             if p.get("trusted"):
                 key.tags = ["trusted"]
             result.update(kcv=generated.kcv, fingerprint=generated.fingerprint, version=1)
-            return lambda: self.store.add_key(key)
+            return lambda: self.store.keys.add(key)
 
         return work
 
@@ -693,7 +694,7 @@ class Workstation:
                     reported = str(op.params["compromised_at"])
                     updated.compromised_at = min(filter(None, (key.compromised_at, reported)))
                 result["dependents"] = [
-                    {"key_id": k, "relation": rel} for k, rel in self.store.dependents(key.id)
+                    {"key_id": k, "relation": rel} for k, rel in self.store.keys.dependents(key.id)
                 ]
             elif target == KeyState.DEACTIVATED:
                 updated.deactivated_at = now
@@ -703,14 +704,14 @@ class Workstation:
             version_state = target if target != KeyState.DESTROY_SCHEDULED else None
 
             def apply() -> None:
-                self.store.update_key(updated)
+                self.store.keys.update(updated)
                 current = key.current
                 if (
                     current is not None
                     and version_state is not None
                     and target in (KeyState.COMPROMISED, KeyState.DEACTIVATED)
                 ):
-                    self.store.update_version_state(key.id, current.version, version_state)
+                    self.store.keys.update_version_state(key.id, current.version, version_state)
 
             return apply
 
@@ -762,9 +763,9 @@ class Workstation:
         updated.rotation_due_at = _iso_or_empty(policy.rotation_due(updated, rules))
 
         def apply() -> None:
-            self.store.add_version(new)
-            self.store.update_version_state(key.id, key.current_version, retired)
-            self.store.update_key(updated)
+            self.store.keys.add_version(new)
+            self.store.keys.update_version_state(key.id, key.current_version, retired)
+            self.store.keys.update(updated)
 
         return apply, retired
 
@@ -780,9 +781,9 @@ class Workstation:
         )
 
         def apply() -> None:
-            self.store.update_key(updated)
+            self.store.keys.update(updated)
             for version in key.versions:
-                self.store.update_version_state(key.id, version.version, target)
+                self.store.keys.update_version_state(key.id, version.version, target)
 
         return apply
 
@@ -858,7 +859,7 @@ class Workstation:
 
         def work(result: dict[str, Any]) -> Apply:
             result["policy"] = updated.name
-            return lambda: self.store.update_policy(updated)
+            return lambda: self.store.policies.update(updated)
 
         return work
 
@@ -968,7 +969,9 @@ class Workstation:
 
         def work(result: dict[str, Any]) -> Apply:
             seq = int(result["intent"])
-            return lambda: self.store.acknowledge(str(p["finding"]), str(p["note"]), seq)
+            return lambda: self.store.keys.acknowledge_finding(
+                str(p["finding"]), str(p["note"]), seq
+            )
 
         return work
 
@@ -980,7 +983,7 @@ class Workstation:
         rules_by_policy: dict[str, policy.Rules] = {}
         out: list[dict[str, Any]] = []
         after: tuple[str, str] | None = None
-        while page := self.store.page_keys(after=after, limit=500):
+        while page := self.store.keys.page(after=after, limit=500):
             after = key_cursor(page[-1])
             for key in page:
                 if key.state not in (

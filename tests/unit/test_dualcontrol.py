@@ -29,7 +29,7 @@ from kmtui.core.control.dualcontrol import (
 )
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requirement
 from kmtui.core.models import OperatorState
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm
 
 STEP = 30

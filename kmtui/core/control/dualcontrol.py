@@ -26,7 +26,7 @@ from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
 from kmtui.core.models import Operator, OperatorState, Outcome, Role, iso, parse_iso
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token.hsm import Hsm, on_hsm_thread
 

@@ -165,7 +165,7 @@ def run_export(
         }
         _write_new(out, json.dumps(document, indent=2, sort_keys=True) + "\n")
         result.update(file=str(out), blob_sha256=hashlib.sha256(blob).hexdigest())
-        return lambda: ws.store.link_keys(key.id, kek.id, "wrapped-by")
+        return lambda: ws.store.keys.link(key.id, kek.id, "wrapped-by")
 
     return ws.execute(prepared, approvals, work, rules=ws.rules(key.policy), actor=actor)
 
@@ -347,9 +347,9 @@ def _register(
     key.tags = [tag, *more_tags]
 
     def apply() -> None:
-        ws.store.add_key(key)
+        ws.store.keys.add(key)
         for related, relation in links:
-            ws.store.link_keys(key.id, related, relation)
+            ws.store.keys.link(key.id, related, relation)
 
     return apply
 
@@ -550,7 +550,7 @@ def prepare_import_public(
     for row in ws.store.rows(
         "SELECT key_id FROM key_versions WHERE fingerprint = ?", (recipient.fingerprint,)
     ):
-        other = ws.store.get_key(str(row["key_id"]))
+        other = ws.store.keys.get(str(row["key_id"]))
         if other is not None and other.state not in (
             KeyState.DESTROYED,
             KeyState.DESTROYED_COMPROMISED,

@@ -100,7 +100,7 @@ def open_intents(ws: Workstation) -> list[dict[str, Any]]:
 
     Read from the table the store keeps as events are appended, not from a scan of the trail.
     """
-    return ws.store.open_intents()
+    return ws.store.keys.open_intents()
 
 
 def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
@@ -112,7 +112,7 @@ def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
         _settle(ws, intent, objects, serial, report, actor)
     objects = _by_id(ws.hsm.objects()) if report.completed else objects
     _compare(ws, objects, serial, report)
-    acked = ws.store.acknowledged()
+    acked = ws.store.keys.acknowledged_findings()
     report.acknowledged = [f for f in report.findings if f.ident in acked]
     report.findings = [f for f in report.findings if f.ident not in acked]
     ws.audit.append(
@@ -161,7 +161,7 @@ def _settle(
     """Finish an operation whose token step happened; close it as interrupted otherwise."""
     action, key_id = str(intent["action"]), str(intent["key_id"])
     params = json.loads(intent["params"])
-    key = ws.store.get_key(key_id) if key_id else None
+    key = ws.store.keys.get(key_id) if key_id else None
     if action == OpKind.KEY_CREATE and bytes.fromhex(params["cka_id"]) in objects and key is None:
         cka_id = bytes.fromhex(params["cka_id"])
         check = _observed(ws, str(params["algorithm"]), cka_id)
@@ -178,7 +178,7 @@ def _settle(
         )
         created = ws.created_key(key_id, params, version)
         with ws.store.transaction():
-            ws.store.add_key(created)
+            ws.store.keys.add(created)
             _close(ws, intent, actor, Outcome.SUCCESS, recovered=True, version=1, check=check)
         report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
         return
@@ -272,7 +272,9 @@ def _compare(
     ws: Workstation, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report
 ) -> None:
     # Only this token's objects: versions registered on other tokens are not read at all.
-    registered = {version.cka_id: (key, version) for key, version in ws.store.versions_on(serial)}
+    registered = {
+        version.cka_id: (key, version) for key, version in ws.store.keys.versions_on(serial)
+    }
 
     for cka_id, (key, version) in registered.items():
         if version.state in GONE or key.state in GONE:
