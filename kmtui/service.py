@@ -375,6 +375,10 @@ class Workstation:
             )
         raise errors.UsageError(f"No key {clean(ref, 60)!r}.", "See `kmtui keys list`.")
 
+    def token_attributes(self, key: Key, version: KeyVersion) -> dict[str, Any]:
+        """What the token holds for one version, read from the object that is the key."""
+        return self.hsm.attributes(version.cka_id, templates.object_class(key.algorithm, key.tags))
+
     def version_uri(self, key: Key, version: KeyVersion) -> str:
         kind = URI_TYPES[templates.object_class(key.algorithm, key.tags)]
         return uri.build(

@@ -14,7 +14,6 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from kmtui.core.models import AuditEvent, Key, KeyState
-from kmtui.core.token import templates
 from kmtui.service import Workstation
 from kmtui.ui.messages import WorkFailed
 from kmtui.ui.text import labelled, plain, state_styles, when
@@ -94,12 +93,11 @@ class KeyDetailScreen(ModalScreen[None]):
                 KeyState.DESTROYED,
                 KeyState.DESTROYED_COMPROMISED,
             ):
-                cls = templates.object_class(key.algorithm, key.tags)
                 data["attributes"] = (
                     attempt(
                         self,
                         "Reading token attributes",
-                        lambda: ws.hsm.attributes(current.cka_id, cls),
+                        lambda: ws.token_attributes(key, current),
                     )
                     or {}
                 )
