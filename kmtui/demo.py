@@ -154,7 +154,7 @@ class _PastClock:
 
 
 def _seed(p: paths.Paths) -> None:
-    from kmtui.core.registry.store import Store
+    from kmtui.core.registry.db import Store
     from kmtui.launch import hsm_for
     from kmtui.service import Workstation
 

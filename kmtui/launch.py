@@ -5,7 +5,7 @@ from __future__ import annotations
 from kmtui import paths
 from kmtui.config import Config
 from kmtui.core.errors import ConfigError
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm
 from kmtui.service import Workstation
 

@@ -29,7 +29,7 @@ from kmtui.core.keys.queries import Due, KeyDetail, KeyQueries
 from kmtui.core.keys.reconcile import Reconciler
 from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import AuditEvent, Key, Policy
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm, TokenInfo
 
 __all__ = ["Executed", "Prepared", "Workstation"]

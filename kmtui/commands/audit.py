@@ -15,7 +15,7 @@ from kmtui.commands import common
 from kmtui.core import errors
 from kmtui.core.audit import anchors, export, forward, transcript
 from kmtui.core.models import iso, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 
 EXIT_OK, EXIT_AUDIT = 0, 3

@@ -11,8 +11,7 @@ from typing import Any
 from kmtui.commands import common, distribution
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
-from kmtui.core.models import KeyState
-from kmtui.core.registry.store import key_cursor
+from kmtui.core.models import KeyState, key_cursor
 from kmtui.core.safetext import clean
 from kmtui.core.token.templates import ALGORITHMS, Purpose
 from kmtui.service import Workstation
@@ -209,7 +208,7 @@ def _read_only(ws: Workstation, args: argparse.Namespace) -> int:
         return EXIT_OK
     listing = []
     after = None
-    while page := ws.store.page_keys(
+    while page := ws.store.keys.page(
         after=after, limit=500, state=args.state, label_prefix=args.label_prefix
     ):
         listing.extend(ws.describe(k) for k in page)
@@ -298,7 +297,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
             return EXIT_OK
         listing = [
             {"name": p.name, "description": p.description, "rules": ws.rules(p.name).to_json()}
-            for p in ws.store.policies()
+            for p in ws.store.policies.all()
         ]
         if args.json:
             common.print_json(listing)

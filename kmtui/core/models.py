@@ -106,6 +106,17 @@ class Key:
         return next((v for v in self.versions if v.version == self.current_version), None)
 
 
+KEY_ORDERS = ("label", "state", "algorithm", "policy", "created_at", "rotation_due_at")
+"""The fields a list of keys can be ordered by (the registry seeks an index for each)."""
+
+
+def key_cursor(key: Key, order: str = "label") -> tuple[str, str]:
+    """The cursor that continues a page of keys (store.keys.page) after `key` in `order`."""
+    if order not in KEY_ORDERS:
+        raise ValueError(f"cannot order keys by {order!r}")
+    return str(getattr(key, order)), key.id
+
+
 @dataclass
 class Policy:
     name: str

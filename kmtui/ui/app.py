@@ -96,8 +96,8 @@ class KmtuiApp(App[int]):
     def on_mount(self) -> None:
         newest = self.workstation.audit.events(limit=1)
         self.session_since = newest[0].seq if newest else 0  # the transcript starts here
-        last = self.workstation.store.rows("SELECT coalesce(max(id), 0) AS id FROM approvals")
-        self.session_approvals_since = int(last[0]["id"])  # the status line's "present"
+        # the status line's "present": who approved after this approval
+        self.session_approvals_since = self.workstation.store.reads.last_approval_id()
         self.apply_idle_lock()
         if self.theme_problems:
             self.notify(

@@ -26,7 +26,7 @@ def _terms(text: str, names: set[str] | None = None) -> tuple[dict[str, str], li
 
 @dataclass(frozen=True)
 class KeyFilter:
-    """What the keys filter box asks for; every term is answered by Store.page_keys in SQL."""
+    """What the keys filter box asks for; every term is answered by store.keys.page in SQL."""
 
     label_prefix: str = ""
     state: str | None = None
@@ -51,7 +51,7 @@ class KeyFilter:
         )
 
     def query(self) -> dict[str, Any]:
-        """Keyword arguments for Store.page_keys."""
+        """Keyword arguments for store.keys.page."""
         return {
             "state": self.state,
             "label_prefix": self.label_prefix or None,

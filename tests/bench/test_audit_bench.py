@@ -26,7 +26,7 @@ import pytest
 from kmtui.core.audit.anchors import verify_database
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
 from kmtui.core.models import iso
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 
 pytestmark = pytest.mark.bench
 EVENTS = int(os.environ.get("KMTUI_BENCH_EVENTS", "1000000"))

@@ -41,7 +41,7 @@ from pkcs11 import Attribute, KeyType
 from kmtui import config, paths
 from kmtui.core.control import policy
 from kmtui.core.models import Policy, iso, new_key_id, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
 from kmtui.core.token.hsm import Hsm, default_softhsm_module
 from kmtui.service import Workstation
@@ -70,7 +70,9 @@ def _timed_ms(fn: Callable[[], Any], samples: list[float]) -> None:
 def test_bench_service_aes256_generate_against_raw_python_pkcs11(hsm: Hsm, tmp_path: Path) -> None:
     store = Store.open(tmp_path / "kmtui.db")
     ws = Workstation.assemble(hsm, store)
-    ws.store.add_policy(Policy("bench", "bench only", {"quorum": {"key.create": 0}}, iso(utcnow())))
+    ws.store.policies.add(
+        Policy("bench", "bench only", {"quorum": {"key.create": 0}}, iso(utcnow()))
+    )
     # The process is logged in through `hsm`; this raw session shares that login. It is used only
     # while the PKCS#11 thread is idle, so calls never overlap.
     raw = pkcs11.lib(hsm.module).get_token(token_label=hsm.token_label).open(rw=True)
@@ -175,7 +177,7 @@ def _registry(p: paths.Paths, serial: str, keys: list[tuple[str, str, str]]) -> 
     """kmtui's schema and shipped policies via Store, then the rows with executemany."""
     store = Store.open(p.database)
     for shipped in policy.DEFAULT_POLICIES:
-        store.add_policy(Policy(shipped.name, shipped.description, shipped.rules, iso(utcnow())))
+        store.policies.add(Policy(shipped.name, shipped.description, shipped.rules, iso(utcnow())))
     store.close()
     now = iso(utcnow())
     conn = sqlite3.connect(p.database)

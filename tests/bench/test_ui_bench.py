@@ -72,7 +72,7 @@ async def bare_start() -> float:
 
 async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]:
     from kmtui.config import Config
-    from kmtui.core.registry.store import Store
+    from kmtui.core.registry.db import Store
     from kmtui.core.token.hsm import Hsm
     from kmtui.paths import under
     from kmtui.service import Workstation
@@ -107,7 +107,7 @@ async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]
         figures["full_check_done_s"] = time.perf_counter() - began
 
     store.check = timed_check  # type: ignore[method-assign]
-    policies = len(store.policies())
+    policies = len(store.policies.all())
     began = time.perf_counter()
     app = KmtuiApp(ws, Config(), paths=under(home), pin=token["pin"])
     async with app.run_test(size=SIZE) as pilot:
@@ -180,7 +180,7 @@ async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]
             before = labels()
             for n in range(1, len(text) + 1):
                 query = KeyFilter.parse(text[:n]).query()
-                want = [k.label for k in store.page_keys(limit=PAGE, **query)]
+                want = [k.label for k in store.keys.page(limit=PAGE, **query)]
                 pressed = time.perf_counter()
                 # What a key press does to the Input, without Pilot.press, which waits for the
                 # whole screen to settle (~60 ms on a bare app with one Input on this machine).

@@ -20,7 +20,7 @@ from kmtui.core.audit.log import AuditLog
 from kmtui.core.control.gate import Gate
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.totp import current_code
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.hsm import Hsm
 from kmtui.service import Prepared, Workstation
@@ -153,7 +153,7 @@ class Child:
 
             setattr(Hsm, name, counted)
         out: dict[str, Any] = {"open_before": len(self.ws.reconciler.open_intents())}
-        out["open_by_scan_before"] = len(self.ws.store.open_intents_by_scan())
+        out["open_by_scan_before"] = len(self.ws.store.keys.open_intents_by_scan())
         out["first"] = self.ws.reconciler.run().as_dict()
         out["second"] = self.ws.reconciler.run().as_dict()
         out["open_after"] = len(self.ws.reconciler.open_intents())

@@ -210,7 +210,7 @@ def test_a_kill_at_each_step_boundary_is_finished_or_reported_on_restart_never_d
 ) -> None:
     ws = team.ws
     given = prepare_key(team, case)
-    before = ws.store.get_key(given) if given else None
+    before = ws.store.keys.get(given) if given else None
     key_id = kill_at(softhsm_token, team, case, given)
     assert key_id == given or case.op == "create"
     kind = str(KINDS[case.op])
@@ -267,7 +267,7 @@ def test_a_kill_at_each_step_boundary_is_finished_or_reported_on_restart_never_d
     assert not {f["kind"] for f in second_found} & {"interrupted-operation", "unfinished-destroy"}
 
     # Token and registry: the token step happened exactly once, or not at all, and they agree.
-    key = ws.store.get_key(key_id)
+    key = ws.store.keys.get(key_id)
     objects = {n: token[templates.cka_id(key_id, n).hex()] for n in (1, 2, 3)}
     pair = classes(ALGORITHM[case.op])
     if case.op == "create":
@@ -316,7 +316,7 @@ def test_a_kill_at_each_step_boundary_is_finished_or_reported_on_restart_never_d
             assert again["result"]["objects_destroyed"] == 1
             assert mine(again["report"]["findings"], key_id) == []
             assert all(v["classes"] == [] for v in again["token"].values())
-            assert ws.store.get_key(key_id).state == KeyState.DESTROYED
+            assert ws.store.keys.get(key_id).state == KeyState.DESTROYED
 
     verdict = ws.audit.verify()
     assert verdict.ok, verdict.reason

@@ -25,7 +25,8 @@ from typing import Any
 from kmtui.core.audit.log import GENESIS_HASH, canonical_json, event_hash
 from kmtui.core.control.policy import DEFAULT_POLICIES
 from kmtui.core.models import KeyState, iso
-from kmtui.core.registry.store import MIGRATIONS, Store
+from kmtui.core.registry.db import Store
+from kmtui.core.registry.schema import MIGRATIONS
 
 SERIAL = "SCALE-NOT-THIS-TOKEN"  # reconciliation compares only the session token's objects
 LABELS = ("payments", "orders", "Billing", "hr-archive", "tokenisation", "backup", "Zoë-signing")
@@ -112,7 +113,7 @@ def build(path: Path, keys: int, events: int) -> None:
     """Create a kmtui database at `path` holding `keys` keys and `events` chained events."""
     store = Store.open(path)
     for policy in DEFAULT_POLICIES:
-        store.add_policy(policy)
+        store.policies.add(policy)
     store.close()
     conn = sqlite3.connect(path, isolation_level=None)
     try:

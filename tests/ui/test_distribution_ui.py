@@ -72,7 +72,7 @@ async def test_export_then_import_from_the_keys_pane(
         await pilot.click("#ok")
         await approve(pilot, team.codes("alice", "bob"))
         await keys_loaded(pilot, 3)
-    (copy,) = team.ws.store.find_keys(label="app-dek-copy")
+    (copy,) = team.ws.store.keys.find(label="app-dek-copy")
     assert copy.versions[0].kcv == dek.versions[0].kcv
 
 
@@ -145,7 +145,7 @@ async def test_components_are_revealed_one_custodian_at_a_time_and_entered_back(
                 entry.query_one("#next", Button).press()
                 await pilot.pause()
         await approve(pilot, team.codes("bob", "carol"))
-    original, again = (team.ws.store.find_keys(label=n)[0] for n in ("zmk", "zmk-again"))
+    original, again = (team.ws.store.keys.find(label=n)[0] for n in ("zmk", "zmk-again"))
     assert again.versions[0].kcv == original.versions[0].kcv
 
 

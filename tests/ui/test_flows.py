@@ -43,7 +43,7 @@ async def test_create_a_key_through_the_form_and_two_approvals(
         await approve(pilot, team.codes("alice", "bob"))
         table = await keys_loaded(pilot, 1)
         assert table.get_row_at(0)[0].plain == "orders-dek"
-    (key,) = team.ws.store.find_keys(label="orders-dek")
+    (key,) = team.ws.store.keys.find(label="orders-dek")
     assert key.algorithm == "AES-128" and key.state == KeyState.ACTIVE
 
 
@@ -295,7 +295,7 @@ async def test_a_policy_change_shortens_the_idle_lock_and_the_status_line_names_
         assert "alice" not in str(status.render())
         await pilot.press("2")
         await until(pilot, lambda: main.query_one("#policies", DataTable).row_count > 0)
-        name = ws.store.policies()[0].name
+        name = ws.store.policies.all()[0].name
         await pilot.press("e")
         await until(pilot, lambda: app.screen.query("#rules-json"), "the policy editor")
         editor = app.screen.query_one("#rules-json", TextArea)
@@ -316,7 +316,7 @@ async def test_a_policy_cannot_lengthen_the_configured_idle_lock(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     ws = team.ws
-    name = ws.store.policies()[0].name
+    name = ws.store.policies.all()[0].name
     rules = {**ws.get_policy(name).rules, "idle_lock_minutes": 200}
     ws.run(ws.prepare_policy_change(name, rules), team.codes("alice", "bob"))
     app = app_for(ws, tmp_path, softhsm_token.pin, Config(ui=UiConfig(idle_lock_minutes=5)))

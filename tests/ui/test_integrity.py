@@ -11,7 +11,7 @@ from textual.widgets import Static
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.errors import DatabaseCorrupt
 from kmtui.core.models import Policy
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm
 from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm
@@ -67,7 +67,7 @@ async def test_damage_the_quick_check_misses_is_reported_and_stops_every_write(
             await until(pilot, warned, "the damage notice")
             assert "audit_by_actor" in warned()[0] and "restore it from a backup" in warned()[0]
             with pytest.raises(DatabaseCorrupt):
-                store.add_policy(Policy("after", updated_at="2026-01-01T00:00:00.000000Z"))
+                store.policies.add(Policy("after", updated_at="2026-01-01T00:00:00.000000Z"))
             status = app.screen.query_one("#status", Static)
             await until(pilot, lambda: "DATABASE DAMAGED" in str(status.render()), "the status")
             # Reconciliation, which may repair the registry, never ran on the damaged file.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Static
 
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm
 from kmtui.service import Workstation
 from kmtui.ui.widgets.keys_pane import PAGE
@@ -44,8 +44,8 @@ def seqs(table: PagedTable) -> list[int]:
 async def test_a_huge_registry_opens_filters_scrolls_and_shows_the_newest_events_page_by_page(
     big: Workstation, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    first_page = [k.label for k in big.store.page_keys(limit=PAGE)]
-    matching = [k.label for k in big.store.page_keys(limit=PAGE, label_prefix="orders-0001")]
+    first_page = [k.label for k in big.store.keys.page(limit=PAGE)]
+    matching = [k.label for k in big.store.keys.page(limit=PAGE, label_prefix="orders-0001")]
     app = app_for(big, tmp_path, softhsm_token.pin)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)

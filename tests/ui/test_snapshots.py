@@ -41,7 +41,7 @@ from textual.widgets import DataTable, Input, Static
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.errors import ApproversRefused
 from kmtui.core.models import Key, KeyState, iso, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm, on_hsm_thread
 from kmtui.service import Workstation
 from kmtui.ui.screens.approval import ApprovalScreen

@@ -22,7 +22,7 @@ from kmtui.core.audit import export
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, event_hash
 from kmtui.core.errors import AuditError, DatabaseLocked, StoreError
 from kmtui.core.models import Outcome
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 
 CHAIN_LENGTH = 12
 COLUMNS = ("seq", "ts", "actor", "action", "key_id", "params", "outcome", "prev_hash", "hash")

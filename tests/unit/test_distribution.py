@@ -59,13 +59,13 @@ def test_a_trusted_kek_is_made_by_the_security_officer(team: Team, kek: Key) -> 
 
 
 def test_a_wrong_so_pin_creates_nothing(team: Team) -> None:
-    before = team.ws.store.count_keys()
+    before = team.ws.store.keys.count()
     prepared = team.ws.prepare_create(
         label="nope", algorithm="AES-256", purpose="wrap", trusted=True
     )
     with pytest.raises(errors.HsmError):
         team.ws.run(prepared, team.codes("alice", "bob"), officer_pin="not-the-so-pin")
-    assert team.ws.store.count_keys() == before
+    assert team.ws.store.keys.count() == before
     assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 
@@ -83,7 +83,7 @@ def test_export_then_import_round_trips_with_the_same_kcv(
     assert imported.versions[0].kcv == key.versions[0].kcv
     assert team.ws.hsm.kcv(imported.versions[0].cka_id) == key.versions[0].kcv
     assert imported.tags == ["imported"] and not imported.exportable
-    dependents = {k for k, _ in team.ws.store.dependents(kek.id)}
+    dependents = {k for k, _ in team.ws.store.keys.dependents(kek.id)}
     assert {key.id, imported.id} <= dependents  # revoking the KEK will name both
 
 
@@ -131,10 +131,10 @@ def test_tampered_files_are_refused_and_nothing_is_registered(
     key = exportable(team)
     export(team, key, kek, tmp_path / "k.json")
     _tamper(tmp_path / "k.json", how)
-    before = team.ws.store.count_keys()
+    before = team.ws.store.keys.count()
     with pytest.raises(errors.KmtuiError, match=message):
         do_import(team, tmp_path / "k.json", kek, "tampered")
-    assert team.ws.store.count_keys() == before
+    assert team.ws.store.keys.count() == before
     if how != "short" or "truncated" not in message:
         last = team.ws.audit.events(action="key.import", limit=1)
         assert not last or last[0].outcome in ("failure", "refused")
@@ -222,10 +222,10 @@ def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
         generate=False,
         expected_kcv="123456",
     )
-    before = team.ws.store.count_keys()
+    before = team.ws.store.keys.count()
     with pytest.raises(errors.PolicyRefused, match="mistyped"):
         team.ws.distribution.run_components(prepared, team.codes("alice", "bob"), shares)
-    assert team.ws.store.count_keys() == before
+    assert team.ws.store.keys.count() == before
     assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 

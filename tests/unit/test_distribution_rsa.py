@@ -93,7 +93,7 @@ def test_a_trusted_import_needs_the_so_pin_and_a_wrong_one_creates_nothing(
 ) -> None:
     public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     recipient = keyfiles.read_recipient_pem(pem_of(public, tmp_path / "r.pem"))
-    before = team.ws.store.count_keys()
+    before = team.ws.store.keys.count()
     prepared = team.ws.distribution.prepare_import_public(recipient, label="needs-so", trusted=True)
     with pytest.raises(errors.UsageError, match="security officer"):
         team.ws.distribution.run_import_public(prepared, recipient, team.codes("alice", "bob"))
@@ -101,7 +101,7 @@ def test_a_trusted_import_needs_the_so_pin_and_a_wrong_one_creates_nothing(
         team.ws.distribution.run_import_public(
             prepared, recipient, team.codes("alice", "bob"), officer_pin="wrong-pin"
         )
-    assert team.ws.store.count_keys() == before
+    assert team.ws.store.keys.count() == before
     assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 
@@ -137,10 +137,10 @@ def test_bad_recipient_keys_are_refused_and_nothing_is_registered(
                 serialization.NoEncryption(),
             )
         )
-    before = team.ws.store.count_keys()
+    before = team.ws.store.keys.count()
     with pytest.raises(errors.UsageError, match=message):
         team.ws.distribution.load_recipient(path)
-    assert team.ws.store.count_keys() == before
+    assert team.ws.store.keys.count() == before
     refused = team.ws.audit.events(action="key.import", limit=1, newest_first=True)[0]
     assert refused.outcome == "refused" and refused.params["recipient_pem"] == path.name
     assert message.split(":")[0] in refused.params["message"]
@@ -170,7 +170,7 @@ def test_export_to_a_trusted_recipient_really_holds_the_key(
     # What the recipient's HSM would do: OAEP-decrypt with the private key, then check the KCV.
     value = recipient_private.decrypt(blob, OAEP_SHA1)
     assert len(value) == 32 and components.kcv_of(value) == kcv
-    assert key.id in {k for k, _ in team.ws.store.dependents(trusted_recipient.id)}
+    assert key.id in {k for k, _ in team.ws.store.keys.dependents(trusted_recipient.id)}
     # Such a file is the recipient's to open, not this workstation's.
     with pytest.raises(errors.UsageError, match="meant for that recipient's private key"):
         keyfiles.read_wrapped(tmp_path / "k.json")

@@ -22,7 +22,7 @@ from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requ
 from kmtui.core.control.totp import current_code
 from kmtui.core.errors import ApprovalUnusable, ApproversLocked, ApproversRefused, SeedInUse
 from kmtui.core.models import OperatorState
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm
 from kmtui.service import Workstation
 

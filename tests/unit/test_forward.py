@@ -32,7 +32,7 @@ from kmtui.core.audit import export
 from kmtui.core.audit.forward import Forwarder, cursor_key, tls_context
 from kmtui.core.audit.log import AuditLog, canonical_json
 from kmtui.core.errors import ForwardCursorAhead, ForwardError
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 
 LOOPBACK = "127.0.0.1"
 EVENTS = 300

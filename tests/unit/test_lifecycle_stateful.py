@@ -28,7 +28,7 @@ from kmtui.core.control.lifecycle import RevocationReason
 from kmtui.core.control.operations import OpKind
 from kmtui.core.keys import reconcile
 from kmtui.core.models import KeyState
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.hsm import Hsm
 from kmtui.service import Workstation
@@ -250,7 +250,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     @invariant()
     def reconcile_finds_nothing_and_every_intent_has_an_outcome(self) -> None:
         assert self.ws.reconciler.open_intents() == []
-        assert self.ws.store.open_intents_by_scan() == []  # the kept table agrees with a scan
+        assert self.ws.store.keys.open_intents_by_scan() == []  # the kept table agrees with a scan
         report = self.ws.reconciler.run()
         assert report.completed == []
         mine = [f.as_dict() for f in report.findings if self._mine(f)]

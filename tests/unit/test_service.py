@@ -15,7 +15,7 @@ from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import KeyState, Policy, iso, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.hsm import Hsm
 from kmtui.service import Workstation
@@ -56,7 +56,7 @@ def test_create_without_approvals_is_refused_and_audited(team: Team) -> None:
     assert len(team.ws.hsm.objects()) == before
     refused = team.ws.audit.events(action="key.create", limit=1)[0]
     assert refused.outcome == "refused"
-    assert team.ws.store.count_keys() == 0
+    assert team.ws.store.keys.count() == 0
 
 
 def test_the_same_codes_cannot_approve_a_second_operation(team: Team) -> None:
@@ -64,12 +64,12 @@ def test_the_same_codes_cannot_approve_a_second_operation(team: Team) -> None:
     team.ws.create_key(label="first", algorithm="AES-128", approvals=codes)
     with pytest.raises(errors.ApprovalRefused):
         team.ws.create_key(label="second", algorithm="AES-128", approvals=codes)
-    assert [k.label for k in team.ws.store.page_keys()] == ["first"]
+    assert [k.label for k in team.ws.store.keys.page()] == ["first"]
 
 
 def _lab_policy(ws: Workstation) -> None:
     """A policy without dual control for create, set up directly as a test fixture."""
-    ws.store.add_policy(Policy("lab", "test only", {"quorum": {"key.create": 0}}, iso(utcnow())))
+    ws.store.policies.add(Policy("lab", "test only", {"quorum": {"key.create": 0}}, iso(utcnow())))
 
 
 def test_nothing_reaches_the_token_when_the_intent_cannot_be_recorded(
@@ -89,7 +89,7 @@ def test_nothing_reaches_the_token_when_the_intent_cannot_be_recorded(
         blocker.rollback()
         blocker.close()
     assert len(hsm.objects()) == before
-    assert ws.store.count_keys() == 0
+    assert ws.store.keys.count() == 0
     store.close()
 
 
@@ -102,7 +102,7 @@ def test_a_token_failure_is_recorded_as_the_outcome(
     last = team.ws.audit.events(limit=1)[0]
     assert (last.action, last.outcome) == ("key.create", "failure")
     assert last.params["error"] == "MechanismNotSupported"
-    assert team.ws.store.count_keys() == 0
+    assert team.ws.store.keys.count() == 0
 
 
 def test_a_key_that_reads_back_wrong_is_registered_as_quarantined(
@@ -118,7 +118,7 @@ def test_a_key_that_reads_back_wrong_is_registered_as_quarantined(
     monkeypatch.setattr(team.ws.hsm, "_read_attributes", tampered)
     with pytest.raises(errors.TemplateMismatch):
         create(team, "odd", "AES-128")
-    (key,) = team.ws.store.find_keys(label="odd")
+    (key,) = team.ws.store.keys.find(label="odd")
     assert key.state == KeyState.QUARANTINED
     last = team.ws.audit.events(limit=1)[0]
     assert last.outcome == "failure" and last.params["quarantined"] is True
@@ -130,7 +130,7 @@ def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouc
     class Crash(BaseException):  # like SIGKILL: nothing after it runs, no outcome is written
         pass
 
-    real_read, real_add = team.ws.hsm._read_attributes, team.ws.store.add_key
+    real_read, real_add = team.ws.hsm._read_attributes, team.ws.store.keys.add
 
     def tampered(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
         values = real_read(obj, attrs)
@@ -142,11 +142,11 @@ def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouc
         raise Crash
 
     monkeypatch.setattr(team.ws.hsm, "_read_attributes", tampered)
-    monkeypatch.setattr(team.ws.store, "add_key", add_then_crash)
+    monkeypatch.setattr(team.ws.store.keys, "add", add_then_crash)
     with pytest.raises(Crash):
         create(team, "odd", "AES-128")
     monkeypatch.undo()
-    (key,) = team.ws.store.find_keys(label="odd")
+    (key,) = team.ws.store.keys.find(label="odd")
     assert key.state == KeyState.QUARANTINED
     intent = team.ws.audit.events(limit=1)[0]
     assert intent.action == "key.create" and intent.outcome == "intent"
@@ -156,7 +156,7 @@ def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouc
     assert closing.params["error"] == "TemplateMismatch" and closing.params["quarantined"]
     assert not [f for f in report.findings if f.kind == FindingKind.INTERRUPTED]
     assert any(c["key_id"] == key.id for c in report.completed)
-    assert team.ws.store.open_intents() == []
+    assert team.ws.store.keys.open_intents() == []
 
 
 def test_keys_are_found_by_id_label_and_uri(team: Team) -> None:
@@ -210,7 +210,7 @@ def test_suspend_and_resume_need_no_quorum_but_are_audited(team: Team) -> None:
 def test_revoke_for_compromise_lists_keys_that_depend_on_it(team: Team) -> None:
     kek = create(team, "kek", purpose="wrap")
     dek = create(team, "dek")
-    team.ws.store.link_keys(dek.id, kek.id, "wrapped-by")
+    team.ws.store.keys.link(dek.id, kek.id, "wrapped-by")
     result = run(
         team,
         OpKind.KEY_REVOKE,
@@ -413,7 +413,7 @@ def test_bootstrap_enrolment_closes_after_the_first_two_and_never_reopens(team: 
 def test_the_idle_lock_is_the_shortest_of_configuration_and_policies(team: Team) -> None:
     ws = team.ws
     assert ws.idle_lock(15) == (15, "configuration")
-    names = [p.name for p in ws.store.policies()]
+    names = [p.name for p in ws.store.policies.all()]
     for name, minutes in zip(names[:2], (9, 4), strict=True):
         rules = {**ws.get_policy(name).rules, "idle_lock_minutes": minutes}
         ws.run(ws.prepare_policy_change(name, rules), team.codes("alice", "bob"))

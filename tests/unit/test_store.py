@@ -23,8 +23,9 @@ from kmtui.core.errors import (
     SchemaTooNew,
     StoreError,
 )
-from kmtui.core.models import Key, KeyState, KeyVersion, Policy
-from kmtui.core.registry.store import MIGRATIONS, Store, key_cursor, map_error
+from kmtui.core.models import Key, KeyState, KeyVersion, Policy, key_cursor
+from kmtui.core.registry.db import Store, map_error
+from kmtui.core.registry.schema import MIGRATIONS
 
 NOW = "2026-01-02T03:04:05.000000Z"
 
@@ -56,7 +57,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(db_path: Path) -> Iterator[Store]:
     s = Store.open(db_path)
-    s.add_policy(Policy("default", "test policy", {"exportable": False}, NOW))
+    s.policies.add(Policy("default", "test policy", {"exportable": False}, NOW))
     yield s
     s.close()
 
@@ -169,10 +170,10 @@ def test_database_with_overwritten_middle_pages_is_refused_as_corrupt(
     db_path: Path, integrity: str
 ) -> None:
     s = Store.open(db_path)
-    s.add_policy(Policy("default", updated_at=NOW))
+    s.policies.add(Policy("default", updated_at=NOW))
     with s.transaction():
         for n in range(3000):
-            s.add_key(make_key(n, f"label-{n}", notes="n" * 300))
+            s.keys.add(make_key(n, f"label-{n}", notes="n" * 300))
     s.close()  # the last connection checkpoints the WAL into the main file
     assert not Path(f"{db_path}-wal").exists()
     size = db_path.stat().st_size
@@ -189,9 +190,9 @@ def test_database_with_overwritten_middle_pages_is_refused_as_corrupt(
 
 def test_index_that_disagrees_with_its_table_fails_the_integrity_check(db_path: Path) -> None:
     s = Store.open(db_path)
-    s.add_policy(Policy("default", updated_at=NOW))
+    s.policies.add(Policy("default", updated_at=NOW))
     for n in range(20):
-        s.add_key(make_key(n, f"label-{n}"))
+        s.keys.add(make_key(n, f"label-{n}"))
     s.close()
     raw = sqlite3.connect(db_path)
     raw.execute("PRAGMA writable_schema=ON")
@@ -211,9 +212,9 @@ def test_a_quick_open_leaves_the_index_check_to_a_full_check_which_then_stops_wr
     db_path: Path,
 ) -> None:
     s = Store.open(db_path)
-    s.add_policy(Policy("default", updated_at=NOW))
+    s.policies.add(Policy("default", updated_at=NOW))
     for n in range(20):
-        s.add_key(make_key(n, f"label-{n}"))
+        s.keys.add(make_key(n, f"label-{n}"))
     s.close()
     raw = sqlite3.connect(db_path)
     raw.execute("PRAGMA writable_schema=ON")
@@ -230,8 +231,8 @@ def test_a_quick_open_leaves_the_index_check_to_a_full_check_which_then_stops_wr
             s.check(full=True)
         assert "keys_by_policy" in caught.value.message
         with pytest.raises(DatabaseCorrupt):  # nothing more is written to a damaged file
-            s.add_key(make_key(99, "after"))
-        assert s.get_key("k000099") is None
+            s.keys.add(make_key(99, "after"))
+        assert s.keys.get("k000099") is None
     finally:
         s.close()
 
@@ -245,7 +246,7 @@ def test_an_unknown_integrity_mode_is_refused(db_path: Path) -> None:
 
 
 def open_seqs(s: Store) -> list[int]:
-    return [r["seq"] for r in s.open_intents()]
+    return [r["seq"] for r in s.keys.open_intents()]
 
 
 def test_open_intents_are_kept_in_step_with_the_trail(store: Store, db_path: Path) -> None:
@@ -274,8 +275,8 @@ def test_open_intents_are_kept_in_step_with_the_trail(store: Store, db_path: Pat
     )
     raw.close()
     assert open_seqs(store) == [a.seq + 5]
-    assert store.open_intents_by_scan() == open_seqs(store)
-    assert store.open_intents()[0] == {
+    assert store.keys.open_intents_by_scan() == open_seqs(store)
+    assert store.keys.open_intents()[0] == {
         "seq": a.seq + 5,
         "action": "key.create",
         "key_id": "k1",
@@ -352,15 +353,15 @@ def test_database_from_a_newer_kmtui_is_refused(db_path: Path) -> None:
 
 def test_reopening_applies_no_migration_twice(db_path: Path) -> None:
     s = Store.open(db_path)
-    s.add_policy(Policy("default", updated_at=NOW))
-    s.add_key(make_key(1, "payments"))
+    s.policies.add(Policy("default", updated_at=NOW))
+    s.keys.add(make_key(1, "payments"))
     schema = s.rows("SELECT type, name, sql FROM sqlite_master ORDER BY name")
     s.close()
     for _ in range(2):
         s = Store.open(db_path)
         assert s.rows("SELECT version FROM schema_version") == [{"version": len(MIGRATIONS)}]
         assert s.rows("SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
-        assert s.get_key("k000001") == make_key(1, "payments")
+        assert s.keys.get("k000001") == make_key(1, "payments")
         s.close()
 
 
@@ -389,13 +390,13 @@ def test_key_round_trips_with_versions_tags_and_dates(store: Store) -> None:
             fingerprint="ff:00",
         )
     )
-    store.add_key(key)
-    assert store.get_key(key.id) == key
-    assert store.get_key("missing") is None
+    store.keys.add(key)
+    assert store.keys.get(key.id) == key
+    assert store.keys.get("missing") is None
 
 
 def test_empty_dates_are_stored_as_null_so_they_never_look_due(store: Store) -> None:
-    store.add_key(make_key(1, "payments"))
+    store.keys.add(make_key(1, "payments"))
     row = store.rows("SELECT activated_at, rotation_due_at, destroy_after FROM keys")[0]
     assert row == {"activated_at": None, "rotation_due_at": None, "destroy_after": None}
     assert store.rows("SELECT id FROM keys WHERE destroy_after <= ?", (NOW,)) == []
@@ -405,8 +406,8 @@ def test_key_naming_an_unknown_policy_is_refused_and_nothing_is_written(store: S
     key = make_key(1, "payments")
     key.policy = "no-such-policy"
     with pytest.raises(StoreError, match="FOREIGN KEY"):
-        store.add_key(key)
-    assert store.count_keys() == 0
+        store.keys.add(key)
+    assert store.keys.count() == 0
     assert store.rows("SELECT * FROM key_versions") == []
 
 
@@ -414,26 +415,66 @@ def test_version_of_another_key_is_refused_before_writing(store: Store) -> None:
     key = make_key(1, "payments")
     key.versions[0].key_id = "k999999"
     with pytest.raises(ValueError, match="belongs to"):
-        store.add_key(key)
-    assert store.count_keys() == 0
+        store.keys.add(key)
+    assert store.keys.count() == 0
 
 
 def test_same_token_object_cannot_be_registered_twice(store: Store) -> None:
-    store.add_key(make_key(1, "a"))
+    store.keys.add(make_key(1, "a"))
     twin = make_key(2, "b")
     twin.versions[0].cka_id = b"kmtui:k000001:1"
     with pytest.raises(StoreError, match="UNIQUE"):
-        store.add_key(twin)
-    assert store.get_key(twin.id) is None
+        store.keys.add(twin)
+    assert store.keys.get(twin.id) is None
 
 
 def test_find_keys_matches_the_label_exactly_and_counts(store: Store) -> None:
     for n, label in enumerate(["Payments", "payments", "payments", "payroll"]):
-        store.add_key(make_key(n, label))
-    assert [k.id for k in store.find_keys(label="payments")] == ["k000001", "k000002"]
-    assert [k.id for k in store.find_keys(label="Payments")] == ["k000000"]
-    assert store.find_keys(label="pay") == []
-    assert store.count_keys() == 4
+        store.keys.add(make_key(n, label))
+    assert [k.id for k in store.keys.find(label="payments")] == ["k000001", "k000002"]
+    assert [k.id for k in store.keys.find(label="Payments")] == ["k000000"]
+    assert store.keys.find(label="pay") == []
+    assert store.keys.count() == 4
+
+
+def test_a_policy_is_read_back_by_its_exact_name_and_an_unknown_one_is_none(store: Store) -> None:
+    kek = Policy("kek", "wrapping keys", {"quorum": {"key.create": 2}}, NOW)
+    store.policies.add(kek)
+    assert store.policies.get("kek") == kek
+    assert store.policies.get("KEK") is None
+    assert [p.name for p in store.policies.all()] == ["default", "kek"]
+
+
+def test_the_reads_the_ui_names_answer_from_approvals_keys_and_the_trail(store: Store) -> None:
+    reads = store.reads
+    assert reads.last_approval_id() == reads.pending_approvals() == reads.last_audit_seq() == 0
+    assert reads.approvers_since(0) == [] and reads.last_approvals() == {}
+    day = "2026-01-0{}T00:00:00.000000Z".format
+    with store.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO operators (name, role, state, enrolled_at) VALUES (?, 'custodian', "
+            "'active', ?)",
+            [("alice", NOW), ("bob", NOW)],
+        )
+        conn.executemany(
+            "INSERT INTO approvals (id, digest, operator, approved_at, expires_at, executed_at) "
+            "VALUES (?, 'digest', ?, ?, ?, ?)",
+            [
+                (1, "alice", day(1), day(2), None),  # expired
+                (2, "bob", day(2), "2999-01-01T00:00:00.000000Z", None),  # pending
+                (3, "bob", day(3), "2999-01-01T00:00:00.000000Z", day(4)),  # executed
+            ],
+        )
+    assert reads.last_approval_id() == 3
+    assert reads.pending_approvals() == 1
+    assert reads.approvers_since(1) == ["bob"]
+    assert reads.approvers_since(0) == ["alice", "bob"]
+    assert reads.last_approvals() == {"alice": day(1), "bob": day(3)}
+    store.keys.add(make_key(1, "payments"))
+    seq = AuditLog(store).append("key.create", actor="a", outcome="success", key_id="k000001").seq
+    assert reads.key_label("k000001") == "payments"
+    assert reads.key_label("k999999") == ""
+    assert reads.last_audit_seq() == seq
 
 
 LABELS = ["alpha", "Alpha", "ALPHA", "beta", "Gamma", "gamma-2", "delta", "Beta"]
@@ -445,7 +486,7 @@ def seed_keys(store: Store, count: int) -> list[Key]:
         for n in range(count):
             state = KeyState.ACTIVE if n % 3 else KeyState.SUSPENDED
             key = make_key((n * 7919) % 100_003, LABELS[n % len(LABELS)], state)
-            store.add_key(key)
+            store.keys.add(key)
             keys.append(key)
     return sorted(keys, key=lambda k: (k.label.lower(), k.id))
 
@@ -453,7 +494,7 @@ def seed_keys(store: Store, count: int) -> list[Key]:
 def page_all(store: Store, limit: int, **filters: Any) -> list[list[Key]]:
     pages: list[list[Key]] = []
     after = None
-    while page := store.page_keys(after=after, limit=limit, **filters):
+    while page := store.keys.page(after=after, limit=limit, **filters):
         assert len(page) <= limit
         assert len(pages) < 100, "paging does not advance"
         pages.append(page)
@@ -483,9 +524,9 @@ def test_keyset_pages_filter_by_state_and_label_prefix(store: Store) -> None:
 
 def test_label_prefix_wildcards_match_only_themselves(store: Store) -> None:
     for n, label in enumerate(["50%_off", "50xyoff", "50%xoff", "a\\b", "axb"]):
-        store.add_key(make_key(n, label))
-    assert [k.label for k in store.page_keys(label_prefix="50%_")] == ["50%_off"]
-    assert [k.label for k in store.page_keys(label_prefix="a\\")] == ["a\\b"]
+        store.keys.add(make_key(n, label))
+    assert [k.label for k in store.keys.page(label_prefix="50%_")] == ["50%_off"]
+    assert [k.label for k in store.keys.page(label_prefix="a\\")] == ["a\\b"]
 
 
 @pytest.mark.parametrize(
@@ -497,8 +538,8 @@ def test_key_page_queries_seek_through_an_index(store: Store, filters: dict[str,
     statements: list[str] = []
     store.conn.set_trace_callback(statements.append)
     try:
-        first = store.page_keys(limit=40, **filters)
-        store.page_keys(after=(first[-1].label, first[-1].id), limit=40, **filters)
+        first = store.keys.page(limit=40, **filters)
+        store.keys.page(after=(first[-1].label, first[-1].id), limit=40, **filters)
     finally:
         store.conn.set_trace_callback(None)
     key_queries = [s for s in statements if s.startswith("SELECT * FROM keys")]
@@ -517,20 +558,20 @@ def test_key_page_queries_seek_through_an_index(store: Store, filters: dict[str,
 
 def test_transaction_rolls_back_everything_when_the_block_fails(store: Store) -> None:
     with pytest.raises(RuntimeError), store.transaction():
-        store.add_key(make_key(1, "a"))
-        store.add_key(make_key(2, "b"))
+        store.keys.add(make_key(1, "a"))
+        store.keys.add(make_key(2, "b"))
         raise RuntimeError("boom")
-    assert store.count_keys() == 0
+    assert store.keys.count() == 0
     assert not store.conn.in_transaction
 
 
 def test_nested_transaction_failure_undoes_only_its_own_writes(store: Store) -> None:
     with store.transaction():
-        store.add_key(make_key(1, "kept"))
+        store.keys.add(make_key(1, "kept"))
         with pytest.raises(RuntimeError), store.transaction():
-            store.add_key(make_key(2, "undone"))
+            store.keys.add(make_key(2, "undone"))
             raise RuntimeError("boom")
-    assert [k.label for k in store.page_keys()] == ["kept"]
+    assert [k.label for k in store.keys.page()] == ["kept"]
 
 
 def test_transaction_takes_the_write_lock_before_its_first_write(store: Store) -> None:
@@ -551,7 +592,7 @@ def test_locked_database_gives_database_locked_saying_what_to_do(db_path: Path) 
     try:
         started = time.monotonic()
         with pytest.raises(DatabaseLocked) as caught:
-            s.add_policy(Policy("default", updated_at=NOW))
+            s.policies.add(Policy("default", updated_at=NOW))
         assert time.monotonic() - started < 3
         assert str(db_path) in caught.value.message
         assert caught.value.hint == "Another kmtui or sqlite3 process holds it; close it and retry."
@@ -560,22 +601,22 @@ def test_locked_database_gives_database_locked_saying_what_to_do(db_path: Path) 
     finally:
         other.execute("ROLLBACK")
         other.close()
-    s.add_policy(Policy("default", updated_at=NOW))
-    assert [p.name for p in s.policies()] == ["default"]
+    s.policies.add(Policy("default", updated_at=NOW))
+    assert [p.name for p in s.policies.all()] == ["default"]
     s.close()
 
 
 def test_full_disk_gives_disk_full_and_writes_nothing(store: Store, db_path: Path) -> None:
-    store.add_key(make_key(0, "first"))
+    store.keys.add(make_key(0, "first"))
     pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
     store.conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL
     with pytest.raises(DiskFull) as caught:
         for n in range(1, 200):
-            store.add_key(make_key(n, f"big-{n}", notes="x" * 4000))
+            store.keys.add(make_key(n, f"big-{n}", notes="x" * 4000))
     assert str(db_path.parent) in caught.value.hint
     assert "nothing was written" in caught.value.hint
-    ids = [k.id for k in store.page_keys(limit=500)]
-    assert len(ids) == store.count_keys()
+    ids = [k.id for k in store.keys.page(limit=500)]
+    assert len(ids) == store.keys.count()
     versions = store.rows("SELECT key_id FROM key_versions ORDER BY key_id")
     assert [v["key_id"] for v in versions] == sorted(ids)  # no half-registered key
 
@@ -659,7 +700,7 @@ KEY_FILTERS: dict[str, tuple[dict[str, Any], Any]] = {
 @pytest.fixture
 def varied(store: Store) -> list[Key]:
     """300 keys spread over every order and filter, with ties, NULL policies and NULL dates."""
-    store.add_policy(Policy("kek", "", {}, NOW))
+    store.policies.add(Policy("kek", "", {}, NOW))
     keys = []
     with store.transaction():
         for n in range(300):
@@ -673,7 +714,7 @@ def varied(store: Store) -> list[Key]:
             key.algorithm = ALGORITHMS[n % len(ALGORITHMS)]
             key.policy = ["default", "kek", ""][n % 3]
             key.created_at = f"2025-{n % 12 + 1:02d}-01T00:00:00.000000Z"
-            store.add_key(key)
+            store.keys.add(key)
             keys.append(key)
     return keys
 
@@ -681,7 +722,7 @@ def varied(store: Store) -> list[Key]:
 def page_ordered(store: Store, limit: int, order: str, descending: bool, **filters: Any) -> list:
     pages: list[list[Key]] = []
     after = None
-    while page := store.page_keys(
+    while page := store.keys.page(
         after=after, limit=limit, order=order, descending=descending, **filters
     ):
         assert len(page) <= limit
@@ -707,8 +748,8 @@ def test_every_order_and_filter_pages_each_matching_key_exactly_once_in_order(
     tag_lookup: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("kmtui.core.registry.store._WINDOW", window)
-    monkeypatch.setattr("kmtui.core.registry.store._TAG_LOOKUP", tag_lookup)
+    monkeypatch.setattr("kmtui.core.registry.keys._WINDOW", window)
+    monkeypatch.setattr("kmtui.core.registry.keys._TAG_LOOKUP", tag_lookup)
     for name, (filters, matches) in KEY_FILTERS.items():
         expected = sorted(
             (k for k in varied if matches(k)), key=SORT_KEYS[order], reverse=descending
@@ -721,10 +762,10 @@ def test_every_order_and_filter_pages_each_matching_key_exactly_once_in_order(
 
 
 def test_a_tag_matches_whole_elements_only(store: Store, varied: list[Key]) -> None:
-    tagged = [k.id for k in store.page_keys(limit=500, tag="pci")]
+    tagged = [k.id for k in store.keys.page(limit=500, tag="pci")]
     assert not any(k.tags == ['a", "pci'] for k in varied if k.id in tagged)
-    assert len(store.page_keys(limit=500, tag='a", "pci')) == 60
-    assert store.page_keys(tag="pc") == []
+    assert len(store.keys.page(limit=500, tag='a", "pci')) == 60
+    assert store.keys.page(tag="pc") == []
 
 
 def test_key_tags_follow_every_change_of_a_keys_tags(store: Store, db_path: Path) -> None:
@@ -732,16 +773,16 @@ def test_key_tags_follow_every_change_of_a_keys_tags(store: Store, db_path: Path
         return [r["key_id"] for r in store.rows("SELECT key_id FROM key_tags WHERE tag = ?", [tag])]
 
     key = make_key(1, "payments", tags=["pci", "pci", "q3"])
-    store.add_key(key)
-    store.add_key(make_key(2, "orders", tags=["q3"]))
+    store.keys.add(key)
+    store.keys.add(make_key(2, "orders", tags=["q3"]))
     assert (tagged("pci"), tagged("q3")) == (["k000001"], ["k000001", "k000002"])
     key.tags = ["gdpr"]
-    store.update_key(key)
+    store.keys.update(key)
     assert (tagged("pci"), tagged("q3"), tagged("gdpr")) == ([], ["k000002"], ["k000001"])
     raw = sqlite3.connect(db_path, isolation_level=None)  # any writer, even a broken value
     raw.execute("UPDATE keys SET tags = 'not json' WHERE id = 'k000002'")
     raw.close()
-    assert tagged("q3") == [] and store.page_keys(tag="q3") == []
+    assert tagged("q3") == [] and store.keys.page(tag="q3") == []
     raw = sqlite3.connect(db_path, isolation_level=None)  # a null element: no tag, no alarm
     raw.execute("""UPDATE keys SET tags = '["q4", null]' WHERE id = 'k000002'""")
     raw.close()
@@ -757,22 +798,22 @@ def test_key_tags_follow_every_change_of_a_keys_tags(store: Store, db_path: Path
 def test_a_rare_tag_reads_its_keys_instead_of_scanning_the_table(
     store: Store, varied: list[Key], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("kmtui.core.registry.store._WINDOW", 5)
+    monkeypatch.setattr("kmtui.core.registry.keys._WINDOW", 5)
 
     def run() -> None:
-        store.page_keys(limit=50, tag="q3", state="suspended")
+        store.keys.page(limit=50, tag="q3", state="suspended")
 
     _, after_window = plans_of(store, run)
     assert after_window[0].startswith("SEARCH key_tags USING PRIMARY KEY"), after_window
     assert not any(p.startswith("SCAN keys") for p in after_window), after_window
-    monkeypatch.setattr("kmtui.core.registry.store._TAG_LOOKUP", 10)  # q3 has 120 keys: too many
+    monkeypatch.setattr("kmtui.core.registry.keys._TAG_LOOKUP", 10)  # q3 has 120 keys: too many
     _, after_window = plans_of(store, run)
     assert after_window[0] == "SCAN keys", after_window
 
 
 def test_an_unknown_order_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="cannot order keys by 'owner'"):
-        store.page_keys(order="owner")
+        store.keys.page(order="owner")
 
 
 def plans_of(store: Store, run: Any) -> list[list[str]]:
@@ -795,8 +836,8 @@ def test_every_order_seeks_its_own_index_and_never_sorts(
     store: Store, varied: list[Key], order: str, descending: bool
 ) -> None:
     def run() -> None:
-        first = store.page_keys(limit=40, order=order, descending=descending)
-        store.page_keys(
+        first = store.keys.page(limit=40, order=order, descending=descending)
+        store.keys.page(
             after=key_cursor(first[-1], order), limit=40, order=order, descending=descending
         )
 
@@ -819,8 +860,8 @@ def test_a_filter_on_the_order_column_seeks_the_same_index(
     store: Store, varied: list[Key], order: str, filters: dict[str, Any]
 ) -> None:
     def run() -> None:
-        first = store.page_keys(limit=10, order=order, **filters)
-        store.page_keys(after=key_cursor(first[-1], order), limit=10, order=order, **filters)
+        first = store.keys.page(limit=10, order=order, **filters)
+        store.keys.page(after=key_cursor(first[-1], order), limit=10, order=order, **filters)
 
     for plan in plans_of(store, run):
         assert plan[0].startswith("SEARCH keys USING INDEX"), plan
@@ -830,11 +871,11 @@ def test_a_filter_on_the_order_column_seeks_the_same_index(
 def test_other_filters_walk_the_order_index_a_window_at_a_time(
     store: Store, varied: list[Key]
 ) -> None:
-    (plan,) = plans_of(store, lambda: store.page_keys(limit=20, order="created_at", tag="pci"))
+    (plan,) = plans_of(store, lambda: store.keys.page(limit=20, order="created_at", tag="pci"))
     assert any("keys_by_created" in p for p in plan), plan
     # Nothing matches: the window runs dry and one scan of the table finds that out (a rare
     # tag reads its keys instead: test_a_rare_tag_reads_its_keys_instead_of_scanning_the_table).
-    window, scan = plans_of(store, lambda: store.page_keys(order="created_at", id_prefix="z"))
+    window, scan = plans_of(store, lambda: store.keys.page(order="created_at", id_prefix="z"))
     assert any("keys_by_created" in p for p in window), window
     assert scan[0] == "SCAN keys", scan
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kmtui.core import errors
 from kmtui.core.audit.log import EVENT_COLUMNS, AuditLog, VerifyResult, canonical_json, verify_rows
 from kmtui.core.models import iso, utcnow
-from kmtui.core.registry.store import Store, integrity_problem
+from kmtui.core.registry.db import Store, integrity_problem
 from kmtui.core.token.hsm import Hsm
 
 CHECKPOINT_TYPE = "kmtui.audit.checkpoint.v1"

@@ -16,7 +16,7 @@ from kmtui import __version__
 from kmtui.core import errors
 from kmtui.core.audit.log import EVENT_COLUMNS, EVENT_NAMES, canonical_json
 from kmtui.core.models import iso, parse_iso
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 
 FORMATS = ("jsonl", "cef", "syslog")
 ENTERPRISE = 32473  # RFC 5612 example enterprise number, for the structured-data id

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from kmtui.core import errors
 from kmtui.core.audit import export
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 
 CURSOR_PREFIX = "forward_cursor"

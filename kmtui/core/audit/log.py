@@ -17,7 +17,8 @@ from typing import Any
 
 from kmtui.core.errors import AuditError, StoreError
 from kmtui.core.models import AuditEvent, iso, utcnow
-from kmtui.core.registry.store import Store, like_escape
+from kmtui.core.registry.db import Store
+from kmtui.core.registry.text import like_escape
 
 GENESIS_HASH = "0" * 64
 

@@ -16,8 +16,7 @@ from kmtui.core.control import totp
 from kmtui.core.control.codes import Attempt, Codes, Refusal, refused
 from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
 from kmtui.core.models import Operator, OperatorState, Outcome, iso, parse_iso
-from kmtui.core.registry.operators import OperatorRecords
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 
 
 class Approvals:
@@ -25,7 +24,7 @@ class Approvals:
 
     def __init__(self, store: Store, audit: AuditLog, codes: Codes) -> None:
         self._store = store
-        self._records = OperatorRecords(store)
+        self._records = store.operators
         self._audit = audit
         self._codes = codes
 

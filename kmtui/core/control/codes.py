@@ -15,8 +15,7 @@ from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control import totp
 from kmtui.core.models import Operator, OperatorState, Outcome
-from kmtui.core.registry.operators import OperatorRecords
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token.hsm import Hsm, on_hsm_thread
 
 MAX_FAILURES = 5
@@ -90,7 +89,7 @@ class Codes:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._records = OperatorRecords(store)
+        self._records = store.operators
         self._hsm = hsm
         self._audit = audit
         self.clock = clock

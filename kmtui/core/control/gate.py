@@ -21,7 +21,7 @@ from kmtui.core.control.approvals import Approvals
 from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
 from kmtui.core.control.origin import session_context
 from kmtui.core.models import Key, Outcome
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 
 Apply = Callable[[], None]
 """Registry writes of an operation, run in the same transaction as its outcome event."""

@@ -17,8 +17,7 @@ from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requ
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.control.totp import Enrollment
 from kmtui.core.models import Operator, OperatorState, Role, iso
-from kmtui.core.registry.operators import OperatorRecords
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token.hsm import Hsm
 
@@ -43,7 +42,7 @@ class Operators:
         policies: PolicyBook,
     ) -> None:
         self._store = store
-        self._records = OperatorRecords(store)
+        self._records = store.operators
         self._hsm = hsm
         self._audit = audit
         self._codes = codes

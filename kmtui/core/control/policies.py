@@ -12,7 +12,7 @@ from kmtui.core.control import policy
 from kmtui.core.control.gate import Apply, Executed, Gate, Prepared
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.models import Policy, iso, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 
 _RULES: dict[tuple[str, str], policy.Rules] = {}
 """Parsed policies by (name, rules JSON); Rules are immutable, so sharing them is safe."""
@@ -27,20 +27,19 @@ class PolicyBook:
 
     def ensure_defaults(self) -> None:
         """The shipped policy set, added when missing (never overwriting a changed policy)."""
-        present = {p.name for p in self._store.policies()}
+        present = {p.name for p in self._store.policies.all()}
         for shipped in policy.DEFAULT_POLICIES:
             if shipped.name not in present:
-                self._store.add_policy(replace(shipped, updated_at=iso(utcnow())))
+                self._store.policies.add(replace(shipped, updated_at=iso(utcnow())))
 
     def all(self) -> list[Policy]:
-        return self._store.policies()
+        return self._store.policies.all()
 
     def get(self, name: str) -> Policy:
-        rows = self._store.rows("SELECT * FROM policies WHERE name = ?", (name,))
-        if not rows:
+        stored = self._store.policies.get(name)
+        if stored is None:
             raise errors.UsageError(f"No policy named {name!r}.", "See `kmtui policies list`.")
-        row = rows[0]
-        return Policy(row["name"], row["description"], json.loads(row["rules"]), row["updated_at"])
+        return stored
 
     def rules(self, name: str) -> policy.Rules:
         """Parsed once per stored version of the rules (read fresh: another process may change
@@ -56,7 +55,7 @@ class PolicyBook:
         """Minutes before the console locks, and who set it: the shortest of the configured value
         and every policy's idle_lock_minutes (a policy can only shorten the lock)."""
         minutes, source = configured_minutes, "configuration"
-        for stored in self._store.policies():
+        for stored in self._store.policies.all():
             try:
                 limit = self.rules(stored.name).idle_lock_minutes
             except errors.KmtuiError:
@@ -97,7 +96,7 @@ class PolicyBook:
 
         def work(facts: dict[str, Any]) -> Apply:
             facts["policy"] = updated.name
-            return lambda: self._store.update_policy(updated)
+            return lambda: self._store.policies.update(updated)
 
         rules = self.rules(updated.name)
         return self._gate.execute(prepared, approvals, work, rules=rules, actor=actor)

@@ -46,7 +46,7 @@ from kmtui.core.keys.keyfiles import (
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
 from kmtui.core.token.hsm import Hsm
@@ -167,7 +167,7 @@ class Distribution:
             }
             write_new(out, json.dumps(document, indent=2, sort_keys=True) + "\n")
             facts.update(file=str(out), blob_sha256=hashlib.sha256(blob).hexdigest())
-            return lambda: self._store.link_keys(key.id, kek.id, "wrapped-by")
+            return lambda: self._store.keys.link(key.id, kek.id, "wrapped-by")
 
         return self._gate.execute(
             prepared, approvals, work, rules=self._policies.rules(key.policy), actor=actor
@@ -298,9 +298,9 @@ class Distribution:
         key.tags = [tag, *more_tags]
 
         def apply() -> None:
-            self._store.add_key(key)
+            self._store.keys.add(key)
             for related, relation in links:
-                self._store.link_keys(key.id, related, relation)
+                self._store.keys.link(key.id, related, relation)
 
         return apply
 
@@ -324,14 +324,8 @@ class Distribution:
             trusted=trusted,
         )
         rules = self._policies.rules(policy_name)
-        for row in self._store.rows(
-            "SELECT key_id FROM key_versions WHERE fingerprint = ?", (recipient.fingerprint,)
-        ):
-            other = self._store.get_key(str(row["key_id"]))
-            if other is not None and other.state not in (
-                KeyState.DESTROYED,
-                KeyState.DESTROYED_COMPROMISED,
-            ):
+        for other in self._store.keys.with_fingerprint(recipient.fingerprint):
+            if other.state not in (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED):
                 raise errors.UsageError(
                     f"This public key is already registered as {clean(other.label, 60)!r} "
                     f"({other.id}).",

@@ -21,7 +21,7 @@ from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, parse_iso, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
 from kmtui.core.token.hsm import Hsm
@@ -240,7 +240,7 @@ class KeyOperations:
                     activated_at="",
                     rotation_due_at="",
                 )
-                self._store.add_key(key)
+                self._store.keys.add(key)
                 facts["quarantined"] = True
                 raise
             version = KeyVersion(
@@ -257,7 +257,7 @@ class KeyOperations:
             if p.get("trusted"):
                 key.tags = ["trusted"]
             facts.update(kcv=generated.kcv, fingerprint=generated.fingerprint, version=1)
-            return lambda: self._store.add_key(key)
+            return lambda: self._store.keys.add(key)
 
         return work
 
@@ -309,7 +309,7 @@ class KeyOperations:
                     reported = str(op.params["compromised_at"])
                     updated.compromised_at = min(filter(None, (key.compromised_at, reported)))
                 facts["dependents"] = [
-                    {"key_id": k, "relation": rel} for k, rel in self._store.dependents(key.id)
+                    {"key_id": k, "relation": rel} for k, rel in self._store.keys.dependents(key.id)
                 ]
             elif target == KeyState.DEACTIVATED:
                 updated.deactivated_at = now
@@ -319,10 +319,10 @@ class KeyOperations:
             retire_current = target in (KeyState.COMPROMISED, KeyState.DEACTIVATED)
 
             def apply() -> None:
-                self._store.update_key(updated)
+                self._store.keys.update(updated)
                 current = key.current
                 if current is not None and retire_current:
-                    self._store.update_version_state(key.id, current.version, target)
+                    self._store.keys.update_version_state(key.id, current.version, target)
 
             return apply
 

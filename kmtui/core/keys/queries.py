@@ -13,8 +13,17 @@ from kmtui.core.audit.log import AuditLog
 from kmtui.core.control import policy
 from kmtui.core.control.operations import OpKind
 from kmtui.core.control.policies import PolicyBook
-from kmtui.core.models import AuditEvent, Key, KeyState, KeyVersion, iso, parse_iso, utcnow
-from kmtui.core.registry.store import Store, key_cursor
+from kmtui.core.models import (
+    AuditEvent,
+    Key,
+    KeyState,
+    KeyVersion,
+    iso,
+    key_cursor,
+    parse_iso,
+    utcnow,
+)
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates, uri
 from kmtui.core.token.hsm import Hsm
@@ -85,10 +94,10 @@ class KeyQueries:
             if parsed is None:
                 raise errors.UsageError("That PKCS#11 URI does not name a kmtui key (id=...).")
             ref = parsed[0]
-        key = self._store.get_key(ref)
+        key = self._store.keys.get(ref)
         if key is not None:
             return key
-        matches = self._store.find_keys(label=ref)
+        matches = self._store.keys.find(label=ref)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -177,7 +186,7 @@ class KeyQueries:
         rules_by_policy: dict[str, policy.Rules] = {}
         out: list[tuple[datetime, Due]] = []
         after: tuple[str, str] | None = None
-        while page := self._store.page_keys(after=after, limit=500):
+        while page := self._store.keys.page(after=after, limit=500):
             after = key_cursor(page[-1])
             for key in page:
                 if key.state not in (

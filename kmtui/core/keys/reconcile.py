@@ -25,7 +25,7 @@ from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates
 from kmtui.core.token.hsm import HEAD_LABEL, SEAL_KEY_ID, Hsm, ObjectInfo
@@ -125,7 +125,7 @@ class Reconciler:
 
         Read from the table the store keeps as events are appended, not from a scan of the trail.
         """
-        return self._store.open_intents()
+        return self._store.keys.open_intents()
 
     def prepare_acknowledge(self, finding: str, note: str) -> Prepared:
         if not note.strip():
@@ -143,7 +143,9 @@ class Reconciler:
 
         def work(facts: dict[str, Any]) -> Apply:
             seq = int(facts["intent"])
-            return lambda: self._store.acknowledge(str(p["finding"]), str(p["note"]), seq)
+            return lambda: self._store.keys.acknowledge_finding(
+                str(p["finding"]), str(p["note"]), seq
+            )
 
         rules = self._policies.rules("default")
         return self._gate.execute(prepared, approvals, work, rules=rules, actor=actor)
@@ -153,11 +155,11 @@ class Reconciler:
         report = Report()
         serial = self._hsm.info().serial
         objects = _by_id(self._hsm.objects())
-        for intent in self._store.open_intents():
+        for intent in self._store.keys.open_intents():
             self._settle(intent, objects, serial, report, actor)
         objects = _by_id(self._hsm.objects()) if report.completed else objects
         self._compare(objects, serial, report)
-        acked = self._store.acknowledged()
+        acked = self._store.keys.acknowledged_findings()
         report.acknowledged = [f for f in report.findings if f.ident in acked]
         report.findings = [f for f in report.findings if f.ident not in acked]
         self._audit.append(
@@ -186,7 +188,7 @@ class Reconciler:
         """Finish an operation whose token step happened; close it as interrupted otherwise."""
         action, key_id = str(intent["action"]), str(intent["key_id"])
         params = json.loads(intent["params"])
-        key = self._store.get_key(key_id) if key_id else None
+        key = self._store.keys.get(key_id) if key_id else None
         if (
             action == OpKind.KEY_CREATE
             and bytes.fromhex(params["cka_id"]) in objects
@@ -207,7 +209,7 @@ class Reconciler:
             )
             created = self._records.created(key_id, params, version)
             with self._store.transaction():
-                self._store.add_key(created)
+                self._store.keys.add(created)
                 self._close(intent, actor, Outcome.SUCCESS, recovered=True, version=1, check=check)
             report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
             return
@@ -304,7 +306,7 @@ class Reconciler:
     def _compare(self, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report) -> None:
         # Only this token's objects: versions registered on other tokens are not read at all.
         registered = {
-            version.cka_id: (key, version) for key, version in self._store.versions_on(serial)
+            version.cka_id: (key, version) for key, version in self._store.keys.versions_on(serial)
         }
 
         for cka_id, (key, version) in registered.items():

@@ -10,7 +10,7 @@ from kmtui.core.control import policy
 from kmtui.core.control.gate import Apply
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.models import Key, KeyState, KeyVersion, iso, utcnow
-from kmtui.core.registry.store import Store
+from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 
 
@@ -43,9 +43,9 @@ class KeyRecords:
         updated.rotation_due_at = _iso_or_empty(policy.rotation_due(updated, rules))
 
         def apply() -> None:
-            self._store.add_version(new)
-            self._store.update_version_state(key.id, key.current_version, retired)
-            self._store.update_key(updated)
+            self._store.keys.add_version(new)
+            self._store.keys.update_version_state(key.id, key.current_version, retired)
+            self._store.keys.update(updated)
 
         return apply, retired
 
@@ -61,9 +61,9 @@ class KeyRecords:
         )
 
         def apply() -> None:
-            self._store.update_key(updated)
+            self._store.keys.update(updated)
             for version in key.versions:
-                self._store.update_version_state(key.id, version.version, target)
+                self._store.keys.update_version_state(key.id, version.version, target)
 
         return apply
 

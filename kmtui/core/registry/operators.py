@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmtui.core.models import Operator, OperatorState, Role
-from kmtui.core.registry.store import Store
+
+if TYPE_CHECKING:
+    from kmtui.core.registry.db import Store
 
 _COLUMNS = "name, role, state, enrolled_at, sealed_seed, last_step, failures"
 

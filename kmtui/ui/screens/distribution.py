@@ -24,7 +24,7 @@ from kmtui.ui.text import plain
 
 def wrapping_keys(ws: Workstation, *, for_export: bool) -> list[Key]:
     """Keys that can wrap (export: trusted KEKs and trusted recipients) or unwrap (import)."""
-    keys = [k for k in ws.store.page_keys(limit=500) if k.purpose == "wrap"]
+    keys = [k for k in ws.store.keys.page(limit=500) if k.purpose == "wrap"]
     if for_export:
         return [k for k in keys if "trusted" in k.tags]
     return [k for k in keys if "recipient" not in k.tags]

@@ -75,7 +75,7 @@ class CreateKeyScreen(FormScreen):
     def __init__(self, workstation: Workstation) -> None:
         super().__init__()
         self.workstation = workstation
-        self.policies = [p.name for p in workstation.store.policies()]
+        self.policies = [p.name for p in workstation.store.policies.all()]
 
     def compose_fields(self) -> ComposeResult:
         yield Input(placeholder="label (printable text)", id="label", max_length=128)

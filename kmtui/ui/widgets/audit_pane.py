@@ -142,10 +142,7 @@ class AuditPane(Pane):
             found = self.workstation.audit.events(after_seq=seq + 1, limit=1, newest_first=True)
             label = ""
             if found and found[0].key_id:
-                rows = self.workstation.store.rows(
-                    "SELECT label FROM keys WHERE id = ?", (found[0].key_id,)
-                )
-                label = str(rows[0]["label"]) if rows else ""
+                label = self.workstation.store.reads.key_label(found[0].key_id)
         except (KmtuiError, ValueError):
             found = []
         box.update(describe(found[0], label) if found else "")
@@ -161,11 +158,11 @@ class AuditPane(Pane):
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="verify")
     def _verify(self) -> None:
-        audit, store = self.workstation.audit, self.workstation.store
+        audit, reads = self.workstation.audit, self.workstation.store.reads
         started = time.monotonic()
 
         def run() -> VerifyResult:
-            total = int(store.rows("SELECT max(seq) AS n FROM audit_events")[0]["n"] or 0)
+            total = reads.last_audit_seq()
             return audit.verify(progress=lambda n: self.post_message(self.Progressed(n, total)))
 
         result = attempt(self, "Verifying the audit trail", run)

@@ -15,8 +15,7 @@ from kmtui.core.control.lifecycle import RevocationReason
 from kmtui.core.control.operations import OpKind
 from kmtui.core.errors import KmtuiError
 from kmtui.core.keys import components
-from kmtui.core.models import Key, KeyState, iso, utcnow
-from kmtui.core.registry.store import key_cursor
+from kmtui.core.models import Key, KeyState, iso, key_cursor, utcnow
 from kmtui.core.safetext import clean
 from kmtui.service import Executed, Prepared
 from kmtui.ui.filters import KeyFilter
@@ -47,7 +46,7 @@ SORTS = (
     ("created_at", "creation date"),
     ("rotation_due_at", "rotation due date"),
 )
-"""(Store.page_keys order, words for the summary line) in the order `s` cycles through."""
+"""(store.keys.page order, words for the summary line) in the order `s` cycles through."""
 
 
 class KeysPane(Pane):
@@ -125,7 +124,7 @@ class KeysPane(Pane):
         query = f.query()
 
         def fetch(after: Any) -> Page:
-            keys = store.page_keys(after=after, limit=PAGE, order=order, **query)
+            keys = store.keys.page(after=after, limit=PAGE, order=order, **query)
             rows = [(key.id, row(key, styles)) for key in keys]
             return rows, (key_cursor(keys[-1], order) if len(keys) == PAGE else None)
 
@@ -165,7 +164,7 @@ class KeysPane(Pane):
             self.notify("No key selected.", severity="warning")
             return None
         key_id = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        key = self.workstation.store.get_key(str(key_id))
+        key = self.workstation.store.keys.get(str(key_id))
         if key is None:
             self.notify("That key is no longer in the registry.", severity="warning")
         return key

@@ -57,12 +57,7 @@ class OperatorsPane(Pane):
 
     def _fill(self, table: DataTable[Any]) -> None:
         table.clear()
-        last = {
-            r["operator"]: r["at"]
-            for r in self.workstation.store.rows(
-                "SELECT operator, max(approved_at) AS at FROM approvals GROUP BY operator"
-            )
-        }
+        last = self.workstation.store.reads.last_approvals()
         operators = self.workstation.operators.all()
         for o in operators:
             table.add_row(

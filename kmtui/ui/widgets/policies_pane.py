@@ -41,7 +41,7 @@ class PoliciesPane(Pane):
         table = self.query_one("#policies", DataTable)
         with cursor_kept(table):
             table.clear()
-            for p in self.workstation.store.policies():
+            for p in self.workstation.store.policies.all():
                 table.add_row(plain(p.name), plain(when(p.updated_at)), key=p.name)
         self._show()
 

@@ -13,7 +13,6 @@ from textual import work
 from textual.message import Message
 from textual.widgets import Static
 
-from kmtui.core.models import iso, utcnow
 from kmtui.ui.text import plain
 from kmtui.ui.widgets.paged_table import READER
 from kmtui.ui.workers import attempt
@@ -50,17 +49,10 @@ class StatusLine(Static):
     async def count_pending(self) -> None:
         """Counted on the reader thread: the UI thread never waits on SQLite for this line."""
         app = cast("KmtuiApp", self.app)
-        store, since = app.workstation.store, app.session_approvals_since
+        reads, since = app.workstation.store.reads, app.session_approvals_since
 
         def count() -> tuple[int, list[str]]:
-            rows = store.rows(
-                "SELECT count(*) AS n FROM approvals WHERE executed_at IS NULL AND expires_at > ?",
-                (iso(utcnow()),),
-            )
-            present = store.rows(
-                "SELECT DISTINCT operator FROM approvals WHERE id > ? ORDER BY operator", (since,)
-            )
-            return int(rows[0]["n"]), [str(r["operator"]) for r in present]
+            return reads.pending_approvals(), reads.approvers_since(since)
 
         loop = asyncio.get_running_loop()
         counted = await loop.run_in_executor(
