@@ -36,6 +36,7 @@ from kmtui.core.models import (
     Outcome,
     Policy,
     Role,
+    TokenInfo,
     iso,
     new_key_id,
     parse_iso,
@@ -44,7 +45,7 @@ from kmtui.core.models import (
 from kmtui.core.registry.store import Store, key_cursor
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates, uri
-from kmtui.core.token.hsm import Hsm, TokenInfo
+from kmtui.core.token.session import Hsm
 
 T = TypeVar("T")
 Apply = Callable[[], None]
@@ -611,9 +612,9 @@ class Workstation:
             try:
                 if officer_pin:
                     officer.create_trusted_kek(self.hsm, officer_pin, template)
-                    generated = self.hsm.adopt(template)
+                    generated = self.hsm.keygen.adopt(template)
                 else:
-                    generated = self.hsm.generate(template)
+                    generated = self.hsm.keygen.generate(template)
             except errors.TemplateMismatch:
                 version = KeyVersion(
                     op.key_id, 1, KeyState.QUARANTINED, template.cka_id, serial, now
@@ -658,7 +659,7 @@ class Workstation:
 
         def work(result: dict[str, Any]) -> Apply:
             serial = self.hsm.info().serial
-            generated = self.hsm.generate(template)
+            generated = self.hsm.keygen.generate(template)
             check = generated.kcv or generated.fingerprint
             apply, retired = self.rotation_writes(key, version, check, serial)
             result.update(
@@ -724,7 +725,7 @@ class Workstation:
             destroyed = 0
             for version in key.versions:
                 if version.state not in (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED):
-                    destroyed += self.hsm.destroy(version.cka_id)
+                    destroyed += self.hsm.objects.destroy(version.cka_id)
             result.update(
                 objects_destroyed=destroyed,
                 state=str(target),
@@ -810,7 +811,7 @@ class Workstation:
         current = _require(key.current)
 
         def work(result: dict[str, Any]) -> None:
-            checks = self.hsm.self_test(current.cka_id, key.algorithm, key.purpose)
+            checks = self.hsm.selftest.run(current.cka_id, key.algorithm, key.purpose)
             expected = current.kcv or current.fingerprint
             observed = checks.get("kcv") or checks.get("fingerprint", "")
             checks["registry-match"] = "pass" if observed == expected else "fail"

@@ -30,7 +30,7 @@ from kmtui.core.control.dualcontrol import (
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requirement
 from kmtui.core.models import OperatorState
 from kmtui.core.registry.store import Store
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 
 STEP = 30
 T0 = 56_666_667 * STEP + 10.0  # ten seconds into a time step

@@ -12,7 +12,7 @@ import kmtui.core
 def test_kmtui_core_imports_no_textual_or_rich() -> None:
     modules = [m.name for m in pkgutil.walk_packages(kmtui.core.__path__, "kmtui.core.")]
     modules.append("kmtui.service")
-    assert "kmtui.core.token.hsm" in modules and "kmtui.core.control.policy" in modules
+    assert "kmtui.core.token.session" in modules and "kmtui.core.control.policy" in modules
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"

@@ -29,7 +29,7 @@ from kmtui.core import errors
 from kmtui.core.audit.log import EVENT_COLUMNS, AuditLog, VerifyResult, canonical_json, verify_rows
 from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.store import Store, integrity_problem
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 
 CHECKPOINT_TYPE = "kmtui.audit.checkpoint.v1"
 DEFAULT_EVERY = 100
@@ -93,7 +93,7 @@ class Anchors:
 
     def public_key(self) -> tuple[str, str]:
         """(PEM, fingerprint) of the audit key, created on the token at first use."""
-        pem = self._hsm.ensure_audit_key()
+        pem = self._hsm.signer.ensure_audit_key()
         fingerprint = fingerprint_of(pem)
         with self._store.transaction() as conn:
             conn.execute(
@@ -125,9 +125,8 @@ class Anchors:
         unsigned = Checkpoint(
             seq, head_hash, iso(utcnow()), self._hsm.info().serial, fingerprint, reason, ""
         )
-        signed = Checkpoint(
-            **{**unsigned.__dict__, "signature": self._hsm.sign_audit(unsigned.message()).hex()}
-        )
+        signature = self._hsm.signer.sign_audit(unsigned.message()).hex()
+        signed = Checkpoint(**{**unsigned.__dict__, "signature": signature})
         with self._store.transaction() as conn:
             conn.execute(
                 "INSERT INTO audit_checkpoints (seq, head_hash, ts, token_serial, "
@@ -165,7 +164,7 @@ class Anchors:
         if not seq:
             return
         registry = self.registry_id()
-        self._hsm.write_head(
+        self._hsm.signer.write_head(
             registry,
             canonical_json({"registry": registry, "seq": seq, "hash": head_hash}).encode(),
         )
@@ -175,7 +174,7 @@ class Anchors:
 
     def check_head(self) -> str:
         """'' when the database holds the token's head; otherwise why it does not (rollback)."""
-        raw = self._hsm.read_head(self.registry_id())
+        raw = self._hsm.signer.read_head(self.registry_id())
         problem = ""
         if raw is not None:
             try:

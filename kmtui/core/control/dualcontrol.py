@@ -28,7 +28,7 @@ from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
 from kmtui.core.models import Operator, OperatorState, Outcome, Role, iso, parse_iso
 from kmtui.core.registry.store import Store
 from kmtui.core.safetext import clean
-from kmtui.core.token.hsm import Hsm, on_hsm_thread
+from kmtui.core.token.session import Hsm, on_hsm_thread
 
 ISSUER = "kmtui"
 DIGITS = 6
@@ -313,7 +313,7 @@ class DualControl:
         uri = _totp(base64.b32encode(seed).decode("ascii")).provisioning_uri(
             name=name, issuer_name=ISSUER
         )
-        sealed = self._hsm.seal(seed, _aad(name))
+        sealed = self._hsm.sealing.seal(seed, _aad(name))
         del seed
         with self._store.transaction() as conn:
             existing = conn.execute(
@@ -422,7 +422,7 @@ class DualControl:
         given = code.encode("ascii")
 
         def check() -> int | None:
-            seed = self._hsm.unseal(blob, aad)
+            seed = self._hsm.sealing.unseal(blob, aad)
             try:
                 totp = _totp(base64.b32encode(seed).decode("ascii"))
                 matched: int | None = None

@@ -145,7 +145,7 @@ def run_export(
     named = {k: p[k] for k in ("wrapping_key_kcv", "wrapping_key_fingerprint") if k in p}
 
     def work(result: dict[str, Any]) -> Apply:
-        blob = ws.hsm.wrap(_current(key).cka_id, _current(kek).cka_id, mechanism, param)
+        blob = ws.hsm.wrapping.wrap(_current(key).cka_id, _current(kek).cka_id, mechanism, param)
         manifest = {
             "key_id": key.id,
             "version": p["version"],
@@ -308,7 +308,9 @@ def run_import(
     mechanism = MECHANISMS[str(p["mechanism"])]
 
     def work(result: dict[str, Any]) -> Apply:
-        observed = ws.hsm.kcv_of_blob(_current(kek).cka_id, wrapped.blob, mechanism, template)
+        observed = ws.hsm.wrapping.kcv_of_blob(
+            _current(kek).cka_id, wrapped.blob, mechanism, template
+        )
         result["kcv"] = observed
         if observed != p["expected_kcv"]:
             raise errors.PolicyRefused(
@@ -316,7 +318,7 @@ def run_import(
                 f"{p['expected_kcv']}. Wrong key-encryption key, or a substituted file.",
                 "Nothing was registered.",
             )
-        ws.hsm.unwrap(_current(kek).cka_id, wrapped.blob, mechanism, template)
+        ws.hsm.wrapping.unwrap(_current(kek).cka_id, wrapped.blob, mechanism, template)
         return _register(ws, op, observed, "imported", links=[(kek.id, "wrapped-by")])
 
     ws.execute(prepared, approvals, work, rules=ws.rules(str(p["policy"])), actor=actor)
@@ -615,9 +617,9 @@ def run_import_public(
         try:
             if trusted:
                 officer.create_trusted_recipient(ws.hsm, officer_pin, template)
-                made = ws.hsm.adopt(template)
+                made = ws.hsm.keygen.adopt(template)
             else:
-                made = ws.hsm.create_public(template)
+                made = ws.hsm.keygen.create_public(template)
             if made.fingerprint != p["fingerprint"]:
                 raise errors.TemplateMismatch(
                     f"The token holds a public key with fingerprint {made.fingerprint[:23]}, "
@@ -626,7 +628,7 @@ def run_import_public(
                     {"PUBLIC_KEY.fingerprint": (p["fingerprint"], made.fingerprint)},
                 )
         except errors.TemplateMismatch:
-            ws.hsm.destroy(template.cka_id)  # a public object: nothing secret is lost
+            ws.hsm.objects.destroy(template.cka_id)  # a public object: nothing secret is lost
             raise
         result.update(fingerprint=made.fingerprint, trusted=trusted)
         more = ["trusted"] if trusted else []
@@ -796,11 +798,11 @@ def run_components(
     def work(result: dict[str, Any]) -> Apply:
         whole = _xor([c.value for c in shares])
         expected = kcv_of(whole)
-        observed = ws.hsm.create_from_value(whole, template)
+        observed = ws.hsm.keygen.create_from_value(whole, template)
         del whole
         result.update(kcv=observed, custodians=names, component_checks=[c.kcv for c in shares])
         if observed != expected or (p["expected_kcv"] and observed != p["expected_kcv"]):
-            ws.hsm.destroy(template.cka_id)
+            ws.hsm.objects.destroy(template.cka_id)
             raise errors.PolicyRefused(
                 f"The combined key's KCV is {observed}, expected "
                 f"{p['expected_kcv'] or expected}: a component was mistyped.",

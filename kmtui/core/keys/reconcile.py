@@ -21,7 +21,9 @@ from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
 from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import HEAD_LABEL, SEAL_KEY_ID, ObjectInfo
+from kmtui.core.token.records import ObjectInfo
+from kmtui.core.token.sealing import SEAL_KEY_ID
+from kmtui.core.token.signer import HEAD_LABEL
 
 if TYPE_CHECKING:
     from kmtui.service import Workstation
@@ -107,10 +109,10 @@ def run(ws: Workstation, *, actor: str = "reconcile") -> Report:
     """Finish or close interrupted operations, then compare token and registry."""
     report = Report()
     serial = ws.hsm.info().serial
-    objects = _by_id(ws.hsm.objects())
+    objects = _by_id(ws.hsm.objects.scan())
     for intent in open_intents(ws):
         _settle(ws, intent, objects, serial, report, actor)
-    objects = _by_id(ws.hsm.objects()) if report.completed else objects
+    objects = _by_id(ws.hsm.objects.scan()) if report.completed else objects
     _compare(ws, objects, serial, report)
     acked = ws.store.acknowledged()
     report.acknowledged = [f for f in report.findings if f.ident in acked]
@@ -264,8 +266,8 @@ def _settle(
 
 def _observed(ws: Workstation, algorithm: str, cka_id: bytes) -> str:
     if templates.ALGORITHMS[algorithm].symmetric:
-        return ws.hsm.kcv(cka_id)
-    return ws.hsm.fingerprint(cka_id)
+        return ws.hsm.objects.kcv(cka_id)
+    return ws.hsm.objects.fingerprint(cka_id)
 
 
 def _compare(
@@ -362,7 +364,7 @@ def _check_object(ws: Workstation, key: Key, version: KeyVersion, report: Report
         cls = templates.object_class(key.algorithm, key.tags)
         wanted = template.expected(cls)
     try:
-        actual = ws.hsm.attributes(version.cka_id, cls)
+        actual = ws.hsm.objects.attributes(version.cka_id, cls)
         observed = _observed(ws, key.algorithm, version.cka_id)
     except errors.ObjectGone:
         report.findings.append(

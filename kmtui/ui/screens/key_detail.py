@@ -99,7 +99,7 @@ class KeyDetailScreen(ModalScreen[None]):
                     attempt(
                         self,
                         "Reading token attributes",
-                        lambda: ws.hsm.attributes(current.cka_id, cls),
+                        lambda: ws.hsm.objects.attributes(current.cka_id, cls),
                     )
                     or {}
                 )
