@@ -355,6 +355,22 @@ def test_a_key_destroyed_behind_kmtuis_back_is_reported_gone(hsm: Hsm) -> None:
         hsm.objects.kcv(tpl.cka_id)
 
 
+def test_log_out_forgets_the_handles_and_head_objects_every_part_remembered(
+    hsm: Hsm, softhsm_token: SoftHsm
+) -> None:
+    tpl, key = make(hsm, "AES-128")
+    registry = f"test-{new_key_id()}"
+    hsm.signer.write_head(registry, b'{"seq": 1}')
+    assert hsm.objects.cached(tpl.cka_id, ObjectClass.SECRET_KEY) is not None
+    assert hsm.signer._heads
+    hsm.logout()
+    assert hsm.objects.cached(tpl.cka_id, ObjectClass.SECRET_KEY) is None
+    assert not hsm.signer._heads
+    hsm.login(softhsm_token.pin)
+    assert hsm.objects.kcv(tpl.cka_id) == key.kcv
+    assert hsm.signer.read_head(registry) == b'{"seq": 1}'
+
+
 def test_token_info_and_slots(hsm: Hsm, softhsm_token: SoftHsm) -> None:
     info = hsm.info()
     assert info.label == softhsm_token.label
