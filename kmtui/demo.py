@@ -22,7 +22,7 @@ from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.totp import current_code
 from kmtui.core.errors import HsmError, UsageError
 from kmtui.core.token import softhsm
-from kmtui.core.token.hsm import default_softhsm_module
+from kmtui.core.token.session import default_softhsm_module
 
 DEMO_TOKEN = "kmtui-demo"
 DEMO_ACTOR = "demo-setup"

@@ -6,7 +6,7 @@ from kmtui import paths
 from kmtui.config import Config
 from kmtui.core.errors import ConfigError
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 
 

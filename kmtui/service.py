@@ -28,9 +28,9 @@ from kmtui.core.keys.operations import KeyOperations
 from kmtui.core.keys.queries import Due, KeyDetail, KeyQueries
 from kmtui.core.keys.reconcile import Reconciler
 from kmtui.core.keys.records import KeyRecords
-from kmtui.core.models import AuditEvent, Key, Policy
+from kmtui.core.models import AuditEvent, Key, Policy, TokenInfo
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm, TokenInfo
+from kmtui.core.token.session import Hsm
 
 __all__ = ["Executed", "Prepared", "Workstation"]
 

@@ -16,7 +16,7 @@ from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
-from kmtui.core.token.hsm import Hsm, default_softhsm_module
+from kmtui.core.token.session import Hsm, default_softhsm_module
 from kmtui.service import Workstation
 
 

@@ -249,7 +249,7 @@ def _verify(args: argparse.Namespace) -> int:
             # log-out event (written after) is not mistaken for an unanchored one.
             # quick_check at open: verify_database runs the full integrity_check just after.
             with common.workstation(args, login=True, integrity="quick") as ws:
-                raw = ws.hsm.read_head(ws.anchors.registry_id())
+                raw = ws.hsm.signer.read_head(ws.anchors.registry_id())
                 head = None if raw is None else _parse_head(raw)
                 report = anchors.verify_database(
                     path,

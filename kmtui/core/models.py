@@ -1,4 +1,4 @@
-"""Plain records shared by every layer: keys, versions, policies, operators, approvals, events."""
+"""Plain records shared by every layer: keys, policies, operators, approvals, events, the token."""
 
 from __future__ import annotations
 
@@ -147,3 +147,21 @@ class AuditEvent:
     outcome: str
     prev_hash: str
     hash: str
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """The token as the token room reads it; here so the UI can show it without that room."""
+
+    label: str
+    serial: str
+    manufacturer: str
+    model: str
+    slot_id: int
+    slot_description: str
+    hardware_version: str
+    firmware_version: str
+    library: str
+    library_version: str
+    flags: tuple[str, ...]
+    logged_in: bool

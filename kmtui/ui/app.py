@@ -16,7 +16,7 @@ from kmtui import __version__
 from kmtui.config import Config, remember_theme, remembered_theme
 from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
-from kmtui.core.token.hsm import TokenInfo
+from kmtui.core.models import TokenInfo
 from kmtui.paths import Paths
 from kmtui.service import Prepared, Workstation
 from kmtui.ui import themes

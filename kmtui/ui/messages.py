@@ -6,7 +6,7 @@ from textual.message import Message
 
 from kmtui.core.errors import KmtuiError
 from kmtui.core.keys.reconcile import Report
-from kmtui.core.token.hsm import TokenInfo
+from kmtui.core.models import TokenInfo
 from kmtui.service import Workstation
 
 

@@ -43,7 +43,7 @@ from kmtui.core.control import policy
 from kmtui.core.models import Policy, iso, new_key_id, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
-from kmtui.core.token.hsm import Hsm, default_softhsm_module
+from kmtui.core.token.session import Hsm, default_softhsm_module
 from kmtui.service import Workstation
 
 pytestmark = pytest.mark.bench

@@ -20,7 +20,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from kmtui.core.models import new_key_id
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import Hsm, on_hsm_thread
+from kmtui.core.token.session import Hsm, on_hsm_thread
 
 pytestmark = pytest.mark.bench
 ROUNDS = 60
@@ -70,7 +70,7 @@ def test_bench_token_layer_against_raw_python_pkcs11(hsm: Hsm) -> None:
     def ours(algorithm: str, purpose: str) -> Callable[[], Any]:
         def run() -> None:
             key_id = new_key_id()
-            hsm.generate(
+            hsm.keygen.generate(
                 templates.build(
                     algorithm, purpose, cka_id=templates.cka_id(key_id, 1), label="bench"
                 )
@@ -93,7 +93,7 @@ def test_bench_token_layer_against_raw_python_pkcs11(hsm: Hsm) -> None:
     fixed = templates.build(
         "AES-256", "encrypt", cka_id=templates.cka_id(new_key_id(), 1), label="kcv"
     )
-    hsm.generate(fixed)
+    hsm.keygen.generate(fixed)
     raw_key = raw.get_key(id=fixed.cka_id, object_class=ObjectClass.SECRET_KEY)
 
     def raw_kcv() -> None:
@@ -102,7 +102,7 @@ def test_bench_token_layer_against_raw_python_pkcs11(hsm: Hsm) -> None:
     rows = [
         _compare("AES-256 keygen", raw_aes, ours("AES-256", "encrypt")),
         _compare("EC P-256 keygen", raw_ec, ours("EC-P256", "sign")),
-        _compare("KCV", raw_kcv, lambda: hsm.kcv(fixed.cka_id)),
+        _compare("KCV", raw_kcv, lambda: hsm.objects.kcv(fixed.cka_id)),
         # What the one-PKCS#11-thread rule costs by itself: an empty call, direct vs via the thread.
         _compare("thread hop (no-op)", lambda: None, lambda: on_hsm_thread(lambda: None)),
     ]

@@ -73,7 +73,7 @@ async def bare_start() -> float:
 async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]:
     from kmtui.config import Config
     from kmtui.core.registry.db import Store
-    from kmtui.core.token.hsm import Hsm
+    from kmtui.core.token.session import Hsm
     from kmtui.paths import under
     from kmtui.service import Workstation
     from kmtui.ui.app import KmtuiApp

@@ -16,17 +16,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kmtui.core.control.dualcontrol import current_code
+
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control.gate import Gate
 from kmtui.core.control.operations import ApprovalInput, OpKind
-from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.keygen import Keygen
+from kmtui.core.token.objects import Objects
+from kmtui.core.token.session import Hsm
 from kmtui.service import Prepared, Workstation
 
 KINDS = {"create": OpKind.KEY_CREATE, "rotate": OpKind.KEY_ROTATE, "destroy": OpKind.KEY_DESTROY}
-HSM_STEP = {"create": "generate", "rotate": "generate", "destroy": "destroy"}
+HSM_STEP: dict[str, tuple[type, str]] = {
+    "create": (Keygen, "generate"),
+    "rotate": (Keygen, "generate"),
+    "destroy": (Objects, "destroy"),
+}
 
 
 class Clock:
@@ -75,21 +82,21 @@ class Child:
 
     def arm(self, boundary: str, kind: OpKind) -> None:
         """Wrap the kmtui method whose return (or call) marks `boundary`."""
-        step_name = HSM_STEP[self.request["op"]]
-        real_step: Callable[..., Any] = getattr(Hsm, step_name)
+        part, step_name = HSM_STEP[self.request["op"]]
+        real_step: Callable[..., Any] = getattr(part, step_name)
         calls = {"n": 0}
         die_after = int(self.request.get("die_after_calls", 1))
 
-        def step(hsm: Hsm, *args: Any, **kwargs: Any) -> Any:
+        def step(owner: Any, *args: Any, **kwargs: Any) -> Any:
             if boundary == "intent-committed":
                 self.die(boundary)  # before the token is touched
-            value = real_step(hsm, *args, **kwargs)
+            value = real_step(owner, *args, **kwargs)
             calls["n"] += 1
             if boundary in ("hsm-partial", "hsm-done") and calls["n"] == die_after:
                 self.die(boundary)
             return value
 
-        setattr(Hsm, step_name, step)
+        setattr(part, step_name, step)
 
         real_append = AuditLog.append
 
@@ -131,27 +138,31 @@ class Child:
         """For each watched CKA_ID: the classes of the objects carrying it and its check value."""
         watched = {bytes.fromhex(h) for h in self.request["watch"]}
         view: dict[str, Any] = {h: {"classes": [], "check": ""} for h in self.request["watch"]}
-        for obj in self.ws.hsm.objects():
+        for obj in self.ws.hsm.objects.scan():
             if obj.cka_id in watched:
                 view[obj.cka_id.hex()]["classes"].append(obj.object_class)
         symmetric = templates.ALGORITHMS[self.request["algorithm"]].symmetric
         for hexid, entry in view.items():
             if entry["classes"]:
                 cka = bytes.fromhex(hexid)
-                entry["check"] = self.ws.hsm.kcv(cka) if symmetric else self.ws.hsm.fingerprint(cka)
+                entry["check"] = (
+                    self.ws.hsm.objects.kcv(cka)
+                    if symmetric
+                    else self.ws.hsm.objects.fingerprint(cka)
+                )
             entry["classes"].sort()
         return view
 
     def reconcile(self) -> None:
         calls: list[str] = []
-        for name in ("generate", "destroy"):
-            real: Callable[..., Any] = getattr(Hsm, name)
+        for part, name in ((Keygen, "generate"), (Objects, "destroy")):
+            real: Callable[..., Any] = getattr(part, name)
 
-            def counted(hsm: Hsm, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            def counted(owner: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
                 calls.append(_name)
-                return _real(hsm, *args)
+                return _real(owner, *args)
 
-            setattr(Hsm, name, counted)
+            setattr(part, name, counted)
         out: dict[str, Any] = {"open_before": len(self.ws.reconciler.open_intents())}
         out["open_by_scan_before"] = len(self.ws.store.keys.open_intents_by_scan())
         out["first"] = self.ws.reconciler.run().as_dict()

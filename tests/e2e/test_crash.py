@@ -28,7 +28,7 @@ from kmtui.core.control.operations import OpKind
 from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import AuditEvent, KeyState
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from tests.conftest import SoftHsm, Team
 
 CHILD = Path(__file__).with_name("crash_child.py")
@@ -330,13 +330,13 @@ def test_the_parent_sees_token_changes_made_by_another_process(
     destroy = Case("destroy", "outcome-committed", "done")
     key_id = prepare_key(team, destroy)
     v1, v2 = (v.cka_id for v in team.ws.get_key(key_id).versions)
-    assert hsm.kcv(v1)  # the parent has touched (and cached a handle for) the object
+    assert hsm.objects.kcv(v1)  # the parent has touched (and cached a handle for) the object
     kill_at(softhsm_token, team, destroy, key_id)
-    assert hsm.find(v1) is None and hsm.find(v2) is None
+    assert hsm.objects.find(v1) is None and hsm.objects.find(v2) is None
     with pytest.raises(errors.ObjectGone):
-        hsm.kcv(v1)
+        hsm.objects.kcv(v1)
 
     create = Case("create", "hsm-done", "recovered")
     made = kill_at(softhsm_token, team, create)
-    found = hsm.find(templates.cka_id(made, 1))
+    found = hsm.objects.find(templates.cka_id(made, 1))
     assert found is not None and found.object_class == "SECRET_KEY"

@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Input, Static
 
 from kmtui.config import Config
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.paths import under
 from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp

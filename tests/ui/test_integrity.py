@@ -12,7 +12,7 @@ from kmtui.core.audit.log import AuditLog
 from kmtui.core.errors import DatabaseCorrupt
 from kmtui.core.models import Policy
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm
 from tests.ui.helpers import SIZE, app_for, main_ready, until

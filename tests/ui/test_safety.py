@@ -66,7 +66,7 @@ async def test_an_hsm_error_inside_a_worker_shows_a_message_and_the_app_stays_up
     def broken() -> list[str]:
         raise RuntimeError("secret-looking detail")
 
-    monkeypatch.setattr(ws.hsm, "objects", gone)
+    monkeypatch.setattr(ws.hsm.objects, "scan", gone)
     monkeypatch.setattr(ws.hsm, "mechanisms", broken)
     app = app_for(ws, tmp_path, softhsm_token.pin)
     seen: list[str] = []

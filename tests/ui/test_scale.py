@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import Input, Static
 
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 from kmtui.ui.widgets.keys_pane import PAGE
 from kmtui.ui.widgets.paged_table import PagedTable

@@ -42,7 +42,7 @@ from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.errors import ApproversRefused
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm, on_hsm_thread
+from kmtui.core.token.session import Hsm, on_hsm_thread
 from kmtui.service import Workstation
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.help import HelpScreen

@@ -18,7 +18,7 @@ from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors, Checkpoint, verify_database
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 from tests.conftest import Clock
 
@@ -44,7 +44,7 @@ def pem_of(anchors: Anchors) -> str:
 def token_head(hsm: Hsm, anchors: Anchors) -> tuple[int, str]:
     import json
 
-    raw = hsm.read_head(anchors.registry_id())
+    raw = hsm.signer.read_head(anchors.registry_id())
     assert raw is not None
     head = json.loads(raw)
     return int(head["seq"]), str(head["hash"])

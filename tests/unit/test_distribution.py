@@ -51,7 +51,7 @@ def kek(team: Team, softhsm_token: SoftHsm) -> Key:
 
 
 def test_a_trusted_kek_is_made_by_the_security_officer(team: Team, kek: Key) -> None:
-    attrs = team.ws.hsm.attributes(kek.versions[0].cka_id, ObjectClass.SECRET_KEY)
+    attrs = team.ws.hsm.objects.attributes(kek.versions[0].cka_id, ObjectClass.SECRET_KEY)
     assert attrs["WRAP"] is True and attrs["ENCRYPT"] is False
     assert kek.tags == ["trusted"] and len(kek.versions[0].kcv) == 6
     with pytest.raises(errors.PolicyRefused, match="replaced, not rotated"):
@@ -66,7 +66,7 @@ def test_a_wrong_so_pin_creates_nothing(team: Team) -> None:
     with pytest.raises(errors.HsmError):
         team.ws.run(prepared, team.codes("alice", "bob"), officer_pin="not-the-so-pin")
     assert team.ws.store.keys.count() == before
-    assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
+    assert team.ws.hsm.objects.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 
 def test_export_then_import_round_trips_with_the_same_kcv(
@@ -81,7 +81,7 @@ def test_export_then_import_round_trips_with_the_same_kcv(
     assert result.facts["blob_sha256"]
     imported = do_import(team, tmp_path / "dek.json", kek, "app-dek-copy")
     assert imported.versions[0].kcv == key.versions[0].kcv
-    assert team.ws.hsm.kcv(imported.versions[0].cka_id) == key.versions[0].kcv
+    assert team.ws.hsm.objects.kcv(imported.versions[0].cka_id) == key.versions[0].kcv
     assert imported.tags == ["imported"] and not imported.exportable
     dependents = {k for k, _ in team.ws.store.keys.dependents(kek.id)}
     assert {key.id, imported.id} <= dependents  # revoking the KEK will name both
@@ -168,7 +168,7 @@ def test_components_generate_a_key_no_custodian_holds_alone(team: Team) -> None:
     assert len({s.value for s in shares}) == 3
     whole = components.xor([s.value for s in shares])
     assert key.versions[0].kcv == components.kcv_of(whole)
-    assert team.ws.hsm.kcv(key.versions[0].cka_id) == components.kcv_of(whole)
+    assert team.ws.hsm.objects.kcv(key.versions[0].cka_id) == components.kcv_of(whole)
     assert all(s.kcv == components.kcv_of(s.value) for s in shares)
     trail = "\n".join(json.dumps(e.params) for e in team.ws.audit.events(limit=50))
     assert "alice" in trail and shares[0].kcv in trail
@@ -205,7 +205,9 @@ def test_components_entered_by_custodians_are_checked_one_by_one(team: Team) -> 
         expected_kcv=components.kcv_of(components.xor(values)),
     )
     key, _ = team.ws.distribution.run_components(prepared, team.codes("alice", "carol"), shares)
-    assert team.ws.hsm.kcv(key.versions[0].cka_id) == components.kcv_of(components.xor(values))
+    assert team.ws.hsm.objects.kcv(key.versions[0].cka_id) == components.kcv_of(
+        components.xor(values)
+    )
 
 
 def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
@@ -226,7 +228,7 @@ def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
     with pytest.raises(errors.PolicyRefused, match="mistyped"):
         team.ws.distribution.run_components(prepared, team.codes("alice", "bob"), shares)
     assert team.ws.store.keys.count() == before
-    assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
+    assert team.ws.hsm.objects.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 
 def test_fewer_components_than_the_policy_wants_are_refused(team: Team) -> None:

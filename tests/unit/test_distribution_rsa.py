@@ -66,12 +66,12 @@ def test_a_trusted_recipient_is_imported_by_the_security_officer(
     assert trusted_recipient.algorithm == "RSA-2048" and trusted_recipient.purpose == "wrap"
     assert trusted_recipient.tags == ["recipient", "trusted"]
     assert version.cka_id == f"kmtui:{trusted_recipient.id}:1".encode()
-    attrs = team.ws.hsm.attributes(version.cka_id, ObjectClass.PUBLIC_KEY)
+    attrs = team.ws.hsm.objects.attributes(version.cka_id, ObjectClass.PUBLIC_KEY)
     assert attrs["TRUSTED"] is True and attrs["WRAP"] is True and attrs["MODIFIABLE"] is False
     assert attrs["ENCRYPT"] is False and attrs["VERIFY"] is False and attrs["DERIVE"] is False
     assert attrs["PRIVATE"] is False and attrs["TOKEN"] is True
-    assert team.ws.hsm.find(version.cka_id, ObjectClass.PRIVATE_KEY) is None
-    assert team.ws.hsm.fingerprint(version.cka_id) == expected.fingerprint
+    assert team.ws.hsm.objects.find(version.cka_id, ObjectClass.PRIVATE_KEY) is None
+    assert team.ws.hsm.objects.fingerprint(version.cka_id) == expected.fingerprint
     events = team.ws.audit.events(action="key.import", key_id=trusted_recipient.id, limit=5)
     assert {e.outcome for e in events} == {"intent", "success"}
 
@@ -80,7 +80,7 @@ def test_an_untrusted_recipient_is_imported_by_the_user_session(team: Team, tmp_
     public = rsa.generate_private_key(public_exponent=65537, key_size=3072).public_key()
     key = import_public(team, pem_of(public, tmp_path / "r.pem"), "partner-untrusted")
     assert key.algorithm == "RSA-3072" and key.tags == ["recipient"]
-    attrs = team.ws.hsm.attributes(key.versions[0].cka_id, ObjectClass.PUBLIC_KEY)
+    attrs = team.ws.hsm.objects.attributes(key.versions[0].cka_id, ObjectClass.PUBLIC_KEY)
     assert attrs["TRUSTED"] is False and attrs["WRAP"] is True
     with pytest.raises(errors.UsageError, match="already registered"):
         team.ws.distribution.prepare_import_public(
@@ -102,7 +102,7 @@ def test_a_trusted_import_needs_the_so_pin_and_a_wrong_one_creates_nothing(
             prepared, recipient, team.codes("alice", "bob"), officer_pin="wrong-pin"
         )
     assert team.ws.store.keys.count() == before
-    assert team.ws.hsm.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
+    assert team.ws.hsm.objects.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_an_untrusted_recipient_cannot_wrap_an_exportable_key(team: Team, tmp_pa
         team.ws.distribution.prepare_export(key.id, untrusted.id)
     # The token says the same when asked directly: WRAP_WITH_TRUSTED needs CKA_TRUSTED.
     with pytest.raises(errors.PolicyRefused, match="refused to wrap"):
-        team.ws.hsm.wrap(
+        team.ws.hsm.wrapping.wrap(
             key.versions[0].cka_id,
             untrusted.versions[0].cka_id,
             *keyfiles.WRAP_MECHANISMS["rsa-oaep-sha1"],
@@ -204,7 +204,7 @@ def test_reconcile_is_clean_for_recipient_keys_and_sees_a_missing_one(
     prepared = team.ws.prepare(OpKind.KEY_SELFCHECK, trusted_recipient.id)
     checks = team.ws.run(prepared).facts["checks"]
     assert checks["registry-match"] == "pass" and checks["wrap-only"] == "pass"
-    team.ws.hsm.destroy(trusted_recipient.versions[0].cka_id)
+    team.ws.hsm.objects.destroy(trusted_recipient.versions[0].cka_id)
     report = team.ws.reconciler.run()
     kinds = {f.kind for f in report.findings if f.key_id == trusted_recipient.id}
     assert kinds == {reconcile.FindingKind.MISSING}

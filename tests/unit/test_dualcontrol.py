@@ -23,7 +23,7 @@ from kmtui.core.control.totp import current_code
 from kmtui.core.errors import ApprovalUnusable, ApproversLocked, ApproversRefused, SeedInUse
 from kmtui.core.models import OperatorState
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 
 STEP = 30

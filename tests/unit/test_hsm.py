@@ -19,7 +19,7 @@ from pkcs11.attributes import AttributeMapper
 from kmtui.core import errors
 from kmtui.core.models import new_key_id
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import Hsm, on_hsm_thread
+from kmtui.core.token.session import Hsm, on_hsm_thread
 from tests.conftest import SoftHsm
 
 COMBINATIONS = [
@@ -38,7 +38,7 @@ def make(hsm: Hsm, algorithm: str, purpose: str | None = None, exportable: bool 
         label=f"t-{key_id}",
         exportable=exportable,
     )
-    return tpl, hsm.generate(tpl)
+    return tpl, hsm.keygen.generate(tpl)
 
 
 @pytest.mark.parametrize(("algorithm", "purpose"), COMBINATIONS)
@@ -53,7 +53,7 @@ def test_each_template_reads_back_exactly_as_built(hsm: Hsm, algorithm: str, pur
     for cls in classes:
         expected = {a.name: v for a, v in tpl.expected(cls).items()}
         assert key.attributes[cls.name] == expected
-        shown = hsm.attributes(tpl.cka_id, cls)
+        shown = hsm.objects.attributes(tpl.cka_id, cls)
         if cls != ObjectClass.PUBLIC_KEY:
             assert shown["SENSITIVE"] is True
             assert shown["EXTRACTABLE"] is False
@@ -67,7 +67,7 @@ def test_each_template_reads_back_exactly_as_built(hsm: Hsm, algorithm: str, pur
 
 def test_exportable_keys_may_only_be_wrapped_by_trusted_keys(hsm: Hsm) -> None:
     tpl, _ = make(hsm, "AES-256", "encrypt", exportable=True)
-    shown = hsm.attributes(tpl.cka_id, ObjectClass.SECRET_KEY)
+    shown = hsm.objects.attributes(tpl.cka_id, ObjectClass.SECRET_KEY)
     assert shown["EXTRACTABLE"] is True
     assert shown["WRAP_WITH_TRUSTED"] is True
     assert shown["SENSITIVE"] is True
@@ -210,7 +210,7 @@ def test_listing_tolerates_foreign_objects_with_non_utf8_labels(
             session.generate_key(KeyType.AES, 128, store=True, id=b"\x00\x01", label=b"\xc3\x28bad")
 
     on_hsm_thread(plant)
-    objects = hsm.objects()
+    objects = hsm.objects.scan()
     foreign = [o for o in objects if not o.label_is_utf8]
     assert len(foreign) >= 2
     assert all("\ufffd" in o.label for o in foreign)
@@ -228,9 +228,9 @@ def test_concurrent_calls_from_two_threads_run_on_one_pkcs11_thread(hsm: Hsm) ->
     def hammer() -> None:
         try:
             for _ in range(40):
-                results.append(hsm.kcv(tpl.cka_id))
+                results.append(hsm.objects.kcv(tpl.cka_id))
                 hsm.call(lambda session: seen.add(threading.get_ident()))
-                assert hsm.find(tpl.cka_id, ObjectClass.SECRET_KEY) is not None
+                assert hsm.objects.find(tpl.cka_id, ObjectClass.SECRET_KEY) is not None
         except BaseException as exc:  # collected and re-raised in the main thread
             failures.append(exc)
 
@@ -266,7 +266,7 @@ def test_kcv_matches_the_standard_computation_for_a_known_key(hsm: Hsm) -> None:
     hsm.call(plant)
     encryptor = Cipher(algorithms.AES(value), modes.ECB()).encryptor()
     expected = (encryptor.update(bytes(16)) + encryptor.finalize())[:3].hex().upper()
-    assert hsm.kcv(cka_id) == expected
+    assert hsm.objects.kcv(cka_id) == expected
 
 
 def test_ec_fingerprint_is_sha256_of_the_public_key_info(hsm: Hsm) -> None:
@@ -287,14 +287,14 @@ def test_ec_fingerprint_is_sha256_of_the_public_key_info(hsm: Hsm) -> None:
 def test_a_key_read_back_with_other_attributes_is_refused(
     hsm: Hsm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = hsm._read_attributes
+    real = hsm.objects.read_attributes
 
     def tampered(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
         values = real(obj, attrs)
         values[Attribute.EXTRACTABLE] = True
         return values
 
-    monkeypatch.setattr(hsm, "_read_attributes", tampered)
+    monkeypatch.setattr(hsm.objects, "read_attributes", tampered)
     with pytest.raises(errors.TemplateMismatch) as info:
         make(hsm, "AES-256")
     assert "SECRET_KEY.EXTRACTABLE" in info.value.differences
@@ -321,27 +321,27 @@ def test_a_removed_token_is_reported_as_removed(hsm: Hsm, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(hsm, "_session", Unplugged())
     with pytest.raises(errors.TokenRemoved) as info:
-        hsm.objects()
+        hsm.objects.scan()
     assert "no longer reachable" in str(info.value)
     monkeypatch.setattr(hsm, "_session", session)
 
 
 def test_find_by_id_and_class_and_destroy(hsm: Hsm) -> None:
     tpl, _ = make(hsm, "EC-P256")
-    pub = hsm.find(tpl.cka_id, ObjectClass.PUBLIC_KEY)
-    priv = hsm.find(tpl.cka_id, ObjectClass.PRIVATE_KEY)
+    pub = hsm.objects.find(tpl.cka_id, ObjectClass.PUBLIC_KEY)
+    priv = hsm.objects.find(tpl.cka_id, ObjectClass.PRIVATE_KEY)
     assert pub is not None and pub.object_class == "PUBLIC_KEY"
     assert priv is not None and priv.object_class == "PRIVATE_KEY"
-    assert hsm.find(tpl.cka_id, ObjectClass.SECRET_KEY) is None
-    assert hsm.destroy(tpl.cka_id) == 2
-    assert hsm.find(tpl.cka_id) is None
+    assert hsm.objects.find(tpl.cka_id, ObjectClass.SECRET_KEY) is None
+    assert hsm.objects.destroy(tpl.cka_id) == 2
+    assert hsm.objects.find(tpl.cka_id) is None
     with pytest.raises(errors.ObjectGone):
-        hsm.fingerprint(tpl.cka_id)
+        hsm.objects.fingerprint(tpl.cka_id)
 
 
 def test_a_key_destroyed_behind_kmtuis_back_is_reported_gone(hsm: Hsm) -> None:
     tpl, key = make(hsm, "AES-128")
-    assert hsm.kcv(tpl.cka_id) == key.kcv  # the handle is now cached
+    assert hsm.objects.kcv(tpl.cka_id) == key.kcv  # the handle is now cached
 
     def destroy_elsewhere(session: Any) -> None:
         fresh = session.token.open(rw=True)
@@ -352,7 +352,23 @@ def test_a_key_destroyed_behind_kmtuis_back_is_reported_gone(hsm: Hsm) -> None:
 
     hsm.call(destroy_elsewhere)
     with pytest.raises(errors.ObjectGone):
-        hsm.kcv(tpl.cka_id)
+        hsm.objects.kcv(tpl.cka_id)
+
+
+def test_log_out_forgets_the_handles_and_head_objects_every_part_remembered(
+    hsm: Hsm, softhsm_token: SoftHsm
+) -> None:
+    tpl, key = make(hsm, "AES-128")
+    registry = f"test-{new_key_id()}"
+    hsm.signer.write_head(registry, b'{"seq": 1}')
+    assert hsm.objects.cached(tpl.cka_id, ObjectClass.SECRET_KEY) is not None
+    assert hsm.signer._heads
+    hsm.logout()
+    assert hsm.objects.cached(tpl.cka_id, ObjectClass.SECRET_KEY) is None
+    assert not hsm.signer._heads
+    hsm.login(softhsm_token.pin)
+    assert hsm.objects.kcv(tpl.cka_id) == key.kcv
+    assert hsm.signer.read_head(registry) == b'{"seq": 1}'
 
 
 def test_token_info_and_slots(hsm: Hsm, softhsm_token: SoftHsm) -> None:

@@ -30,7 +30,7 @@ from kmtui.core.keys import reconcile
 from kmtui.core.models import KeyState
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm, Team
 
@@ -235,17 +235,17 @@ class LifecycleMachine(RuleBasedStateMachine):
             )
             for version in key.versions:
                 if version.state in GONE:
-                    assert hsm.find(version.cka_id) is None, (version.version, history)
+                    assert hsm.objects.find(version.cka_id) is None, (version.version, history)
                     continue
                 for cls in classes:
-                    assert hsm.find(version.cka_id, cls) is not None, (version.version, cls)
+                    assert hsm.objects.find(version.cka_id, cls) is not None, (version.version, cls)
                 if symmetric:
-                    assert version.kcv and hsm.kcv(version.cka_id) == version.kcv
+                    assert version.kcv and hsm.objects.kcv(version.cka_id) == version.kcv
                 else:
                     assert version.fingerprint
-                    assert hsm.fingerprint(version.cka_id) == version.fingerprint
+                    assert hsm.objects.fingerprint(version.cka_id) == version.fingerprint
             # Nothing generated beyond the registered versions (a refused rotate made no object).
-            assert hsm.find(templates.cka_id(key_id, len(m.versions) + 1)) is None, history
+            assert hsm.objects.find(templates.cka_id(key_id, len(m.versions) + 1)) is None, history
 
     @invariant()
     def reconcile_finds_nothing_and_every_intent_has_an_outcome(self) -> None:

@@ -17,7 +17,7 @@ from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import KeyState, Policy, iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm, Team
 
@@ -45,15 +45,15 @@ def test_create_writes_intent_then_outcome_and_names_both_approvers(team: Team) 
     assert (outcome.outcome, outcome.params["intent"]) == ("success", intent.seq)
     assert outcome.params["kcv"] == key.versions[0].kcv
     assert key.versions[0].cka_id == f"kmtui:{key.id}:1".encode()
-    assert ws.hsm.kcv(key.versions[0].cka_id) == key.versions[0].kcv
+    assert ws.hsm.objects.kcv(key.versions[0].cka_id) == key.versions[0].kcv
     assert key.rotation_due_at > key.activated_at
 
 
 def test_create_without_approvals_is_refused_and_audited(team: Team) -> None:
-    before = len(team.ws.hsm.objects())
+    before = len(team.ws.hsm.objects.scan())
     with pytest.raises(errors.ApprovalRefused):
         team.ws.create_key(label="alone", algorithm="AES-256", approvals=team.codes("alice"))
-    assert len(team.ws.hsm.objects()) == before
+    assert len(team.ws.hsm.objects.scan()) == before
     refused = team.ws.audit.events(action="key.create", limit=1)[0]
     assert refused.outcome == "refused"
     assert team.ws.store.keys.count() == 0
@@ -78,7 +78,7 @@ def test_nothing_reaches_the_token_when_the_intent_cannot_be_recorded(
     store = Store.open(tmp_path / "locked.db", busy_timeout_ms=50)
     ws = Workstation.assemble(hsm, store, clock=clock)
     _lab_policy(ws)
-    before = len(hsm.objects())
+    before = len(hsm.objects.scan())
     blocker = sqlite3.connect(tmp_path / "locked.db")
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -88,7 +88,7 @@ def test_nothing_reaches_the_token_when_the_intent_cannot_be_recorded(
     finally:
         blocker.rollback()
         blocker.close()
-    assert len(hsm.objects()) == before
+    assert len(hsm.objects.scan()) == before
     assert ws.store.keys.count() == 0
     store.close()
 
@@ -189,7 +189,10 @@ def test_rotation_makes_a_new_current_version_and_deactivates_the_old(team: Team
     v1, v2 = rotated.versions
     assert (v1.state, v2.state) == (KeyState.DEACTIVATED, KeyState.ACTIVE)
     assert v1.kcv != v2.kcv
-    assert team.ws.hsm.kcv(v1.cka_id) == v1.kcv and team.ws.hsm.kcv(v2.cka_id) == v2.kcv
+    assert (
+        team.ws.hsm.objects.kcv(v1.cka_id) == v1.kcv
+        and team.ws.hsm.objects.kcv(v2.cka_id) == v2.kcv
+    )
     assert team.ws.describe(rotated)["kcv"] == v2.kcv
 
 
@@ -256,7 +259,7 @@ def test_destruction_waits_can_be_cancelled_and_leaves_a_tombstone(team: Team) -
     assert tomb.state == KeyState.DESTROYED
     assert result.facts["objects_destroyed"] == 1
     assert tomb.versions[0].kcv == key.versions[0].kcv  # the final KCV stays on record
-    assert team.ws.hsm.find(key.versions[0].cka_id) is None
+    assert team.ws.hsm.objects.find(key.versions[0].cka_id) is None
     with pytest.raises(errors.PolicyRefused):
         team.ws.prepare(OpKind.KEY_SCHEDULE_DESTROY, key.id)
 
@@ -290,7 +293,7 @@ def test_console_only_operations_are_refused_over_ssh_and_audited(
         run(team, OpKind.KEY_DESTROY, key.id)
     last = team.ws.audit.events(limit=1)[0]
     assert (last.action, last.outcome, last.params["via"]) == ("key.destroy", "refused", "ssh")
-    assert team.ws.hsm.find(key.versions[0].cka_id) is not None
+    assert team.ws.hsm.objects.find(key.versions[0].cka_id) is not None
 
 
 @pytest.mark.parametrize(
@@ -349,9 +352,9 @@ def test_reconcile_is_clean_after_normal_operations(team: Team) -> None:
 def test_reconcile_flags_missing_unknown_and_substituted_objects(team: Team) -> None:
     gone = create(team, "gone")
     swapped = create(team, "swapped")
-    team.ws.hsm.destroy(gone.versions[0].cka_id)
+    team.ws.hsm.objects.destroy(gone.versions[0].cka_id)
     cka = swapped.versions[0].cka_id
-    team.ws.hsm.destroy(cka)
+    team.ws.hsm.objects.destroy(cka)
     stray = templates.cka_id("kstraystray01", 1)
 
     def substitute(session: Any) -> None:
@@ -371,7 +374,7 @@ def test_reconcile_flags_missing_unknown_and_substituted_objects(team: Team) -> 
     assert (FindingKind.MISSING, gone.id) in kinds
     assert (FindingKind.MISMATCH, swapped.id) in kinds or (FindingKind.DRIFT, swapped.id) in kinds
     assert any(f.kind == FindingKind.UNKNOWN and f.cka_id == stray.hex() for f in report.findings)
-    assert team.ws.hsm.find(stray, ObjectClass.SECRET_KEY) is not None  # never destroyed
+    assert team.ws.hsm.objects.find(stray, ObjectClass.SECRET_KEY) is not None  # never destroyed
     last = team.ws.audit.events(action="reconcile.run", limit=1)[0]
     # The suite's other tests leave objects on this shared token: past 200 the trail names the
     # first 200 findings and counts them all.

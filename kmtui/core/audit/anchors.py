@@ -29,7 +29,7 @@ from kmtui.core import errors
 from kmtui.core.audit.log import EVENT_COLUMNS, AuditLog, VerifyResult, canonical_json, verify_rows
 from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.db import Store, integrity_problem
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 
 CHECKPOINT_TYPE = "kmtui.audit.checkpoint.v1"
 DEFAULT_EVERY = 100
@@ -93,7 +93,7 @@ class Anchors:
 
     def public_key(self) -> tuple[str, str]:
         """(PEM, fingerprint) of the audit key, created on the token at first use."""
-        pem = self._hsm.ensure_audit_key()
+        pem = self._hsm.signer.ensure_audit_key()
         fingerprint = fingerprint_of(pem)
         with self._store.transaction() as conn:
             conn.execute(
@@ -126,7 +126,10 @@ class Anchors:
             seq, head_hash, iso(utcnow()), self._hsm.info().serial, fingerprint, reason, ""
         )
         signed = Checkpoint(
-            **{**unsigned.__dict__, "signature": self._hsm.sign_audit(unsigned.message()).hex()}
+            **{
+                **unsigned.__dict__,
+                "signature": self._hsm.signer.sign_audit(unsigned.message()).hex(),
+            }
         )
         with self._store.transaction() as conn:
             conn.execute(
@@ -165,7 +168,7 @@ class Anchors:
         if not seq:
             return
         registry = self.registry_id()
-        self._hsm.write_head(
+        self._hsm.signer.write_head(
             registry,
             canonical_json({"registry": registry, "seq": seq, "hash": head_hash}).encode(),
         )
@@ -175,7 +178,7 @@ class Anchors:
 
     def check_head(self) -> str:
         """'' when the database holds the token's head; otherwise why it does not (rollback)."""
-        raw = self._hsm.read_head(self.registry_id())
+        raw = self._hsm.signer.read_head(self.registry_id())
         problem = ""
         if raw is not None:
             try:

@@ -16,7 +16,7 @@ from kmtui.core.audit.log import AuditLog
 from kmtui.core.control import totp
 from kmtui.core.models import Operator, OperatorState, Outcome
 from kmtui.core.registry.db import Store
-from kmtui.core.token.hsm import Hsm, on_hsm_thread
+from kmtui.core.token.session import Hsm, on_hsm_thread
 
 MAX_FAILURES = 5
 
@@ -107,7 +107,7 @@ class Codes:
         blob, aad, now = operator.sealed_seed, totp.seal_aad(operator.name), totp.step(self.clock())
 
         def check() -> int | None:
-            seed = self._hsm.unseal(blob, aad)
+            seed = self._hsm.sealing.unseal(blob, aad)
             try:
                 return totp.matching_step(seed, code, now)
             finally:

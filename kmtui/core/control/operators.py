@@ -19,7 +19,7 @@ from kmtui.core.control.totp import Enrollment
 from kmtui.core.models import Operator, OperatorState, Role, iso
 from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 
 BOOTSTRAP_OPERATORS = 2
 _TARGETS = {
@@ -140,7 +140,7 @@ class Operators:
         seed = totp.new_seed()
         fingerprint = totp.fingerprint(seed)
         shown = totp.enrollment(name, role, seed)
-        sealed = self._hsm.seal(seed, totp.seal_aad(name))
+        sealed = self._hsm.sealing.seal(seed, totp.seal_aad(name))
         del seed
         with self._store.transaction() as conn:
             existing = self._records.same_name(conn, name)

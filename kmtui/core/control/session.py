@@ -8,8 +8,8 @@ from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control.origin import session_context
-from kmtui.core.models import Outcome
-from kmtui.core.token.hsm import Hsm, TokenInfo
+from kmtui.core.models import Outcome, TokenInfo
+from kmtui.core.token.session import Hsm
 
 
 class Session:

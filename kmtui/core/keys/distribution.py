@@ -49,7 +49,7 @@ from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 
 
 class Distribution:
@@ -147,7 +147,9 @@ class Distribution:
         named = {k: p[k] for k in ("wrapping_key_kcv", "wrapping_key_fingerprint") if k in p}
 
         def work(facts: dict[str, Any]) -> Apply:
-            blob = self._hsm.wrap(_current(key).cka_id, _current(kek).cka_id, mechanism, param)
+            blob = self._hsm.wrapping.wrap(
+                _current(key).cka_id, _current(kek).cka_id, mechanism, param
+            )
             manifest = {
                 "key_id": key.id,
                 "version": p["version"],
@@ -246,7 +248,7 @@ class Distribution:
         mechanism = MECHANISMS[str(p["mechanism"])]
 
         def work(facts: dict[str, Any]) -> Apply:
-            observed = self._hsm.kcv_of_blob(
+            observed = self._hsm.wrapping.kcv_of_blob(
                 _current(kek).cka_id, wrapped.blob, mechanism, template
             )
             facts["kcv"] = observed
@@ -256,7 +258,7 @@ class Distribution:
                     f"{p['expected_kcv']}. Wrong key-encryption key, or a substituted file.",
                     "Nothing was registered.",
                 )
-            self._hsm.unwrap(_current(kek).cka_id, wrapped.blob, mechanism, template)
+            self._hsm.wrapping.unwrap(_current(kek).cka_id, wrapped.blob, mechanism, template)
             return self._register(op, observed, "imported", links=[(kek.id, "wrapped-by")])
 
         self._gate.execute(
@@ -385,9 +387,9 @@ class Distribution:
             try:
                 if trusted:
                     officer.create_trusted_recipient(self._hsm, officer_pin, template)
-                    made = self._hsm.adopt(template)
+                    made = self._hsm.keygen.adopt(template)
                 else:
-                    made = self._hsm.create_public(template)
+                    made = self._hsm.keygen.create_public(template)
                 if made.fingerprint != p["fingerprint"]:
                     raise errors.TemplateMismatch(
                         f"The token holds a public key with fingerprint {made.fingerprint[:23]}, "
@@ -396,7 +398,9 @@ class Distribution:
                         {"PUBLIC_KEY.fingerprint": (p["fingerprint"], made.fingerprint)},
                     )
             except errors.TemplateMismatch:
-                self._hsm.destroy(template.cka_id)  # a public object: nothing secret is lost
+                self._hsm.objects.destroy(
+                    template.cka_id
+                )  # a public object: nothing secret is lost
                 raise
             facts.update(fingerprint=made.fingerprint, trusted=trusted)
             more = ["trusted"] if trusted else []
@@ -522,11 +526,11 @@ class Distribution:
         def work(facts: dict[str, Any]) -> Apply:
             whole = xor([c.value for c in shares])
             expected = kcv_of(whole)
-            observed = self._hsm.create_from_value(whole, template)
+            observed = self._hsm.keygen.create_from_value(whole, template)
             del whole
             facts.update(kcv=observed, custodians=names, component_checks=[c.kcv for c in shares])
             if observed != expected or (p["expected_kcv"] and observed != p["expected_kcv"]):
-                self._hsm.destroy(template.cka_id)
+                self._hsm.objects.destroy(template.cka_id)
                 raise errors.PolicyRefused(
                     f"The combined key's KCV is {observed}, expected "
                     f"{p['expected_kcv'] or expected}: a component was mistyped.",

@@ -24,7 +24,7 @@ from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, parse_
 from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 
 T = TypeVar("T")
 
@@ -227,9 +227,9 @@ class KeyOperations:
             try:
                 if officer_pin:
                     officer.create_trusted_kek(self._hsm, officer_pin, template)
-                    generated = self._hsm.adopt(template)
+                    generated = self._hsm.keygen.adopt(template)
                 else:
-                    generated = self._hsm.generate(template)
+                    generated = self._hsm.keygen.generate(template)
             except errors.TemplateMismatch:
                 version = KeyVersion(
                     op.key_id, 1, KeyState.QUARANTINED, template.cka_id, serial, now
@@ -274,7 +274,7 @@ class KeyOperations:
 
         def work(facts: dict[str, Any]) -> Apply:
             serial = self._hsm.info().serial
-            generated = self._hsm.generate(template)
+            generated = self._hsm.keygen.generate(template)
             check = generated.kcv or generated.fingerprint
             apply, retired = self._records.rotation(key, version, check, serial)
             facts.update(
@@ -336,7 +336,7 @@ class KeyOperations:
             destroyed = 0
             for version in key.versions:
                 if version.state not in (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED):
-                    destroyed += self._hsm.destroy(version.cka_id)
+                    destroyed += self._hsm.objects.destroy(version.cka_id)
             facts.update(
                 objects_destroyed=destroyed,
                 state=str(target),
@@ -351,7 +351,7 @@ class KeyOperations:
         current = _require(key.current)
 
         def work(facts: dict[str, Any]) -> None:
-            checks = self._hsm.self_test(current.cka_id, key.algorithm, key.purpose)
+            checks = self._hsm.selftest.run(current.cka_id, key.algorithm, key.purpose)
             expected = current.kcv or current.fingerprint
             observed = checks.get("kcv") or checks.get("fingerprint", "")
             checks["registry-match"] = "pass" if observed == expected else "fail"

@@ -26,7 +26,7 @@ from kmtui.core.models import (
 from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates, uri
-from kmtui.core.token.hsm import Hsm
+from kmtui.core.token.session import Hsm
 
 USE_ACTIONS = (str(OpKind.KEY_SELFCHECK), str(OpKind.KEY_EXPORT), "key.use")
 URI_TYPES = {  # RFC 7512 `type=` of the object that is the key
@@ -166,7 +166,7 @@ class KeyQueries:
         if current is not None and key.state not in GONE:
             cls = templates.object_class(key.algorithm, key.tags)
             try:
-                attributes = self._hsm.attributes(current.cka_id, cls)
+                attributes = self._hsm.objects.attributes(current.cka_id, cls)
             except errors.KmtuiError as exc:
                 problem = exc
         return KeyDetail(

@@ -28,7 +28,10 @@ from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import HEAD_LABEL, SEAL_KEY_ID, Hsm, ObjectInfo
+from kmtui.core.token.records import ObjectInfo
+from kmtui.core.token.sealing import SEAL_KEY_ID
+from kmtui.core.token.session import Hsm
+from kmtui.core.token.signer import HEAD_LABEL
 
 GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
 SYSTEM_PREFIX = b"kmtui:sys-"
@@ -154,10 +157,10 @@ class Reconciler:
         """Finish or close interrupted operations, then compare token and registry."""
         report = Report()
         serial = self._hsm.info().serial
-        objects = _by_id(self._hsm.objects())
+        objects = _by_id(self._hsm.objects.scan())
         for intent in self._store.keys.open_intents():
             self._settle(intent, objects, serial, report, actor)
-        objects = _by_id(self._hsm.objects()) if report.completed else objects
+        objects = _by_id(self._hsm.objects.scan()) if report.completed else objects
         self._compare(objects, serial, report)
         acked = self._store.keys.acknowledged_findings()
         report.acknowledged = [f for f in report.findings if f.ident in acked]
@@ -300,8 +303,8 @@ class Reconciler:
 
     def _observed(self, algorithm: str, cka_id: bytes) -> str:
         if templates.ALGORITHMS[algorithm].symmetric:
-            return self._hsm.kcv(cka_id)
-        return self._hsm.fingerprint(cka_id)
+            return self._hsm.objects.kcv(cka_id)
+        return self._hsm.objects.fingerprint(cka_id)
 
     def _compare(self, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report) -> None:
         # Only this token's objects: versions registered on other tokens are not read at all.
@@ -368,7 +371,7 @@ class Reconciler:
             cls = templates.object_class(key.algorithm, key.tags)
             wanted = template.expected(cls)
         try:
-            actual = self._hsm.attributes(version.cka_id, cls)
+            actual = self._hsm.objects.attributes(version.cka_id, cls)
             observed = self._observed(key.algorithm, version.cka_id)
         except errors.ObjectGone:
             report.findings.append(

@@ -17,7 +17,8 @@ from pkcs11 import Attribute
 
 from kmtui.core import errors
 from kmtui.core.token import templates
-from kmtui.core.token.hsm import Hsm, create_objects
+from kmtui.core.token.keygen import create_objects
+from kmtui.core.token.session import Hsm
 
 
 def create_trusted_kek(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -> None:

@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
 from kmtui.core.keys.reconcile import Finding, Report
-from kmtui.core.token.hsm import TokenInfo
+from kmtui.core.models import TokenInfo
 from kmtui.ui.messages import Reconciled
 from kmtui.ui.screens.forms import TextScreen
 from kmtui.ui.text import labelled, plain
@@ -72,7 +72,9 @@ class TokenPane(Pane):
     def _describe(self) -> None:
         hsm = self.workstation.hsm
         found = attempt(
-            self, "Reading the token", lambda: (hsm.info(), hsm.mechanisms(), len(hsm.objects()))
+            self,
+            "Reading the token",
+            lambda: (hsm.info(), hsm.mechanisms(), len(hsm.objects.scan())),
         )
         if found is not None:
             self.post_message(self.Described(*found))
