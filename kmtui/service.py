@@ -23,6 +23,7 @@ from kmtui.core.control.policies import PolicyBook
 from kmtui.core.control.policy import Rules
 from kmtui.core.control.session import Session
 from kmtui.core.control.totp import Enrollment
+from kmtui.core.keys.components import ComponentKeys
 from kmtui.core.keys.distribution import Distribution
 from kmtui.core.keys.operations import KeyOperations
 from kmtui.core.keys.queries import Due, KeyDetail, KeyQueries
@@ -51,6 +52,7 @@ class Workstation:
     queries: KeyQueries
     records: KeyRecords
     distribution: Distribution
+    components: ComponentKeys
     reconciler: Reconciler
     demo: bool = False
 
@@ -83,6 +85,7 @@ class Workstation:
             queries=queries,
             records=records,
             distribution=Distribution(gate, store, hsm, policies, queries, records),
+            components=ComponentKeys(gate, hsm, policies, queries, records),
             reconciler=Reconciler(store, hsm, audit, anchors, records, gate, policies),
             demo=demo,
         )

@@ -175,7 +175,7 @@ def _components(ws: Workstation, args: argparse.Namespace) -> int:
     generate = args.action == "components-create"
     if not generate:
         entered = _enter(ws, args, custodians, components.size_of(args.algorithm))
-    prepared = ws.distribution.prepare_components(
+    prepared = ws.components.prepare(
         label=args.label,
         algorithm=args.algorithm,
         purpose=args.purpose,
@@ -185,9 +185,7 @@ def _components(ws: Workstation, args: argparse.Namespace) -> int:
         expected_kcv=getattr(args, "kcv", ""),
     )
     approvals = common.approvals(args, prepared)
-    key, shares = ws.distribution.run_components(
-        prepared, approvals, None if generate else entered, actor="cli"
-    )
+    key, shares = ws.components.run(prepared, approvals, None if generate else entered, actor="cli")
     if generate:
         _hand_out(args, shares, key)
     _report(args, ws.describe(key))
@@ -237,7 +235,7 @@ def _enter(
                 )
             typed = getpass.getpass(f"{name}: component {number}: ")
             typed_kcv = input(f"{name}: KCV of component {number}: ")
-        share = ws.distribution.enter_component(typed, typed_kcv, shares, name, size, actor="cli")
+        share = ws.components.enter(typed, typed_kcv, shares, name, size, actor="cli")
         shares.append(share)
         print(f"component {number} ({name}): KCV {share.kcv} matches", file=sys.stderr)
     return shares

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from kmtui.core.keys.distribution import kcv_of
+from kmtui.core.keys.components import kcv_of
 from tests.e2e.helpers import AT_CONSOLE, Approvers, cka_id_of, kmtui, make_demo, token_objects
 
 pytestmark = pytest.mark.slow

@@ -157,13 +157,13 @@ def test_truncated_json_and_a_wrong_kek_are_refused(team: Team, kek: Key, tmp_pa
 
 
 def test_components_generate_a_key_no_custodian_holds_alone(team: Team) -> None:
-    prepared = team.ws.distribution.prepare_components(
+    prepared = team.ws.components.prepare(
         label="zmk",
         algorithm="AES-256",
         purpose="wrap",
         custodians=["alice", "bob", "carol"],
     )
-    key, shares = team.ws.distribution.run_components(prepared, team.codes("alice", "bob"))
+    key, shares = team.ws.components.run(prepared, team.codes("alice", "bob"))
     assert [s.custodian for s in shares] == ["alice", "bob", "carol"]
     assert len({s.value for s in shares}) == 3
     whole = components.xor([s.value for s in shares])
@@ -196,7 +196,7 @@ def test_components_entered_by_custodians_are_checked_one_by_one(team: Team) -> 
         )
         for i, (n, v) in enumerate(zip(["alice", "bob", "carol"], values, strict=True))
     ]
-    prepared = team.ws.distribution.prepare_components(
+    prepared = team.ws.components.prepare(
         label="entered",
         algorithm="AES-128",
         purpose="encrypt",
@@ -204,7 +204,7 @@ def test_components_entered_by_custodians_are_checked_one_by_one(team: Team) -> 
         generate=False,
         expected_kcv=components.kcv_of(components.xor(values)),
     )
-    key, _ = team.ws.distribution.run_components(prepared, team.codes("alice", "carol"), shares)
+    key, _ = team.ws.components.run(prepared, team.codes("alice", "carol"), shares)
     assert team.ws.hsm.objects.kcv(key.versions[0].cka_id) == components.kcv_of(
         components.xor(values)
     )
@@ -216,7 +216,7 @@ def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
         components.Component(n, v, components.kcv_of(v))
         for n, v in zip(["alice", "bob", "carol"], values, strict=True)
     ]
-    prepared = team.ws.distribution.prepare_components(
+    prepared = team.ws.components.prepare(
         label="bad",
         algorithm="AES-128",
         purpose="encrypt",
@@ -226,14 +226,14 @@ def test_a_wrong_combined_kcv_registers_nothing(team: Team) -> None:
     )
     before = team.ws.store.keys.count()
     with pytest.raises(errors.PolicyRefused, match="mistyped"):
-        team.ws.distribution.run_components(prepared, team.codes("alice", "bob"), shares)
+        team.ws.components.run(prepared, team.codes("alice", "bob"), shares)
     assert team.ws.store.keys.count() == before
     assert team.ws.hsm.objects.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 
 def test_fewer_components_than_the_policy_wants_are_refused(team: Team) -> None:
     with pytest.raises(errors.PolicyRefused, match="at least 3 components"):
-        team.ws.distribution.prepare_components(
+        team.ws.components.prepare(
             label="two",
             algorithm="AES-128",
             purpose="encrypt",
@@ -276,7 +276,7 @@ def test_refusals_before_the_gate_are_audited_without_values(team: Team, tmp_pat
     assert (refused.outcome, refused.params["file"]) == ("refused", "cut.json")
     value = bytes(range(16))
     with pytest.raises(errors.UsageError, match="Component 1 does not match"):
-        team.ws.distribution.enter_component(value.hex(), "000000", [], "alice", 16)
+        team.ws.components.enter(value.hex(), "000000", [], "alice", 16)
     typo = team.ws.audit.events(action="key.components", limit=1)[0]
     assert (typo.params["custodian"], typo.params["component"]) == ("alice", 1)
     trail = json.dumps([e.params for e in team.ws.audit.events(limit=20)])
@@ -284,13 +284,13 @@ def test_refusals_before_the_gate_are_audited_without_values(team: Team, tmp_pat
 
 
 def test_no_component_or_clear_key_value_is_left_in_the_database_files(team: Team) -> None:
-    prepared = team.ws.distribution.prepare_components(
+    prepared = team.ws.components.prepare(
         label="zmk-scan",
         algorithm="AES-256",
         purpose="wrap",
         custodians=["alice", "bob", "carol"],
     )
-    _, shares = team.ws.distribution.run_components(prepared, team.codes("alice", "bob"))
+    _, shares = team.ws.components.run(prepared, team.codes("alice", "bob"))
     whole = components.xor([s.value for s in shares])
     path = team.ws.store.path
     data = b"".join(

@@ -6,16 +6,26 @@ for one C_CreateObject and dropped; the KCV is then computed on the token.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from kmtui.core import errors
+from kmtui.core.control import policy
+from kmtui.core.control.gate import Apply, Gate, Prepared
+from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
+from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.keyfiles import write_new
+from kmtui.core.keys.queries import KeyQueries
+from kmtui.core.keys.records import KeyRecords
+from kmtui.core.models import Key, new_key_id
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates
+from kmtui.core.token.session import Hsm
 
 MAX_COMPONENTS = 9
 
@@ -108,3 +118,146 @@ def check_component(value: bytes, typed_kcv: str, entered: Sequence[bytes], numb
             "Each custodian enters their own, different component.",
         )
     return kcv
+
+
+class ComponentKeys:
+    """Keys generated as, or entered from, components: prepared for approval, run through the
+    gate."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        hsm: Hsm,
+        policies: PolicyBook,
+        queries: KeyQueries,
+        records: KeyRecords,
+    ) -> None:
+        self._gate = gate
+        self._hsm = hsm
+        self._policies = policies
+        self._queries = queries
+        self._records = records
+
+    def enter(
+        self,
+        typed: str,
+        typed_kcv: str,
+        entered: Sequence[Component],
+        custodian: str,
+        size: int,
+        *,
+        actor: str = "console",
+    ) -> Component:
+        """One custodian's component, checked against its own KCV; a refusal is audited (who,
+        which component and why — never the component)."""
+        number = len(entered) + 1
+        try:
+            value = parse_component(typed, size)
+            kcv = check_component(value, typed_kcv, [c.value for c in entered], number)
+        except errors.KmtuiError as exc:
+            self._gate.refused_early(
+                "key.components", exc, actor, custodian=custodian, component=number
+            )
+            raise
+        return Component(custodian, value, kcv)
+
+    def prepare(
+        self,
+        *,
+        label: str,
+        algorithm: str,
+        purpose: str,
+        custodians: Sequence[str],
+        policy_name: str = "default",
+        generate: bool = True,
+        expected_kcv: str = "",
+    ) -> Prepared:
+        """Generate a key as XOR components, or enter one from them (`generate=False`)."""
+        rules = self._policies.rules(policy_name)
+        names = list(custodians)
+        if len(names) < rules.min_components:
+            raise errors.PolicyRefused(
+                f"Policy {policy_name!r} needs at least {rules.min_components} components.",
+                "Name one custodian per component.",
+            )
+        if len(set(names)) != len(names) or len(names) > MAX_COMPONENTS:
+            raise errors.UsageError("Each component needs its own custodian (2 to 9, no repeats).")
+        key_id = new_key_id()
+        template = templates.build(
+            algorithm, purpose, cka_id=templates.cka_id(key_id, 1), label=label
+        )
+        if not template.algorithm.symmetric or template.algorithm.key_type.name != "AES":
+            raise errors.UsageError("Components are for AES keys.")
+        policy.check_create(
+            rules, policy_name, template.algorithm.name, template.purpose.value, False
+        )
+        kind = OpKind.KEY_CREATE if generate else OpKind.KEY_IMPORT
+        op = Operation(
+            kind,
+            key_id,
+            {
+                "label": label,
+                "algorithm": template.algorithm.name,
+                "purpose": template.purpose.value,
+                "policy": policy_name,
+                "exportable": False,
+                "cka_id": template.cka_id.hex(),
+                "components": len(names),
+                "custodians": names,
+                "expected_kcv": expected_kcv.strip().upper(),
+            },
+        )
+        verb = "Generate" if generate else "Enter"
+        warning = " (only 2 components: weaker split knowledge)" if len(names) == 2 else ""
+        summary = (
+            f"{verb} {template.algorithm.name} key {clean(label, 60)!r} as {len(names)} "
+            f"components held by {', '.join(names)}{warning}"
+        )
+        return Prepared(op, summary, None, rules.requirement(kind).quorum)
+
+    def run(
+        self,
+        prepared: Prepared,
+        approvals: Sequence[ApprovalInput],
+        components: Sequence[Component] | None = None,
+        *,
+        actor: str = "console",
+    ) -> tuple[Key, list[Component]]:
+        """Create the key on the token from components (generated here when none are given)."""
+        op = prepared.operation
+        p = op.params
+        template = templates.build(
+            str(p["algorithm"]),
+            str(p["purpose"]),
+            cka_id=bytes.fromhex(str(p["cka_id"])),
+            label=str(p["label"]),
+        )
+        size = template.algorithm.bits // 8
+        names = [str(n) for n in p["custodians"]]
+        if components is None:
+            values = [secrets.token_bytes(size) for _ in names]
+            shares = [Component(n, v, kcv_of(v)) for n, v in zip(names, values, strict=True)]
+        else:
+            shares = list(components)
+            if [c.custodian for c in shares] != names:
+                raise errors.UsageError("The components do not come from the custodians named.")
+
+        def work(facts: dict[str, Any]) -> Apply:
+            whole = xor([c.value for c in shares])
+            expected = kcv_of(whole)
+            observed = self._hsm.keygen.create_from_value(whole, template)
+            del whole
+            facts.update(kcv=observed, custodians=names, component_checks=[c.kcv for c in shares])
+            if observed != expected or (p["expected_kcv"] and observed != p["expected_kcv"]):
+                self._hsm.objects.destroy(template.cka_id)
+                raise errors.PolicyRefused(
+                    f"The combined key's KCV is {observed}, expected "
+                    f"{p['expected_kcv'] or expected}: a component was mistyped.",
+                    "Nothing was registered; enter the components again.",
+                )
+            return self._records.registered(op, self._hsm.info().serial, observed, "components")
+
+        self._gate.execute(
+            prepared, approvals, work, rules=self._policies.rules(str(p["policy"])), actor=actor
+        )
+        return self._queries.get(op.key_id), shares if components is None else []

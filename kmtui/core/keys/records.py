@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from kmtui.core.control import policy
 from kmtui.core.control.gate import Apply
+from kmtui.core.control.operations import Operation
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.models import Key, KeyState, KeyVersion, iso, utcnow
 from kmtui.core.registry.db import Store
@@ -87,6 +89,39 @@ class KeyRecords:
             policy.rotation_due(key, self._policies.rules(key.policy))
         )
         return key
+
+    def registered(
+        self,
+        op: Operation,
+        serial: str,
+        kcv: str,
+        tag: str,
+        links: Sequence[tuple[str, str]] = (),
+        *,
+        fingerprint: str = "",
+        more_tags: Sequence[str] = (),
+    ) -> Apply:
+        """The record of a key that came into the token other than by generation here (imported,
+        a recipient's public key, entered from components), tagged so, with its links."""
+        version = KeyVersion(
+            op.key_id,
+            1,
+            KeyState.ACTIVE,
+            bytes.fromhex(str(op.params["cka_id"])),
+            serial,
+            iso(utcnow()),
+            kcv=kcv,
+            fingerprint=fingerprint,
+        )
+        key = self.created(op.key_id, dict(op.params), version)
+        key.tags = [tag, *more_tags]
+
+        def apply() -> None:
+            self._store.keys.add(key)
+            for related, relation in links:
+                self._store.keys.link(key.id, related, relation)
+
+        return apply
 
 
 def _iso_or_empty(value: datetime | None) -> str:

@@ -251,7 +251,7 @@ class EnterComponentsScreen(ModalScreen[list[components.Component] | None]):
     def checked(self) -> None:
         number = len(self.entered) + 1
         try:
-            share = self.workstation.distribution.enter_component(
+            share = self.workstation.components.enter(
                 self.query_one("#component", Input).value,
                 self.query_one("#kcv", Input).value,
                 self.entered,

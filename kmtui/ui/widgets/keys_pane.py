@@ -319,7 +319,7 @@ class KeysPane(Pane):
             if prepared:
                 self.approve(
                     prepared,
-                    lambda a: ws.distribution.run_components(prepared, a),
+                    lambda a: ws.components.run(prepared, a),
                     then=lambda made: self.app.push_screen(RevealScreen(made[1], made[0])),
                 )
 
@@ -337,9 +337,7 @@ class KeysPane(Pane):
                     return
                 prepared = self._prepare_components(request, generate=False)
                 if prepared:
-                    self.approve(
-                        prepared, lambda a: ws.distribution.run_components(prepared, a, shares)
-                    )
+                    self.approve(prepared, lambda a: ws.components.run(prepared, a, shares))
 
             self.app.push_screen(
                 EnterComponentsScreen(ws, request.custodians, request.algorithm), entered
@@ -349,7 +347,7 @@ class KeysPane(Pane):
 
     def _prepare_components(self, request: ComponentsRequest, *, generate: bool) -> Prepared | None:
         return self.prepare(
-            lambda: self.workstation.distribution.prepare_components(
+            lambda: self.workstation.components.prepare(
                 label=request.label,
                 algorithm=request.algorithm,
                 purpose=request.purpose,
