@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -12,7 +11,7 @@ from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from kmtui import __version__
+from kmtui import __version__, crashlog
 from kmtui.config import Config, remember_theme, remembered_theme
 from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
@@ -21,7 +20,7 @@ from kmtui.paths import Paths
 from kmtui.service import Prepared, Workstation
 from kmtui.ui import themes
 from kmtui.ui.commands import KmtuiCommands
-from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed, log_in
+from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.help import HelpScreen
 from kmtui.ui.screens.login import LoginScreen
@@ -29,7 +28,7 @@ from kmtui.ui.screens.main import PANES, MainScreen
 from kmtui.ui.screens.transcript import TranscriptScreen
 from kmtui.ui.widgets.audit_pane import AuditPane
 from kmtui.ui.widgets.status_line import StatusLine
-from kmtui.ui.workers import attempt
+from kmtui.ui.workers import attempt, log_in
 
 ACTIVITY = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)
 
@@ -116,7 +115,7 @@ class KmtuiApp(App[int]):
 
     @work(thread=True, exit_on_error=False, group="login")
     def log_in(self, pin: str) -> None:
-        self.post_message(log_in(self.workstation, pin))
+        log_in(self, self.workstation, pin)
 
     def on_logged_in(self, message: LoggedIn) -> None:
         self.token_label = message.info.label
@@ -179,7 +178,20 @@ class KmtuiApp(App[int]):
         attempt(self, "Logging out", lambda: self.workstation.logout(reason="idle lock"))
 
     def on_work_failed(self, message: WorkFailed) -> None:
-        self.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
+        """Every failed piece of background work ends here; a fault in kmtui goes to crash.log too,
+        as the app's own crashes do, while the app carries on."""
+        text = f"{message.what} failed: {message.error}"
+        if message.fault is None:
+            self.notify(text, severity="error", markup=False)
+            return
+        where = crashlog.write(self.paths.log_dir, message.fault) or self.paths.log_dir
+        self.notify(
+            f"{text}. This is a fault in kmtui; no secret is shown here, the failing frames are "
+            f"in {where}.",
+            severity="error",
+            markup=False,
+            timeout=30,
+        )
 
     # -- what the panes and the palette use ---------------------------------------------------
 
@@ -245,14 +257,8 @@ class KmtuiApp(App[int]):
         self.bell()
         error = self._exception
         name = type(error).__name__ if error else "error"
-        target = self.paths.log_dir / "crash.log"
-        try:
-            self.paths.log_dir.mkdir(parents=True, exist_ok=True)
-            frames = "".join(traceback.format_tb(error.__traceback__)) if error else ""
-            with target.open("a", encoding="utf-8") as fh:
-                fh.write(f"--- {name}\n{frames}")
-        except OSError:
-            target = self.paths.log_dir
+        written = crashlog.write(self.paths.log_dir, error) if error else None
+        target = written or self.paths.log_dir
         self._exit_renderables.append(
             Text(
                 f"kmtui stopped on an internal error ({name}). No secret is shown here; "

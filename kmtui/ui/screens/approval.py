@@ -22,6 +22,7 @@ from kmtui.core.safetext import clean
 from kmtui.service import Prepared
 from kmtui.ui.text import labelled, plain
 from kmtui.ui.widgets.secret_input import SecretInput
+from kmtui.ui.workers import fault
 
 Runner = Callable[[Sequence[ApprovalInput]], Any]
 CODE = re.compile(r"[0-9]{6}", re.ASCII)
@@ -169,7 +170,7 @@ class ApprovalScreen(ModalScreen[Any]):
         except KmtuiError as exc:
             self.post_message(self.Refused(str(exc), ()))
         except Exception as exc:
-            self.post_message(self.Refused(f"Internal error ({type(exc).__name__}).", ()))
+            self.post_message(self.Refused(fault(self, "The operation", exc), ()))
         else:
             self.post_message(self.Ran(result, [a.operator for a in approvals]))
 

@@ -13,7 +13,6 @@ from textual.widgets import DataTable
 from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
 from kmtui.service import Prepared, Workstation
-from kmtui.ui.messages import WorkFailed
 
 if TYPE_CHECKING:
     from kmtui.ui.app import KmtuiApp
@@ -71,7 +70,3 @@ class Pane(Vertical):
     ) -> None:
         runner = run or (lambda approvals: self.workstation.run(prepared, approvals))
         self.kmtui.approve(prepared, runner, then=then, confirm_label=confirm_label)
-
-    def on_work_failed(self, message: WorkFailed) -> None:
-        message.stop()
-        self.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
