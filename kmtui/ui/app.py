@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from rich.text import Text
 from textual import events, work
@@ -13,7 +13,6 @@ from textual.binding import Binding, BindingType
 
 from kmtui import __version__, crashlog
 from kmtui.config import Config, remember_theme, remembered_theme
-from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
 from kmtui.core.token.hsm import TokenInfo
 from kmtui.paths import Paths
@@ -21,7 +20,7 @@ from kmtui.service import Prepared, Workstation
 from kmtui.ui import themes
 from kmtui.ui.commands import KmtuiCommands
 from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed
-from kmtui.ui.screens.approval import ApprovalScreen
+from kmtui.ui.screens.approval import ApprovalScreen, Runner
 from kmtui.ui.screens.help import HelpScreen
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import PANES, MainScreen
@@ -31,6 +30,7 @@ from kmtui.ui.widgets.status_line import StatusLine
 from kmtui.ui.workers import attempt, log_in
 
 ACTIVITY = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)
+T = TypeVar("T")
 
 
 class KmtuiApp(App[int]):
@@ -201,14 +201,14 @@ class KmtuiApp(App[int]):
     def approve(
         self,
         prepared: Prepared,
-        run: Callable[[Sequence[ApprovalInput]], Any],
+        run: Runner[T],
         *,
-        then: Callable[[Any], None] | None = None,
+        then: Callable[[T], None] | None = None,
         confirm_label: bool = False,
     ) -> None:
         """The one approval dialog; every pane reloads after the operation ran."""
 
-        def finished(result: Any) -> None:
+        def finished(result: T | None) -> None:
             if result is None:
                 return
             main = self.main_screen()

@@ -278,7 +278,7 @@ class KeysPane(Pane):
             prepared = self.prepare(lambda: dist.prepare_export(ws, key.id, request.wrapping_key))
             if prepared:
                 request.out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self.approve(
+                self.approve_with(
                     prepared,
                     lambda a: dist.run_export(ws, prepared, a, request.out),
                     then=lambda _: self.notify(f"Exported to {request.out}", markup=False),
@@ -304,22 +304,24 @@ class KeysPane(Pane):
                 )
             )
             if prepared:
-                self.approve(prepared, lambda a: dist.run_import(ws, prepared, wrapped, a))
+                self.approve_with(prepared, lambda a: dist.run_import(ws, prepared, wrapped, a))
 
         self.app.push_screen(ImportScreen(ws), chosen)
 
     def action_components(self) -> None:
         ws = self.workstation
 
+        def reveal(made: tuple[Key, list[dist.Component]]) -> None:
+            key, shares = made
+            self.app.push_screen(RevealScreen(shares, key))
+
         def chosen(request: ComponentsRequest | None) -> None:
             if request is None:
                 return
             prepared = self._prepare_components(request, generate=True)
             if prepared:
-                self.approve(
-                    prepared,
-                    lambda a: dist.run_components(ws, prepared, a),
-                    then=lambda made: self.app.push_screen(RevealScreen(made[1], made[0])),
+                self.approve_with(
+                    prepared, lambda a: dist.run_components(ws, prepared, a), then=reveal
                 )
 
         self.app.push_screen(ComponentsScreen(generate=True), chosen)
@@ -336,7 +338,9 @@ class KeysPane(Pane):
                     return
                 prepared = self._prepare_components(request, generate=False)
                 if prepared:
-                    self.approve(prepared, lambda a: dist.run_components(ws, prepared, a, shares))
+                    self.approve_with(
+                        prepared, lambda a: dist.run_components(ws, prepared, a, shares)
+                    )
 
             self.app.push_screen(
                 EnterComponentsScreen(ws, request.custodians, request.algorithm), entered

@@ -12,7 +12,7 @@ from kmtui.core.control.dualcontrol import Enrollment
 from kmtui.core.control.operations import OpKind
 from kmtui.core.models import OperatorState, Role
 from kmtui.ui.screens.enrolment import EnrolmentScreen
-from kmtui.ui.screens.forms import ChoiceScreen
+from kmtui.ui.screens.forms import NamedChoiceScreen
 from kmtui.ui.text import plain, when
 from kmtui.ui.widgets.pane import Pane, cursor_kept
 
@@ -95,7 +95,7 @@ class OperatorsPane(Pane):
             return
         prepared = self.prepare(lambda: self.workstation.prepare_operator(kind, name))
         if prepared:
-            self.approve(prepared, lambda a: self.workstation.run_operator(prepared, a))
+            self.approve_with(prepared, lambda a: self.workstation.run_operator(prepared, a))
 
     def action_lock(self) -> None:
         self._change(OpKind.OPERATOR_LOCK)
@@ -115,18 +115,18 @@ class OperatorsPane(Pane):
                 lambda: self.workstation.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
             )
             if prepared:
-                self.approve(
+                self.approve_with(
                     prepared,
                     lambda a: self.workstation.run_operator(prepared, a),
                     then=self._show_qr,
                 )
 
         roles = [r.value for r in Role]
-        self.app.push_screen(ChoiceScreen("Enrol an operator", roles, with_name=True), chosen)
+        self.app.push_screen(NamedChoiceScreen("Enrol an operator", roles), chosen)
 
-    def _show_qr(self, result: Any) -> None:
+    def _show_qr(self, result: tuple[dict[str, Any], Enrollment | None]) -> None:
         _, enrollment = result
-        if isinstance(enrollment, Enrollment):
+        if enrollment is not None:
             self.app.push_screen(
                 EnrolmentScreen(self.workstation, enrollment), lambda _: self.reload()
             )

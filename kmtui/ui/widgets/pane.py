@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
 from kmtui.service import Prepared, Workstation
+from kmtui.ui.screens.approval import Runner
 
 if TYPE_CHECKING:
     from kmtui.ui.app import KmtuiApp
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -63,10 +65,20 @@ class Pane(Vertical):
     def approve(
         self,
         prepared: Prepared,
-        run: Callable[[Sequence[ApprovalInput]], Any] | None = None,
         *,
-        then: Callable[[Any], None] | None = None,
+        then: Callable[[dict[str, Any]], None] | None = None,
         confirm_label: bool = False,
     ) -> None:
-        runner = run or (lambda approvals: self.workstation.run(prepared, approvals))
-        self.kmtui.approve(prepared, runner, then=then, confirm_label=confirm_label)
+        """The approval dialog for an operation the gate runs (Workstation.run)."""
+        self.kmtui.approve(
+            prepared,
+            lambda approvals: self.workstation.run(prepared, approvals),
+            then=then,
+            confirm_label=confirm_label,
+        )
+
+    def approve_with(
+        self, prepared: Prepared, run: Runner[T], *, then: Callable[[T], None] | None = None
+    ) -> None:
+        """The approval dialog for an operation with its own runner (distribution, operators)."""
+        self.kmtui.approve(prepared, run, then=then)

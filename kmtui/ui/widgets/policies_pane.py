@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -88,7 +88,7 @@ class PoliciesPane(Pane):
             return
         current = self.workstation.get_policy(name)
 
-        def edited(rules: dict[str, object] | None) -> None:
+        def edited(rules: dict[str, Any] | None) -> None:
             if rules is None:
                 return
             prepared = self.prepare(lambda: self.workstation.prepare_policy_change(name, rules))
