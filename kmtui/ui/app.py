@@ -76,8 +76,9 @@ class KmtuiApp(App[int]):
     # -- start, log-in, lock, end of session ------------------------------------------------
 
     def action_end_session(self) -> None:
-        """Quit through the ceremony transcript (signed on the token) when logged in."""
-        if not self.workstation.hsm.logged_in:
+        """Quit through the ceremony transcript (signed on the token) when logged in; at once when
+        locked, as the lock screen's Escape does (the transcript would show what the lock hides)."""
+        if self.locked or not self.workstation.hsm.logged_in:
             self.exit()
             return
 

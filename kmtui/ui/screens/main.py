@@ -146,11 +146,11 @@ class MainScreen(Screen[None]):
         if event.pane.id:
             self.focus_pane(event.pane.id.removeprefix("tab-"))
 
-    def run_pane_action(self, pane: Pane, action: str) -> None:
-        """A command-palette entry: show the pane, then run its action."""
+    async def run_pane_action(self, pane: Pane, action: str) -> None:
+        """A command-palette entry: show the pane, then run its action as its key would."""
         name = str(pane.id).removesuffix("-pane")
         self.action_show(name)
-        getattr(pane, f"action_{action}")()
+        await pane.run_action(action)
 
     def reload_all(self) -> None:
         for pane in self.panes():

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Input, ProgressBar, Static
@@ -20,7 +20,7 @@ from kmtui.ui.filters import AuditFilter
 from kmtui.ui.screens.key_detail import KeyDetailScreen
 from kmtui.ui.text import plain, when
 from kmtui.ui.widgets.paged_table import Page, PagedTable
-from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.widgets.pane import Pane, PaneBinding
 from kmtui.ui.workers import attempt
 
 PAGE = 100
@@ -30,16 +30,12 @@ DETAIL_FIELDS = ("label", "reason", "operator", "policy", "finding", "message", 
 
 class AuditPane(Pane):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "filter", "Filter", id="audit.filter"),
-        Binding("V", "verify", "Verify chain", id="audit.verify"),
-        Binding("k", "key", "Open key", id="audit.key"),
-        Binding("f5", "refresh", "Refresh", id="audit.refresh", show=False),
-    ]
-    PALETTE: ClassVar[list[tuple[str, str]]] = [
-        ("audit: filter", "filter"),
-        ("audit: verify the chain now", "verify"),
-        ("audit: open the key of this event", "key"),
-        ("audit: refresh", "refresh"),
+        PaneBinding("slash", "filter", "Filter", id="audit.filter"),
+        PaneBinding(
+            "V", "verify", "Verify chain", id="audit.verify", palette="verify the chain now"
+        ),
+        PaneBinding("k", "key", "Open key", id="audit.key", palette="open the key of this event"),
+        PaneBinding("f5", "refresh", "Refresh", id="audit.refresh", show=False),
     ]
 
     class Progressed(Message):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.widgets import DataTable, Static
 
 from kmtui.core.control.dualcontrol import Enrollment
@@ -14,7 +14,7 @@ from kmtui.core.models import OperatorState, Role
 from kmtui.ui.screens.enrolment import EnrolmentScreen
 from kmtui.ui.screens.forms import NamedChoiceScreen
 from kmtui.ui.text import plain, when
-from kmtui.ui.widgets.pane import Pane, cursor_kept
+from kmtui.ui.widgets.pane import Pane, PaneBinding, cursor_kept
 
 STATE_STYLE = {
     OperatorState.ACTIVE: "bold",
@@ -26,18 +26,11 @@ STATE_STYLE = {
 
 class OperatorsPane(Pane):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("n", "enroll", "Enrol", id="operators.enroll"),
-        Binding("l", "lock", "Lock", id="operators.lock"),
-        Binding("u", "unlock", "Unlock", id="operators.unlock"),
-        Binding("R", "revoke", "Revoke", id="operators.revoke", show=False),
-        Binding("f5", "refresh", "Refresh", id="operators.refresh", show=False),
-    ]
-    PALETTE: ClassVar[list[tuple[str, str]]] = [
-        ("operators: enrol…", "enroll"),
-        ("operators: lock…", "lock"),
-        ("operators: unlock…", "unlock"),
-        ("operators: revoke…", "revoke"),
-        ("operators: refresh", "refresh"),
+        PaneBinding("n", "enroll", "Enrol", id="operators.enroll", palette="enrol…"),
+        PaneBinding("l", "lock", "Lock", id="operators.lock", palette="lock…"),
+        PaneBinding("u", "unlock", "Unlock", id="operators.unlock", palette="unlock…"),
+        PaneBinding("R", "revoke", "Revoke", id="operators.revoke", show=False, palette="revoke…"),
+        PaneBinding("f5", "refresh", "Refresh", id="operators.refresh", show=False),
     ]
 
     def compose(self) -> ComposeResult:

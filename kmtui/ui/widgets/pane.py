@@ -1,9 +1,10 @@
-"""What every pane shares: the workstation, palette entries and the way to run an approval."""
+"""What every pane shares: the workstation, keys that are also palette entries, approvals."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from textual.binding import Binding
@@ -32,10 +33,25 @@ def cursor_kept(table: DataTable[Any]) -> Iterator[None]:
         table.move_cursor(row=table.get_row_index(key))
 
 
-class Pane(Vertical):
-    """A tab of the main screen; PALETTE lists (title, action) for the command palette."""
+@dataclass(frozen=True)
+class PaneBinding(Binding):
+    """A pane's key and its command-palette entry in one: a key cannot miss the palette."""
 
-    PALETTE: ClassVar[list[tuple[str, str]]] = []
+    palette: str = ""
+    """The palette title after the pane's name ("rotate…" in "keys: rotate…"); when empty, the
+    description in lower case."""
+
+
+def palette_title(binding: Binding) -> str:
+    titled = binding.palette if isinstance(binding, PaneBinding) else ""
+    return titled or binding.description.lower()
+
+
+class Pane(Vertical):
+    """A tab of the main screen; each of its BINDINGS is also a command-palette entry."""
+
+    UNBOUND: ClassVar[list[tuple[str, str]]] = []
+    """(palette title, action) of the actions a pane offers with no key of its own."""
 
     def __init__(self, workstation: Workstation, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -50,6 +66,11 @@ class Pane(Vertical):
     @classmethod
     def bindings(cls) -> list[Binding]:
         return [b for b in cls.BINDINGS if isinstance(b, Binding)]
+
+    @classmethod
+    def palette(cls) -> list[tuple[str, str]]:
+        """(title, action) for the command palette: every binding, then the unbound actions."""
+        return [(palette_title(b), b.action) for b in cls.bindings()] + cls.UNBOUND
 
     def reload(self) -> None:
         """Show fresh data (after an operation or a reconciliation; keys also on a new theme)."""
