@@ -33,9 +33,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    def globals_parser(default: Any) -> argparse.ArgumentParser:
+    def globals_parser(default: Any) -> _Parser:
         # Accepted before and after the subcommand; SUPPRESS keeps a subparser from resetting them.
-        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        parser = _Parser(add_help=False)
         parser.add_argument(
             "--home", metavar="DIR", default=default, help="keep all state under DIR (KMTUI_HOME)"
         )
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         return parser
 
     common = globals_parser(argparse.SUPPRESS)
-    as_json = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
     parser = _Parser(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 from rich.text import Text
 from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.command import Provider
 
 from kmtui import __version__, crashlog
 from kmtui.config import Config, remember_theme, remembered_theme
@@ -36,7 +37,7 @@ T = TypeVar("T")
 class KmtuiApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "kmtui"
-    COMMANDS: ClassVar[set[Any]] = {KmtuiCommands}
+    COMMANDS: ClassVar[set[type[Provider] | Callable[[], type[Provider]]]] = {KmtuiCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f1", "help", "Help", id="app.help", show=False),
         Binding("ctrl+l", "lock", "Lock now", id="app.lock", show=False),

@@ -19,7 +19,7 @@ from kmtui.core.models import AuditEvent
 from kmtui.ui.filters import AuditFilter
 from kmtui.ui.screens.key_detail import KeyDetailScreen
 from kmtui.ui.text import plain, when
-from kmtui.ui.widgets.paged_table import Page, PagedTable
+from kmtui.ui.widgets.paged_table import Fetch, Page, PagedTable, Row
 from kmtui.ui.widgets.pane import Pane, PaneBinding
 from kmtui.ui.workers import attempt
 
@@ -82,13 +82,13 @@ class AuditPane(Pane):
         self.query_one("#event-detail", Static).update("")  # until a row is highlighted again
         self.table.reload(self._fetcher(self.audit_filter))
 
-    def _fetcher(self, f: AuditFilter) -> Any:
+    def _fetcher(self, f: AuditFilter) -> Fetch:
         audit = self.workstation.audit
         query = f.query()
 
         def fetch(after: Any) -> Page:
             found = audit.events(after_seq=after, limit=PAGE, newest_first=True, **query)
-            rows = [(str(e.seq), event_row(e)) for e in found]
+            rows: list[Row] = [(str(e.seq), event_row(e)) for e in found]
             return rows, (found[-1].seq if len(found) == PAGE else None)
 
         return fetch
@@ -162,7 +162,11 @@ class AuditPane(Pane):
 
         def run() -> VerifyResult:
             total = int(store.rows("SELECT max(seq) AS n FROM audit_events")[0]["n"] or 0)
-            return audit.verify(progress=lambda n: self.post_message(self.Progressed(n, total)))
+
+            def progressed(done: int) -> None:
+                self.post_message(self.Progressed(done, total))
+
+            return audit.verify(progress=progressed)
 
         result = attempt(self, "Verifying the audit trail", run)
         if result is not None:

@@ -33,7 +33,7 @@ from kmtui.ui.screens.distribution import (
 from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen, NewKey
 from kmtui.ui.screens.key_detail import KeyDetailScreen
 from kmtui.ui.text import plain, state_styles, when
-from kmtui.ui.widgets.paged_table import Page, PagedTable
+from kmtui.ui.widgets.paged_table import Fetch, Page, PagedTable, Row
 from kmtui.ui.widgets.pane import Pane, PaneBinding
 
 PAGE = 100
@@ -146,7 +146,7 @@ class KeysPane(Pane):
     def reload(self) -> None:
         self.table.reload(self._fetcher(self.key_filter))
 
-    def _fetcher(self, f: KeyFilter) -> Any:
+    def _fetcher(self, f: KeyFilter) -> Fetch:
         store = self.workstation.store
         styles = state_styles(self.app.current_theme)
         order = SORTS[self.sort][0]
@@ -154,7 +154,7 @@ class KeysPane(Pane):
 
         def fetch(after: Any) -> Page:
             keys = store.page_keys(after=after, limit=PAGE, order=order, **query)
-            rows = [(key.id, row(key, styles)) for key in keys]
+            rows: list[Row] = [(key.id, row(key, styles)) for key in keys]
             return rows, (key_cursor(keys[-1], order) if len(keys) == PAGE else None)
 
         return fetch
