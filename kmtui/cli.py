@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kmtui import __version__, config, demo, paths
+from kmtui import __version__, config, crashlog, demo, paths
 from kmtui.commands import audit, common, keys, operators
 from kmtui.core import errors
 from kmtui.core.safetext import clean
@@ -34,9 +33,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    def globals_parser(default: Any) -> argparse.ArgumentParser:
+    def globals_parser(default: Any) -> _Parser:
         # Accepted before and after the subcommand; SUPPRESS keeps a subparser from resetting them.
-        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        parser = _Parser(add_help=False)
         parser.add_argument(
             "--home", metavar="DIR", default=default, help="keep all state under DIR (KMTUI_HOME)"
         )
@@ -56,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         return parser
 
     common = globals_parser(argparse.SUPPRESS)
-    as_json = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
     parser = _Parser(
@@ -161,16 +160,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _log_crash(exc: BaseException, home: str | None) -> Path | None:
-    """Frames only (no locals, no exception text, which could hold a value) to the log dir."""
+    """The frames to the log dir of the home the command was for (crashlog.write)."""
     try:
         log_dir = paths.resolve(home).ensure().log_dir
-        target = log_dir / "crash.log"
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        with target.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- {type(exc).__name__}\n{frames}")
-        return target
     except OSError:
         return None
+    return crashlog.write(log_dir, exc)
 
 
 def _home_in(argv: Sequence[str] | None) -> str | None:

@@ -206,7 +206,7 @@ def _read_only(ws: Workstation, args: argparse.Namespace) -> int:
                 ],
             )
         return EXIT_OK
-    listing = []
+    listing: list[dict[str, Any]] = []
     after = None
     while page := ws.store.keys.page(
         after=after, limit=500, state=args.state, label_prefix=args.label_prefix
@@ -295,7 +295,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
                 for name, value in data["rules"].items():
                     print(f"  {name:<24} {clean(json.dumps(value))}")
             return EXIT_OK
-        listing = [
+        listing: list[dict[str, Any]] = [
             {"name": p.name, "description": p.description, "rules": ws.rules(p.name).to_json()}
             for p in ws.store.policies.all()
         ]

@@ -59,7 +59,7 @@ def add_parsers(
 def cmd_operators(args: argparse.Namespace) -> int:
     if args.action == "list":
         with common.workstation(args) as ws:
-            listing = [
+            listing: list[dict[str, Any]] = [
                 {
                     "operator": o.name,
                     "role": str(o.role),

@@ -3,41 +3,41 @@
 from __future__ import annotations
 
 import time
-import traceback
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 from rich.text import Text
 from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.command import Provider
 
-from kmtui import __version__
+from kmtui import __version__, crashlog
 from kmtui.config import Config, remember_theme, remembered_theme
-from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
 from kmtui.core.models import TokenInfo
 from kmtui.paths import Paths
 from kmtui.service import Prepared, Workstation
 from kmtui.ui import themes
 from kmtui.ui.commands import KmtuiCommands
-from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed, log_in
-from kmtui.ui.screens.approval import ApprovalScreen
+from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed
+from kmtui.ui.screens.approval import ApprovalScreen, Runner
 from kmtui.ui.screens.help import HelpScreen
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import PANES, MainScreen
 from kmtui.ui.screens.transcript import TranscriptScreen
 from kmtui.ui.widgets.audit_pane import AuditPane
 from kmtui.ui.widgets.status_line import StatusLine
-from kmtui.ui.workers import attempt
+from kmtui.ui.workers import attempt, log_in
 
 ACTIVITY = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)
+T = TypeVar("T")
 
 
 class KmtuiApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "kmtui"
-    COMMANDS: ClassVar[set[Any]] = {KmtuiCommands}
+    COMMANDS: ClassVar[set[type[Provider] | Callable[[], type[Provider]]]] = {KmtuiCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f1", "help", "Help", id="app.help", show=False),
         Binding("ctrl+l", "lock", "Lock now", id="app.lock", show=False),
@@ -77,8 +77,9 @@ class KmtuiApp(App[int]):
     # -- start, log-in, lock, end of session ------------------------------------------------
 
     def action_end_session(self) -> None:
-        """Quit through the ceremony transcript (signed on the token) when logged in."""
-        if not self.workstation.hsm.logged_in:
+        """Quit through the ceremony transcript (signed on the token) when logged in; at once when
+        locked, as the lock screen's Escape does (the transcript would show what the lock hides)."""
+        if self.locked or not self.workstation.hsm.logged_in:
             self.exit()
             return
 
@@ -116,7 +117,7 @@ class KmtuiApp(App[int]):
 
     @work(thread=True, exit_on_error=False, group="login")
     def log_in(self, pin: str) -> None:
-        self.post_message(log_in(self.workstation, pin))
+        log_in(self, self.workstation, pin)
 
     def on_logged_in(self, message: LoggedIn) -> None:
         self.token_label = message.info.label
@@ -179,7 +180,20 @@ class KmtuiApp(App[int]):
         attempt(self, "Logging out", lambda: self.workstation.logout(reason="idle lock"))
 
     def on_work_failed(self, message: WorkFailed) -> None:
-        self.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
+        """Every failed piece of background work ends here; a fault in kmtui goes to crash.log too,
+        as the app's own crashes do, while the app carries on."""
+        text = f"{message.what} failed: {message.error}"
+        if message.fault is None:
+            self.notify(text, severity="error", markup=False)
+            return
+        where = crashlog.write(self.paths.log_dir, message.fault) or self.paths.log_dir
+        self.notify(
+            f"{text}. This is a fault in kmtui; no secret is shown here, the failing frames are "
+            f"in {where}.",
+            severity="error",
+            markup=False,
+            timeout=30,
+        )
 
     # -- what the panes and the palette use ---------------------------------------------------
 
@@ -189,14 +203,14 @@ class KmtuiApp(App[int]):
     def approve(
         self,
         prepared: Prepared,
-        run: Callable[[Sequence[ApprovalInput]], Any],
+        run: Runner[T],
         *,
-        then: Callable[[Any], None] | None = None,
+        then: Callable[[T], None] | None = None,
         confirm_label: bool = False,
     ) -> None:
         """The one approval dialog; every pane reloads after the operation ran."""
 
-        def finished(result: Any) -> None:
+        def finished(result: T | None) -> None:
             if result is None:
                 return
             main = self.main_screen()
@@ -245,14 +259,8 @@ class KmtuiApp(App[int]):
         self.bell()
         error = self._exception
         name = type(error).__name__ if error else "error"
-        target = self.paths.log_dir / "crash.log"
-        try:
-            self.paths.log_dir.mkdir(parents=True, exist_ok=True)
-            frames = "".join(traceback.format_tb(error.__traceback__)) if error else ""
-            with target.open("a", encoding="utf-8") as fh:
-                fh.write(f"--- {name}\n{frames}")
-        except OSError:
-            target = self.paths.log_dir
+        written = crashlog.write(self.paths.log_dir, error) if error else None
+        target = written or self.paths.log_dir
         self._exit_renderables.append(
             Text(
                 f"kmtui stopped on an internal error ({name}). No secret is shown here; "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.types import IgnoreReturnCallbackType
 
 from kmtui.ui.screens.main import PANES
 
@@ -15,19 +15,22 @@ if TYPE_CHECKING:
 
 
 class KmtuiCommands(Provider):
-    def entries(self) -> list[tuple[str, Callable[[], Any]]]:
+    def entries(self) -> list[tuple[str, IgnoreReturnCallbackType]]:
+        """Each pane's bindings (Pane.palette), the views, then what the app does everywhere."""
         app = cast("KmtuiApp", self.app)
-        found: list[tuple[str, Callable[[], Any]]] = []
+        found: list[tuple[str, IgnoreReturnCallbackType]] = []
         main = app.main_screen()
         if main is not None and not app.locked:
-            for pane in main.panes():
+            for name, _, cls in PANES:
+                pane = main.pane(name)
                 found += [
-                    (title, partial(main.run_pane_action, pane, action))
-                    for title, action in pane.PALETTE
+                    (f"{name}: {title}", partial(main.run_pane_action, pane, action))
+                    for title, action in cls.palette()
                 ]
             found += [(f"view: {name}", partial(main.action_show, name)) for name, _, _ in PANES]
             found.append(("app: lock now", app.action_lock))
-        found += [("app: help", app.action_help), ("app: quit", app.exit)]
+        # Quit as `q` does: through the end of session and its signed transcript.
+        found += [("app: help", app.action_help), ("app: quit", app.action_end_session)]
         found += [
             (f"theme: {name}", partial(app.use_theme, name))
             for name in sorted(app.available_themes)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from kmtui.core.errors import KmtuiError
 from kmtui.core.keys.reconcile import Report
 from kmtui.core.models import TokenInfo
-from kmtui.service import Workstation
 
 
 class LoggedIn(Message):
@@ -22,16 +20,6 @@ class LoginFailed(Message):
         self.error = error
 
 
-def log_in(workstation: Workstation, pin: str) -> LoggedIn | LoginFailed:
-    """The token log-in as the message a log-in worker posts (never an exception)."""
-    try:
-        return LoggedIn(workstation.login(pin))
-    except KmtuiError as exc:
-        return LoginFailed(str(exc))
-    except Exception as exc:
-        return LoginFailed(f"Internal error ({type(exc).__name__}).")
-
-
 class Reconciled(Message):
     def __init__(self, report: Report) -> None:
         super().__init__()
@@ -39,7 +27,11 @@ class Reconciled(Message):
 
 
 class WorkFailed(Message):
-    def __init__(self, what: str, error: str) -> None:
+    """Bubbles up to the app, which tells the user; `fault` is set when kmtui itself failed (not
+    a refusal or the token saying no), and the app then writes its frames to crash.log."""
+
+    def __init__(self, what: str, error: str, fault: Exception | None = None) -> None:
         super().__init__()
         self.what = what
         self.error = error
+        self.fault = fault

@@ -75,7 +75,22 @@ def parse(data: dict[str, object]) -> Theme:
     for key, value in variables.items():
         if key.endswith(("-color", "-background", "-foreground")):
             _colour(value, f"variables.{key}")
-    return Theme(name=name, dark=dark, variables=variables, **colours)
+    return Theme(
+        name=name,
+        primary=colours["primary"],
+        secondary=colours.get("secondary"),
+        accent=colours.get("accent"),
+        foreground=colours.get("foreground"),
+        background=colours.get("background"),
+        surface=colours.get("surface"),
+        panel=colours.get("panel"),
+        boost=colours.get("boost"),
+        warning=colours.get("warning"),
+        error=colours.get("error"),
+        success=colours.get("success"),
+        dark=dark,
+        variables=variables,
+    )
 
 
 def load(*directories: Path) -> Loaded:

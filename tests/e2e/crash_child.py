@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kmtui.core.control.dualcontrol import current_code
+from kmtui.core.control.totp import current_code
 
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control.gate import Gate

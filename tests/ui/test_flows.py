@@ -16,7 +16,7 @@ from kmtui.core.control.totp import Enrollment, current_code
 from kmtui.core.models import KeyState, OperatorState, iso, utcnow
 from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.enrolment import EnrolmentScreen
-from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen
+from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen, NamedChoiceScreen
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import MainScreen
 from kmtui.ui.widgets.paged_table import PagedTable
@@ -166,7 +166,7 @@ async def test_enrol_an_operator_shows_the_qr_code_and_confirms_the_first_code(
         await pilot.pause()
         await pilot.press("n")
         await until(
-            pilot, lambda: isinstance(app.screen, ChoiceScreen) and app.screen.query("Button")
+            pilot, lambda: isinstance(app.screen, NamedChoiceScreen) and app.screen.query("Button")
         )
         app.screen.query_one("#name", Input).value = "dave"
         await pilot.click("#ok")

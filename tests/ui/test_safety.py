@@ -102,3 +102,44 @@ def test_the_audit_event_detail_neutralises_every_field_read_from_the_database()
     for ch in RAW:
         assert ch not in shown
     assert MARKUP in shown  # markup stays literal text
+
+
+async def test_a_fault_in_a_worker_goes_to_crash_log_without_locals_and_the_app_carries_on(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path, monkeypatch
+) -> None:
+    ws = team.ws
+    pin = softhsm_token.pin
+
+    def broken() -> list[str]:
+        pin_in_a_local = pin  # what a traceback with locals, or the message, would give away
+        raise RuntimeError(pin_in_a_local)
+
+    def gone() -> list[object]:
+        raise HsmError("The token was removed.", "Reinsert it.")
+
+    monkeypatch.setattr(ws.hsm, "mechanisms", broken)  # the Token pane's worker: a bug
+    monkeypatch.setattr(ws.hsm.objects, "scan", gone)  # reconciliation's worker: the token says no
+    app = app_for(ws, tmp_path, pin)
+    crash_log = tmp_path / "home" / "log" / "crash.log"
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        await until(pilot, crash_log.exists, "crash.log")
+
+        def notices() -> list[str]:
+            return [str(n.message) for n in app._notifications]
+
+        await until(pilot, lambda: any("Reconciliation failed" in n for n in notices()))
+        fault = [n for n in notices() if "Reading the token failed" in n]
+        assert len(fault) == 1
+        assert "internal error (RuntimeError)" in fault[0] and str(crash_log) in fault[0]
+        refusal = next(n for n in notices() if "Reconciliation failed" in n)
+        assert "The token was removed." in refusal and "crash.log" not in refusal
+        await pilot.press("n")  # still alive and answering keys
+        await until(pilot, lambda: type(app.screen).__name__ == "CreateKeyScreen")
+        await pilot.press("escape")
+    assert app.return_code in (None, 0)
+    logged = crash_log.read_text()
+    assert logged.startswith("--- RuntimeError\n")
+    assert logged.count("--- ") == 1  # the token's refusal is a notice, not a crash
+    assert ", in broken\n" in logged and "raise RuntimeError(pin_in_a_local)" in logged
+    assert pin not in logged

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.command import CommandList, CommandPalette
-from textual.widgets import DataTable, TabbedContent
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, TabbedContent
 
 from kmtui.config import Config, UiConfig, remember_theme, remembered_theme
 from kmtui.core.models import OperatorState
@@ -14,7 +15,10 @@ from kmtui.paths import Paths, under
 from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.approval import ApprovalScreen
-from kmtui.ui.screens.main import MainScreen
+from kmtui.ui.screens.distribution import ImportScreen
+from kmtui.ui.screens.main import PANES, MainScreen
+from kmtui.ui.screens.transcript import TranscriptScreen
+from kmtui.ui.widgets.pane import palette_title
 from tests.conftest import SoftHsm, Team
 from tests.ui.helpers import SIZE, approve, keys_loaded, main_ready, until
 
@@ -22,6 +26,24 @@ from tests.ui.helpers import SIZE, approve, keys_loaded, main_ready, until
 def hits(app: KmtuiApp) -> int:
     found = app.screen.query(CommandList)
     return found.first().option_count if found else 0
+
+
+def titles(app: KmtuiApp) -> list[str]:
+    found = app.screen.query(CommandList)
+    if not found:
+        return []
+    options = found.first()
+    return [options.get_option_at_index(i).hit.text for i in range(options.option_count)]
+
+
+async def run_from_palette(pilot: Pilot[int], typed: str) -> None:
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    await until(pilot, lambda: isinstance(app.screen, CommandPalette), "the palette")
+    await pilot.press(*typed)
+    await until(pilot, lambda: hits(app), "the palette's hits")
+    await pilot.pause(0.3)
+    await pilot.press("enter")
 
 
 def app_on(ws: Workstation, paths: Paths, pin: str, config: Config | None = None) -> KmtuiApp:
@@ -138,3 +160,45 @@ async def test_an_operator_is_locked_and_unlocked_from_the_operators_pane(
         await approve(pilot, team.codes("alice", "bob"))
         assert ws.operators.get("carol").state == OperatorState.ACTIVE
         await until(pilot, lambda: "active" in table.get_row_at(names.index("carol"))[2].plain)
+
+
+async def test_every_key_of_every_pane_is_in_the_palette_and_runs_the_same_action(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    expected = set()
+    for name, _, cls in PANES:
+        for binding in cls.bindings():
+            assert callable(getattr(cls, f"action_{binding.action}", None)), binding.action
+            expected.add(f"{name}: {palette_title(binding)}")
+    # What the palette lacked while it kept a list of its own, spelled out:
+    assert {
+        "keys: export wrapped under a trusted key…",
+        "keys: import a wrapped key file…",
+        "keys: generate as components…",
+        "keys: enter from components…",
+    } <= expected
+    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), "the palette")
+        await until(pilot, lambda: expected <= set(titles(app)), "every pane's keys listed")
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen), "the palette closed")
+        await run_from_palette(pilot, "keys: import a wrapped")
+        await until(pilot, lambda: isinstance(app.screen, ImportScreen), "the import form")
+
+
+async def test_quit_from_the_palette_goes_through_the_transcript_like_q(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        await main_ready(pilot)
+        await run_from_palette(pilot, "app: quit")
+        await until(pilot, lambda: isinstance(app.screen, TranscriptScreen), "the transcript")
+        assert app.is_running  # nothing ends before the custodians have the transcript
+        screen = app.screen
+        await until(pilot, lambda: screen.document is not None, "the signed transcript")
+        screen.query_one("#quit", Button).press()
+        await until(pilot, lambda: not app.is_running, "the app to exit")

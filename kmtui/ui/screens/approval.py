@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 from rich.text import Text
 from textual import on, work
@@ -21,20 +21,24 @@ from kmtui.core.safetext import clean
 from kmtui.service import Prepared
 from kmtui.ui.text import labelled, plain
 from kmtui.ui.widgets.secret_input import SecretInput
+from kmtui.ui.workers import fault
 
-Runner = Callable[[Sequence[ApprovalInput]], Any]
+T = TypeVar("T")
+R = TypeVar("R")
+Runner = Callable[[Sequence[ApprovalInput]], T]
+"""Runs the prepared operation with the approvals collected (in a worker, not on the UI thread)."""
 CODE = re.compile(r"[0-9]{6}", re.ASCII)
 
 
-class ApprovalScreen(ModalScreen[Any]):
+class ApprovalScreen(ModalScreen[T]):
     """Dismissed with the runner's result once the service accepted and ran the operation."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel", id="approval.cancel"),
     ]
 
-    class Ran(Message):
-        def __init__(self, result: Any, approvers: list[str]) -> None:
+    class Ran(Message, Generic[R]):
+        def __init__(self, result: R, approvers: list[str]) -> None:
             super().__init__()
             self.result = result
             self.approvers = approvers
@@ -45,7 +49,7 @@ class ApprovalScreen(ModalScreen[Any]):
             self.error = error
             self.refusals = refusals
 
-    def __init__(self, prepared: Prepared, run: Runner, *, confirm_label: bool = False) -> None:
+    def __init__(self, prepared: Prepared, run: Runner[T], *, confirm_label: bool = False) -> None:
         super().__init__()
         self.prepared = prepared
         self.run = run
@@ -156,11 +160,11 @@ class ApprovalScreen(ModalScreen[Any]):
         except KmtuiError as exc:
             self.post_message(self.Refused(str(exc), ()))
         except Exception as exc:
-            self.post_message(self.Refused(f"Internal error ({type(exc).__name__}).", ()))
+            self.post_message(self.Refused(fault(self, "The operation", exc), ()))
         else:
             self.post_message(self.Ran(result, [a.operator for a in approvals]))
 
-    def on_approval_screen_ran(self, message: Ran) -> None:
+    def on_approval_screen_ran(self, message: Ran[T]) -> None:
         for i in range(self.prepared.quorum):
             self.query_one(f"#result-{i}", Static).update(Text("✓ accepted", style="bold"))
         who = ", ".join(message.approvers)

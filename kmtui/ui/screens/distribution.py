@@ -52,7 +52,7 @@ class ComponentsRequest:
     custodians: list[str]
 
 
-class ExportScreen(FormScreen):
+class ExportScreen(FormScreen[ExportRequest]):
     TITLE_TEXT = "Export the key wrapped under a trusted key"
 
     def __init__(self, ws: Workstation, key: Key, out_dir: Path) -> None:
@@ -77,7 +77,7 @@ class ExportScreen(FormScreen):
         return ExportRequest(wrapper, Path(self.query_one("#out", Input).value.strip()))
 
 
-class ImportScreen(FormScreen):
+class ImportScreen(FormScreen[ImportRequest]):
     TITLE_TEXT = "Import a wrapped key file"
 
     def __init__(self, ws: Workstation) -> None:
@@ -102,7 +102,7 @@ class ImportScreen(FormScreen):
         return ImportRequest(Path(path), kek, label, self.query_one("#kcv", Input).value)
 
 
-class ComponentsScreen(FormScreen):
+class ComponentsScreen(FormScreen[ComponentsRequest]):
     """Label, algorithm, purpose and the custodians, in the order they hold components."""
 
     def __init__(self, generate: bool) -> None:
@@ -207,7 +207,7 @@ class RevealScreen(ModalScreen[None]):
         """Escape does not skip a custodian: every component must be handed out."""
 
 
-class EnterComponentsScreen(ModalScreen[list[components.Component] | None]):
+class EnterComponentsScreen(ModalScreen[list[components.Component]]):
     """Each custodian types their component and its KCV; a typo is caught at that component."""
 
     BINDINGS: ClassVar[list[BindingType]] = [

@@ -19,6 +19,7 @@ from kmtui.service import Workstation
 from kmtui.ui.screens.approval import CODE
 from kmtui.ui.text import plain
 from kmtui.ui.widgets.secret_input import SecretInput
+from kmtui.ui.workers import fault
 
 
 class EnrolmentScreen(ModalScreen[bool]):
@@ -90,7 +91,7 @@ class EnrolmentScreen(ModalScreen[bool]):
         except KmtuiError as exc:
             self.post_message(self.Rejected(str(exc)))
         except Exception as exc:
-            self.post_message(self.Rejected(f"Internal error ({type(exc).__name__})."))
+            self.post_message(self.Rejected(fault(self, "Confirming the enrolment", exc)))
         else:
             self.post_message(self.Confirmed())
 

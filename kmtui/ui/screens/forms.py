@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -26,8 +26,12 @@ class NewKey:
     exportable: bool
 
 
-class FormScreen(ModalScreen[Any]):
-    """A modal form: Escape cancels, the OK button (or Enter in the last field) submits."""
+T = TypeVar("T")
+
+
+class FormScreen(ModalScreen[T]):
+    """A modal form: Escape cancels (None), the OK button (or Enter in the last field) submits
+    what value() makes of the fields."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel", id="form.cancel")
@@ -63,11 +67,11 @@ class FormScreen(ModalScreen[Any]):
             return
         self.dismiss(value)
 
-    def value(self) -> Any:
+    def value(self) -> T:
         raise NotImplementedError
 
 
-class CreateKeyScreen(FormScreen):
+class CreateKeyScreen(FormScreen[NewKey]):
     """Offers only the purposes and algorithms the chosen policy allows."""
 
     TITLE_TEXT = "Create a key"
@@ -135,34 +139,51 @@ class CreateKeyScreen(FormScreen):
         )
 
 
-class ChoiceScreen(FormScreen):
-    """One choice from a fixed list (a revocation reason, an operator role)."""
+def _choice(choices: list[str]) -> Select[str]:
+    return Select([(c, c) for c in choices], value=choices[0], allow_blank=False)
 
-    def __init__(self, title: str, choices: list[str], *, with_name: bool = False) -> None:
+
+class ChoiceScreen(FormScreen[str]):
+    """One choice from a fixed list (a revocation reason)."""
+
+    def __init__(self, title: str, choices: list[str]) -> None:
         super().__init__()
         self.TITLE_TEXT = title
         self.choices = choices
-        self.with_name = with_name
 
     def compose_fields(self) -> ComposeResult:
-        if self.with_name:
-            yield Input(placeholder="name", id="name", max_length=64)
-        yield Select([(c, c) for c in self.choices], value=self.choices[0], allow_blank=False)
+        yield _choice(self.choices)
 
     def on_mount(self) -> None:
-        (self.query_one("#name", Input) if self.with_name else self.query_one(Select)).focus()
+        self.query_one(Select).focus()
 
-    def value(self) -> str | tuple[str, str]:
-        choice = str(self.query_one(Select).value)
-        if not self.with_name:
-            return choice
+    def value(self) -> str:
+        return str(self.query_one(Select).value)
+
+
+class NamedChoiceScreen(FormScreen[tuple[str, str]]):
+    """A name and one choice from a fixed list (a new operator and their role)."""
+
+    def __init__(self, title: str, choices: list[str]) -> None:
+        super().__init__()
+        self.TITLE_TEXT = title
+        self.choices = choices
+
+    def compose_fields(self) -> ComposeResult:
+        yield Input(placeholder="name", id="name", max_length=64)
+        yield _choice(self.choices)
+
+    def on_mount(self) -> None:
+        self.query_one("#name", Input).focus()
+
+    def value(self) -> tuple[str, str]:
         name = self.query_one("#name", Input).value.strip()
         if not name:
             raise ValueError("Enter a name.")
-        return name, choice
+        return name, str(self.query_one(Select).value)
 
 
-class TextScreen(FormScreen):
+class TextScreen(FormScreen[str]):
     """One line of free text (an acknowledgement note)."""
 
     def __init__(self, title: str, placeholder: str) -> None:

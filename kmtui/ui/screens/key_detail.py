@@ -140,8 +140,7 @@ class KeyDetailScreen(ModalScreen[None]):
         self.query_one("#detail-box", VerticalScroll).focus()
 
     def on_work_failed(self, message: WorkFailed) -> None:
-        message.stop()
-        self.app.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
+        """Said here as well as in the app's notice (which the message bubbles on to)."""
         if message.what == "Loading the key":
             self.query_one("#detail-summary", Static).update(plain(message.error))
 

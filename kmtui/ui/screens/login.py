@@ -12,9 +12,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
 from kmtui.service import Workstation
-from kmtui.ui.messages import LoginFailed, log_in
+from kmtui.ui.messages import LoginFailed
 from kmtui.ui.text import plain
 from kmtui.ui.widgets.secret_input import SecretInput
+from kmtui.ui.workers import log_in
 
 
 class LoginScreen(Screen[None]):
@@ -50,7 +51,7 @@ class LoginScreen(Screen[None]):
 
     @work(thread=True, exit_on_error=False, group="login")
     def log_in(self, pin: str) -> None:
-        self.post_message(log_in(self.workstation, pin))
+        log_in(self, self.workstation, pin)
 
     def on_login_failed(self, message: LoginFailed) -> None:
         message.stop()

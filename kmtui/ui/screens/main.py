@@ -22,6 +22,7 @@ from kmtui.ui.widgets.pane import Pane
 from kmtui.ui.widgets.policies_pane import PoliciesPane
 from kmtui.ui.widgets.status_line import StatusLine
 from kmtui.ui.widgets.token_pane import TokenPane
+from kmtui.ui.workers import fault
 
 if TYPE_CHECKING:
     from kmtui.ui.app import KmtuiApp
@@ -99,6 +100,9 @@ class MainScreen(Screen[None]):
             return
         except KmtuiError as exc:  # could not check (locked, unreadable): say so, go on
             self.post_message(self.CheckUnfinished(str(exc)))
+        except Exception as exc:
+            fault(self, "The database's full integrity check", exc)
+            return
         self.post_message(self.DatabaseChecked())
 
     def on_main_screen_database_checked(self, message: DatabaseChecked) -> None:
@@ -142,11 +146,11 @@ class MainScreen(Screen[None]):
         if event.pane.id:
             self.focus_pane(event.pane.id.removeprefix("tab-"))
 
-    def run_pane_action(self, pane: Pane, action: str) -> None:
-        """A command-palette entry: show the pane, then run its action."""
+    async def run_pane_action(self, pane: Pane, action: str) -> None:
+        """A command-palette entry: show the pane, then run its action as its key would."""
         name = str(pane.id).removesuffix("-pane")
         self.action_show(name)
-        getattr(pane, f"action_{action}")()
+        await pane.run_action(action)
 
     def reload_all(self) -> None:
         for pane in self.panes():

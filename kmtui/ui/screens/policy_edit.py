@@ -13,7 +13,7 @@ from kmtui.ui.screens.forms import FormScreen
 from kmtui.ui.text import plain
 
 
-class PolicyEditScreen(FormScreen):
+class PolicyEditScreen(FormScreen[dict[str, Any]]):
     def __init__(self, current: Policy) -> None:
         super().__init__()
         self.current = current

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Input, ProgressBar, Static
@@ -19,8 +19,8 @@ from kmtui.core.models import AuditEvent
 from kmtui.ui.filters import AuditFilter
 from kmtui.ui.screens.key_detail import KeyDetailScreen
 from kmtui.ui.text import plain, when
-from kmtui.ui.widgets.paged_table import Page, PagedTable
-from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.widgets.paged_table import Fetch, Page, PagedTable, Row
+from kmtui.ui.widgets.pane import Pane, PaneBinding
 from kmtui.ui.workers import attempt
 
 PAGE = 100
@@ -30,16 +30,12 @@ DETAIL_FIELDS = ("label", "reason", "operator", "policy", "finding", "message", 
 
 class AuditPane(Pane):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "filter", "Filter", id="audit.filter"),
-        Binding("V", "verify", "Verify chain", id="audit.verify"),
-        Binding("k", "key", "Open key", id="audit.key"),
-        Binding("f5", "refresh", "Refresh", id="audit.refresh", show=False),
-    ]
-    PALETTE: ClassVar[list[tuple[str, str]]] = [
-        ("audit: filter", "filter"),
-        ("audit: verify the chain now", "verify"),
-        ("audit: open the key of this event", "key"),
-        ("audit: refresh", "refresh"),
+        PaneBinding("slash", "filter", "Filter", id="audit.filter"),
+        PaneBinding(
+            "V", "verify", "Verify chain", id="audit.verify", palette="verify the chain now"
+        ),
+        PaneBinding("k", "key", "Open key", id="audit.key", palette="open the key of this event"),
+        PaneBinding("f5", "refresh", "Refresh", id="audit.refresh", show=False),
     ]
 
     class Progressed(Message):
@@ -86,13 +82,13 @@ class AuditPane(Pane):
         self.query_one("#event-detail", Static).update("")  # until a row is highlighted again
         self.table.reload(self._fetcher(self.audit_filter))
 
-    def _fetcher(self, f: AuditFilter) -> Any:
+    def _fetcher(self, f: AuditFilter) -> Fetch:
         audit = self.workstation.audit
         query = f.query()
 
         def fetch(after: Any) -> Page:
             found = audit.events(after_seq=after, limit=PAGE, newest_first=True, **query)
-            rows = [(str(e.seq), event_row(e)) for e in found]
+            rows: list[Row] = [(str(e.seq), event_row(e)) for e in found]
             return rows, (found[-1].seq if len(found) == PAGE else None)
 
         return fetch
@@ -163,7 +159,11 @@ class AuditPane(Pane):
 
         def run() -> VerifyResult:
             total = reads.last_audit_seq()
-            return audit.verify(progress=lambda n: self.post_message(self.Progressed(n, total)))
+
+            def progressed(done: int) -> None:
+                self.post_message(self.Progressed(done, total))
+
+            return audit.verify(progress=progressed)
 
         result = attempt(self, "Verifying the audit trail", run)
         if result is not None:

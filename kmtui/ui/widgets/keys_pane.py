@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.widgets import DataTable, Input, Static
 
 from kmtui.core.control.lifecycle import RevocationReason
@@ -32,8 +32,8 @@ from kmtui.ui.screens.distribution import (
 from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen, NewKey
 from kmtui.ui.screens.key_detail import KeyDetailScreen
 from kmtui.ui.text import plain, state_styles, when
-from kmtui.ui.widgets.paged_table import Page, PagedTable
-from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.widgets.paged_table import Fetch, Page, PagedTable, Row
+from kmtui.ui.widgets.pane import Pane, PaneBinding
 
 PAGE = 100
 DUE_SOON = timedelta(days=30)
@@ -51,45 +51,73 @@ SORTS = (
 
 class KeysPane(Pane):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "filter", "Filter", id="keys.filter"),
-        Binding("n", "create", "New", id="keys.create"),
-        Binding("o", "rotate", "Rotate", id="keys.rotate"),
-        Binding("u", "suspend", "Suspend", id="keys.suspend", tooltip="Suspend or resume the key"),
-        Binding("v", "revoke", "Revoke", id="keys.revoke"),
-        Binding(
+        PaneBinding("slash", "filter", "Filter", id="keys.filter"),
+        PaneBinding("n", "create", "New", id="keys.create", palette="create…"),
+        PaneBinding("o", "rotate", "Rotate", id="keys.rotate", palette="rotate…"),
+        PaneBinding(
+            "u",
+            "suspend",
+            "Suspend",
+            id="keys.suspend",
+            tooltip="Suspend or resume the key",
+            palette="suspend or resume…",
+        ),
+        PaneBinding("v", "revoke", "Revoke", id="keys.revoke", palette="revoke…"),
+        PaneBinding(
             "x",
             "schedule",
             "Destroy date",
             id="keys.schedule",
             tooltip="Schedule or cancel destruction",
             show=False,  # the footer keeps to what fits in 80 columns; `?` lists every key
+            palette="schedule or cancel destruction…",
         ),
-        Binding("D", "destroy", "Destroy", id="keys.destroy", show=False),
-        Binding("c", "check", "Self-check", id="keys.check", show=False),
-        Binding("s", "sort", "Sort", id="keys.sort", show=False),
-        Binding("a", "history", "Audit of key", id="keys.history", show=False),
-        Binding("f5", "refresh", "Refresh", id="keys.refresh", show=False),
-        Binding("e", "export", "Export", id="keys.export", show=False),
-        Binding("i", "import_key", "Import", id="keys.import", show=False),
-        Binding("g", "components", "Generate as components", id="keys.components", show=False),
-        Binding(
-            "G", "enter_components", "Enter from components", id="keys.enter_components", show=False
+        PaneBinding("D", "destroy", "Destroy", id="keys.destroy", show=False, palette="destroy…"),
+        PaneBinding("c", "check", "Self-check", id="keys.check", show=False, palette="self-check…"),
+        PaneBinding("s", "sort", "Sort", id="keys.sort", show=False, palette="sort by next column"),
+        PaneBinding(
+            "a",
+            "history",
+            "Audit of key",
+            id="keys.history",
+            show=False,
+            palette="audit history of key",
+        ),
+        PaneBinding("f5", "refresh", "Refresh", id="keys.refresh", show=False),
+        PaneBinding(
+            "e",
+            "export",
+            "Export",
+            id="keys.export",
+            show=False,
+            palette="export wrapped under a trusted key…",
+        ),
+        PaneBinding(
+            "i",
+            "import_key",
+            "Import",
+            id="keys.import",
+            show=False,
+            palette="import a wrapped key file…",
+        ),
+        PaneBinding(
+            "g",
+            "components",
+            "Generate as components",
+            id="keys.components",
+            show=False,
+            palette="generate as components…",
+        ),
+        PaneBinding(
+            "G",
+            "enter_components",
+            "Enter from components",
+            id="keys.enter_components",
+            show=False,
+            palette="enter from components…",
         ),
     ]
-    PALETTE: ClassVar[list[tuple[str, str]]] = [
-        ("keys: filter", "filter"),
-        ("keys: create…", "create"),
-        ("keys: rotate…", "rotate"),
-        ("keys: suspend or resume…", "suspend"),
-        ("keys: revoke…", "revoke"),
-        ("keys: schedule or cancel destruction…", "schedule"),
-        ("keys: destroy…", "destroy"),
-        ("keys: self-check…", "check"),
-        ("keys: details", "details"),
-        ("keys: sort by next column", "sort"),
-        ("keys: audit history of key", "history"),
-        ("keys: refresh", "refresh"),
-    ]
+    UNBOUND: ClassVar[list[tuple[str, str]]] = [("details", "details")]  # Enter on a row
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -117,7 +145,7 @@ class KeysPane(Pane):
     def reload(self) -> None:
         self.table.reload(self._fetcher(self.key_filter))
 
-    def _fetcher(self, f: KeyFilter) -> Any:
+    def _fetcher(self, f: KeyFilter) -> Fetch:
         store = self.workstation.store
         styles = state_styles(self.app.current_theme)
         order = SORTS[self.sort][0]
@@ -125,7 +153,7 @@ class KeysPane(Pane):
 
         def fetch(after: Any) -> Page:
             keys = store.keys.page(after=after, limit=PAGE, order=order, **query)
-            rows = [(key.id, row(key, styles)) for key in keys]
+            rows: list[Row] = [(key.id, row(key, styles)) for key in keys]
             return rows, (key_cursor(keys[-1], order) if len(keys) == PAGE else None)
 
         return fetch
@@ -279,7 +307,7 @@ class KeysPane(Pane):
             )
             if prepared:
                 request.out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self.approve(
+                self.approve_with(
                     prepared,
                     lambda a: ws.distribution.run_export(prepared, a, request.out),
                     then=lambda _: self.notify(f"Exported to {request.out}", markup=False),
@@ -305,23 +333,25 @@ class KeysPane(Pane):
                 )
             )
             if prepared:
-                self.approve(prepared, lambda a: ws.distribution.run_import(prepared, wrapped, a))
+                self.approve_with(
+                    prepared, lambda a: ws.distribution.run_import(prepared, wrapped, a)
+                )
 
         self.app.push_screen(ImportScreen(ws), chosen)
 
     def action_components(self) -> None:
         ws = self.workstation
 
+        def reveal(made: tuple[Key, list[components.Component]]) -> None:
+            key, shares = made
+            self.app.push_screen(RevealScreen(shares, key))
+
         def chosen(request: ComponentsRequest | None) -> None:
             if request is None:
                 return
             prepared = self._prepare_components(request, generate=True)
             if prepared:
-                self.approve(
-                    prepared,
-                    lambda a: ws.components.run(prepared, a),
-                    then=lambda made: self.app.push_screen(RevealScreen(made[1], made[0])),
-                )
+                self.approve_with(prepared, lambda a: ws.components.run(prepared, a), then=reveal)
 
         self.app.push_screen(ComponentsScreen(generate=True), chosen)
 
@@ -337,7 +367,7 @@ class KeysPane(Pane):
                     return
                 prepared = self._prepare_components(request, generate=False)
                 if prepared:
-                    self.approve(prepared, lambda a: ws.components.run(prepared, a, shares))
+                    self.approve_with(prepared, lambda a: ws.components.run(prepared, a, shares))
 
             self.app.push_screen(
                 EnterComponentsScreen(ws, request.custodians, request.algorithm), entered

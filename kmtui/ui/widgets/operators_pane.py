@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.widgets import DataTable, Static
 
 from kmtui.core.control.operations import OpKind
 from kmtui.core.control.totp import Enrollment
 from kmtui.core.models import OperatorState, Role
+from kmtui.service import Executed
 from kmtui.ui.screens.enrolment import EnrolmentScreen
-from kmtui.ui.screens.forms import ChoiceScreen
+from kmtui.ui.screens.forms import NamedChoiceScreen
 from kmtui.ui.text import plain, when
-from kmtui.ui.widgets.pane import Pane, cursor_kept
+from kmtui.ui.widgets.pane import Pane, PaneBinding, cursor_kept
 
 STATE_STYLE = {
     OperatorState.ACTIVE: "bold",
@@ -26,18 +27,11 @@ STATE_STYLE = {
 
 class OperatorsPane(Pane):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("n", "enroll", "Enrol", id="operators.enroll"),
-        Binding("l", "lock", "Lock", id="operators.lock"),
-        Binding("u", "unlock", "Unlock", id="operators.unlock"),
-        Binding("R", "revoke", "Revoke", id="operators.revoke", show=False),
-        Binding("f5", "refresh", "Refresh", id="operators.refresh", show=False),
-    ]
-    PALETTE: ClassVar[list[tuple[str, str]]] = [
-        ("operators: enrol…", "enroll"),
-        ("operators: lock…", "lock"),
-        ("operators: unlock…", "unlock"),
-        ("operators: revoke…", "revoke"),
-        ("operators: refresh", "refresh"),
+        PaneBinding("n", "enroll", "Enrol", id="operators.enroll", palette="enrol…"),
+        PaneBinding("l", "lock", "Lock", id="operators.lock", palette="lock…"),
+        PaneBinding("u", "unlock", "Unlock", id="operators.unlock", palette="unlock…"),
+        PaneBinding("R", "revoke", "Revoke", id="operators.revoke", show=False, palette="revoke…"),
+        PaneBinding("f5", "refresh", "Refresh", id="operators.refresh", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -90,7 +84,7 @@ class OperatorsPane(Pane):
             return
         prepared = self.prepare(lambda: self.workstation.prepare_operator(kind, name))
         if prepared:
-            self.approve(prepared, lambda a: self.workstation.run_operator(prepared, a))
+            self.approve_with(prepared, lambda a: self.workstation.run_operator(prepared, a))
 
     def action_lock(self) -> None:
         self._change(OpKind.OPERATOR_LOCK)
@@ -110,18 +104,18 @@ class OperatorsPane(Pane):
                 lambda: self.workstation.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
             )
             if prepared:
-                self.approve(
+                self.approve_with(
                     prepared,
                     lambda a: self.workstation.run_operator(prepared, a),
                     then=self._show_qr,
                 )
 
         roles = [r.value for r in Role]
-        self.app.push_screen(ChoiceScreen("Enrol an operator", roles, with_name=True), chosen)
+        self.app.push_screen(NamedChoiceScreen("Enrol an operator", roles), chosen)
 
-    def _show_qr(self, result: Any) -> None:
+    def _show_qr(self, result: tuple[Executed, Enrollment | None]) -> None:
         _, enrollment = result
-        if isinstance(enrollment, Enrollment):
+        if enrollment is not None:
             self.app.push_screen(
                 EnrolmentScreen(self.workstation, enrollment), lambda _: self.reload()
             )

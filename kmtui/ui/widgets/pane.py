@@ -1,22 +1,24 @@
-"""What every pane shares: the workstation, palette entries and the way to run an approval."""
+"""What every pane shares: the workstation, keys that are also palette entries, approvals."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from kmtui.core.control.operations import ApprovalInput
 from kmtui.core.errors import KmtuiError
-from kmtui.service import Prepared, Workstation
-from kmtui.ui.messages import WorkFailed
+from kmtui.service import Executed, Prepared, Workstation
+from kmtui.ui.screens.approval import Runner
 
 if TYPE_CHECKING:
     from kmtui.ui.app import KmtuiApp
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -31,10 +33,25 @@ def cursor_kept(table: DataTable[Any]) -> Iterator[None]:
         table.move_cursor(row=table.get_row_index(key))
 
 
-class Pane(Vertical):
-    """A tab of the main screen; PALETTE lists (title, action) for the command palette."""
+@dataclass(frozen=True)
+class PaneBinding(Binding):
+    """A pane's key and its command-palette entry in one: a key cannot miss the palette."""
 
-    PALETTE: ClassVar[list[tuple[str, str]]] = []
+    palette: str = ""
+    """The palette title after the pane's name ("rotate…" in "keys: rotate…"); when empty, the
+    description in lower case."""
+
+
+def palette_title(binding: Binding) -> str:
+    titled = binding.palette if isinstance(binding, PaneBinding) else ""
+    return titled or binding.description.lower()
+
+
+class Pane(Vertical):
+    """A tab of the main screen; each of its BINDINGS is also a command-palette entry."""
+
+    UNBOUND: ClassVar[list[tuple[str, str]]] = []
+    """(palette title, action) of the actions a pane offers with no key of its own."""
 
     def __init__(self, workstation: Workstation, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -50,6 +67,11 @@ class Pane(Vertical):
     def bindings(cls) -> list[Binding]:
         return [b for b in cls.BINDINGS if isinstance(b, Binding)]
 
+    @classmethod
+    def palette(cls) -> list[tuple[str, str]]:
+        """(title, action) for the command palette: every binding, then the unbound actions."""
+        return [(palette_title(b), b.action) for b in cls.bindings()] + cls.UNBOUND
+
     def reload(self) -> None:
         """Show fresh data (after an operation or a reconciliation; keys also on a new theme)."""
 
@@ -64,14 +86,20 @@ class Pane(Vertical):
     def approve(
         self,
         prepared: Prepared,
-        run: Callable[[Sequence[ApprovalInput]], Any] | None = None,
         *,
-        then: Callable[[Any], None] | None = None,
+        then: Callable[[Executed], None] | None = None,
         confirm_label: bool = False,
     ) -> None:
-        runner = run or (lambda approvals: self.workstation.run(prepared, approvals))
-        self.kmtui.approve(prepared, runner, then=then, confirm_label=confirm_label)
+        """The approval dialog for an operation the gate runs (Workstation.run)."""
+        self.kmtui.approve(
+            prepared,
+            lambda approvals: self.workstation.run(prepared, approvals),
+            then=then,
+            confirm_label=confirm_label,
+        )
 
-    def on_work_failed(self, message: WorkFailed) -> None:
-        message.stop()
-        self.notify(f"{message.what} failed: {message.error}", severity="error", markup=False)
+    def approve_with(
+        self, prepared: Prepared, run: Runner[T], *, then: Callable[[T], None] | None = None
+    ) -> None:
+        """The approval dialog for an operation with its own runner (distribution, operators)."""
+        self.kmtui.approve(prepared, run, then=then)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Static
 
@@ -14,17 +14,15 @@ from kmtui.core.control import policy
 from kmtui.core.errors import KmtuiError
 from kmtui.ui.screens.policy_edit import PolicyEditScreen
 from kmtui.ui.text import labelled, plain, when
-from kmtui.ui.widgets.pane import Pane, cursor_kept
+from kmtui.ui.widgets.pane import Pane, PaneBinding, cursor_kept
 
 
 class PoliciesPane(Pane):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("e", "edit", "Change policy", id="policies.edit"),
-        Binding("f5", "refresh", "Refresh", id="policies.refresh", show=False),
-    ]
-    PALETTE: ClassVar[list[tuple[str, str]]] = [
-        ("policies: change the selected policy…", "edit"),
-        ("policies: refresh", "refresh"),
+        PaneBinding(
+            "e", "edit", "Change policy", id="policies.edit", palette="change the selected policy…"
+        ),
+        PaneBinding("f5", "refresh", "Refresh", id="policies.refresh", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -88,7 +86,7 @@ class PoliciesPane(Pane):
             return
         current = self.workstation.get_policy(name)
 
-        def edited(rules: dict[str, object] | None) -> None:
+        def edited(rules: dict[str, Any] | None) -> None:
             if rules is None:
                 return
             prepared = self.prepare(lambda: self.workstation.prepare_policy_change(name, rules))

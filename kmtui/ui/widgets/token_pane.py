@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Label, Static
@@ -17,7 +17,7 @@ from kmtui.core.models import TokenInfo
 from kmtui.ui.messages import Reconciled
 from kmtui.ui.screens.forms import TextScreen
 from kmtui.ui.text import labelled, plain
-from kmtui.ui.widgets.pane import Pane
+from kmtui.ui.widgets.pane import Pane, PaneBinding
 from kmtui.ui.workers import attempt
 
 SHOWN_FINDINGS = 500
@@ -25,14 +25,28 @@ SHOWN_FINDINGS = 500
 
 class TokenPane(Pane):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "reconcile", "Reconcile now", id="token.reconcile"),
-        Binding("a", "acknowledge", "Acknowledge finding", id="token.acknowledge"),
-        Binding("f5", "refresh", "Refresh", id="token.refresh", show=False),
-    ]
-    PALETTE: ClassVar[list[tuple[str, str]]] = [
-        ("token: reconcile with the registry now", "reconcile"),
-        ("token: acknowledge the selected finding…", "acknowledge"),
-        ("token: refresh token information", "refresh"),
+        PaneBinding(
+            "r",
+            "reconcile",
+            "Reconcile now",
+            id="token.reconcile",
+            palette="reconcile with the registry now",
+        ),
+        PaneBinding(
+            "a",
+            "acknowledge",
+            "Acknowledge finding",
+            id="token.acknowledge",
+            palette="acknowledge the selected finding…",
+        ),
+        PaneBinding(
+            "f5",
+            "refresh",
+            "Refresh",
+            id="token.refresh",
+            show=False,
+            palette="refresh token information",
+        ),
     ]
 
     class Described(Message):
