@@ -108,14 +108,14 @@ def test_a_token_failure_is_recorded_as_the_outcome(
 def test_a_key_that_reads_back_wrong_is_registered_as_quarantined(
     team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = team.ws.hsm._read_attributes
+    real = team.ws.hsm.objects.read_attributes
 
     def tampered(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
         values = real(obj, attrs)
         values[Attribute.SENSITIVE] = False
         return values
 
-    monkeypatch.setattr(team.ws.hsm, "_read_attributes", tampered)
+    monkeypatch.setattr(team.ws.hsm.objects, "read_attributes", tampered)
     with pytest.raises(errors.TemplateMismatch):
         create(team, "odd", "AES-128")
     (key,) = team.ws.store.keys.find(label="odd")
@@ -130,7 +130,7 @@ def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouc
     class Crash(BaseException):  # like SIGKILL: nothing after it runs, no outcome is written
         pass
 
-    real_read, real_add = team.ws.hsm._read_attributes, team.ws.store.keys.add
+    real_read, real_add = team.ws.hsm.objects.read_attributes, team.ws.store.keys.add
 
     def tampered(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
         values = real_read(obj, attrs)
@@ -141,7 +141,7 @@ def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouc
         real_add(key)
         raise Crash
 
-    monkeypatch.setattr(team.ws.hsm, "_read_attributes", tampered)
+    monkeypatch.setattr(team.ws.hsm.objects, "read_attributes", tampered)
     monkeypatch.setattr(team.ws.store.keys, "add", add_then_crash)
     with pytest.raises(Crash):
         create(team, "odd", "AES-128")
