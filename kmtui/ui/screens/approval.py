@@ -72,7 +72,9 @@ class ApprovalScreen(ModalScreen[T]):
             details.append(("Quorum", quorum))
             yield Static(labelled(details, 11), id="approval-details")
             if p.changes:  # a policy change: every rule it touches, old → new, as signed
-                lines = [("Changes" if n == 0 else "", line) for n, line in enumerate(p.changes)]
+                lines: list[tuple[str, object]] = [
+                    ("Changes" if n == 0 else "", line) for n, line in enumerate(p.changes)
+                ]
                 yield Static(labelled(lines, 11), id="approval-changes")
             if self.confirm_label and key is not None:
                 yield Static(
