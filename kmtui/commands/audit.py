@@ -41,7 +41,8 @@ def add_parsers(
         "--pubkey",
         metavar="PEM",
         type=Path,
-        help="the audit public key printed at init (else the one in the database)",
+        help="the audit public key printed at init; without it (and without the token) only "
+        "the chain is checked",
     )
     p.add_argument("--no-token", action="store_true", help="do not read the head on the token")
     p = asub.add_parser("export", parents=[common_args], help="events, one per line, on stdout")
@@ -245,6 +246,8 @@ def _verify(args: argparse.Namespace) -> int:
                 path, pubkey_pem=pem, progress=progress, copy=False, integrity=True
             )
         else:
+            # With the token at hand its own audit key is the trusted one (a --pubkey given too
+            # must be the same key), and the database's record of it is compared with it.
             # Read the token's head and verify inside one session, so the session's own
             # log-out event (written after) is not mistaken for an unanchored one.
             # quick_check at open: verify_database runs the full integrity_check just after.
@@ -254,6 +257,7 @@ def _verify(args: argparse.Namespace) -> int:
                 report = anchors.verify_database(
                     path,
                     pubkey_pem=pem,
+                    token_pubkey_pem=ws.hsm.signer.ensure_audit_key(),
                     token_head=head,
                     progress=progress,
                     copy=False,
@@ -264,15 +268,23 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         common.print_json({**report.as_dict(), "database": str(path)})
     elif report.ok:
-        print(f"audit trail OK: {clean(report.reason)}")
+        print(f"audit trail OK ({report.scope}): {clean(report.reason)}")
         print(
             f"head event {report.head_seq} {report.head_hash[:16]}; token head: "
             f"{report.token_head}; key {report.key_fingerprint[:23] or 'none'} "
-            f"({report.key_source or 'no checkpoints'}); database file integrity: "
+            f"({report.key_source or 'not checked'}); database file integrity: "
             f"{clean(report.integrity)}"
         )
-    elif report.first_bad_seq is None:  # the trail holds; the file around it does not
+        if report.scope == anchors.CHAIN_ONLY:
+            print(
+                "NOT CHECKED: signed checkpoints and session ends. Give the audit public key "
+                "printed at init (--pubkey audit.pem) to prove the trail was not rewritten.",
+                file=sys.stderr,
+            )
+    elif report.first_bad_seq is None and report.integrity not in ("ok", "not checked"):
         print(f"DATABASE DAMAGED: {clean(report.reason)}", file=sys.stderr)
+    elif report.first_bad_seq is None:  # the trail holds; what vouches for it does not
+        print(f"AUDIT VERIFICATION FAILED: {clean(report.reason)}", file=sys.stderr)
     else:
         print(
             f"AUDIT TRAIL BROKEN at event {report.first_bad_seq}: {clean(report.reason)}",

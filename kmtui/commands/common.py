@@ -93,6 +93,8 @@ def show_operation(prepared: Prepared, out: TextIO = sys.stderr) -> None:
     print(f"Digest    : {prepared.operation.short_digest}", file=out)
     if prepared.kcv:
         print(f"Key check : {clean(prepared.kcv)}", file=out)
+    for n, line in enumerate(prepared.changes):  # a policy change: each rule, old → new
+        print(f"{'Changes   :' if n == 0 else '':<11} {clean(line)}", file=out)
     if prepared.quorum:
         print(f"Approvals : {prepared.quorum} distinct operators", file=out)
 

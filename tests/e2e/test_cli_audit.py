@@ -63,7 +63,65 @@ def test_offline_verification_of_a_copy_with_the_printed_public_key(
 def test_live_verification_checks_the_head_on_the_token(demo_home: Path) -> None:
     proc = kmtui(demo_home, "audit", "verify", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["token_head"] == "matched"
+    report = json.loads(proc.stdout)
+    assert report["token_head"] == "matched"
+    # The token at hand vouches for its own audit key, and the database's record of it agrees.
+    assert (report["key_source"], report["key_record"]) == ("token", "matches")
+    assert report["scope"] == "chain + signed checkpoints + token head"
+    assert report["session_ends"] >= 1 and report["unsigned_session_ends"] == []
+
+
+def test_live_verification_refuses_a_given_key_that_is_not_the_tokens(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (tmp_path / "other.pem").write_bytes(
+        other.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    proc = kmtui(demo_home, "audit", "verify", "--pubkey", str(tmp_path / "other.pem"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "is not this token's audit key" in proc.stderr
+
+
+def test_without_a_key_or_the_token_verify_checks_the_chain_only_and_says_so(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    copy = _copy(demo_home, tmp_path / "copy.db")
+    text = kmtui(tmp_path, "audit", "verify", "--db", str(copy))
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("audit trail OK (chain only):")
+    assert "a key stored in the database proves nothing" in text.stdout
+    assert "agree" not in text.stdout and "NOT CHECKED: signed checkpoints" in text.stderr
+    report = json.loads(kmtui(tmp_path, "audit", "verify", "--db", str(copy), "--json").stdout)
+    assert (report["ok"], report["scope"], report["key_source"]) == (True, "chain only", "")
+    assert report["checkpoints"] >= 1 and report["key_fingerprint"] == ""
+
+
+def test_a_copy_missing_one_session_checkpoint_fails_naming_that_session_end(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    pem = json.loads(kmtui(demo_home, "audit", "pubkey", "--json").stdout)["pem"]
+    (tmp_path / "audit.pem").write_text(pem)
+    copy = _copy(demo_home, tmp_path / "copy.db")
+    conn = sqlite3.connect(copy, isolation_level=None)
+    ends = [
+        r[0] for r in conn.execute("SELECT seq FROM audit_events WHERE action = 'token.logout'")
+    ]
+    assert len(ends) >= 2
+    conn.execute("DELETE FROM audit_checkpoints WHERE seq = ?", (ends[0],))
+    conn.close()
+    args = ("audit", "verify", "--db", str(copy), "--pubkey", str(tmp_path / "audit.pem"))
+    proc = kmtui(tmp_path, *args)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"AUDIT TRAIL BROKEN at event {ends[0]}" in proc.stderr
+    assert f"the session that ended at event {ends[0]} has no signed checkpoint" in proc.stderr
+    report = json.loads(kmtui(tmp_path, *args, "--json").stdout)
+    assert report["unsigned_session_ends"] == [ends[0]] and report["ok"] is False
 
 
 def test_export_formats_carry_seq_and_hashes(demo_home: Path) -> None:
@@ -116,3 +174,54 @@ def test_transcript_is_written_as_text_or_html_with_a_signed_checkpoint(
         demo_home, "audit", "transcript", "--since", "0", "--format", "html", "--out", str(out)
     )
     assert page.returncode == 0 and out.read_text().startswith("<!doctype html>")
+
+
+def _rechain_from(conn: sqlite3.Connection, start: int) -> None:
+    """Recompute every hash from `start` on, as an attacker who knows the format would."""
+    from kmtui.core.audit.log import GENESIS_HASH, event_hash
+
+    row = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (start - 1,)).fetchone()
+    prev = row[0] if row else GENESIS_HASH
+    rows = conn.execute(
+        "SELECT seq, ts, actor, action, key_id, params, outcome FROM audit_events "
+        "WHERE seq >= ? ORDER BY seq",
+        (start,),
+    ).fetchall()
+    for seq, ts, actor, action, key_id, params, outcome in rows:
+        digest = event_hash(
+            seq=seq,
+            ts=ts,
+            actor=actor,
+            action=action,
+            key_id=key_id,
+            params=json.loads(params),
+            outcome=outcome,
+            prev_hash=prev,
+        )
+        conn.execute(
+            "UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq)
+        )
+        prev = digest
+
+
+def test_an_edited_rechained_trail_without_its_checkpoints_fails_offline_verification(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    pem = json.loads(kmtui(demo_home, "audit", "pubkey", "--json").stdout)["pem"]
+    (tmp_path / "audit.pem").write_text(pem)
+    copy = _copy(demo_home, tmp_path / "copy.db")
+    conn = sqlite3.connect(copy, isolation_level=None)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f'DROP TRIGGER "{name}"')
+    edited = conn.execute(
+        "SELECT min(seq) FROM audit_events WHERE action = 'key.create' AND outcome = 'intent'"
+    ).fetchone()[0]
+    conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = ?", (edited,))
+    _rechain_from(conn, edited)
+    conn.execute("DELETE FROM audit_checkpoints")
+    conn.close()
+    proc = kmtui(
+        tmp_path, "audit", "verify", "--db", str(copy), "--pubkey", str(tmp_path / "audit.pem")
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "no signed checkpoint" in proc.stderr and "Traceback" not in proc.stderr

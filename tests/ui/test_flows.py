@@ -21,7 +21,7 @@ from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import MainScreen
 from kmtui.ui.widgets.paged_table import PagedTable
 from tests.conftest import SoftHsm, Team
-from tests.ui.helpers import SIZE, app_for, approve, keys_loaded, main_ready, until
+from tests.ui.helpers import SIZE, app_for, approve, keys_loaded, main_ready, text_of, until
 
 
 async def test_create_a_key_through_the_form_and_two_approvals(
@@ -310,6 +310,41 @@ async def test_a_policy_change_shortens_the_idle_lock_and_the_status_line_names_
         # The shorter lock is the one that fires.
         app.last_activity = time.monotonic() - 121
         await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the lock screen")
+
+
+async def test_the_approval_dialog_of_a_policy_change_shows_each_touched_rule_old_to_new(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    ws = team.ws
+    ws.run(
+        ws.prepare_policy_change("default", {"quorum": {"key.revoke": 3}}),
+        team.codes("alice", "bob"),
+    )
+    app = app_for(ws, tmp_path, softhsm_token.pin)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await main_ready(pilot)
+        await pilot.press("2")
+        table = main.query_one("#policies", DataTable)
+        await until(pilot, lambda: table.row_count > 0)
+        table.move_cursor(row=table.get_row_index("default"))
+        await pilot.press("e")
+        await until(pilot, lambda: app.screen.query("#rules-json"), "the policy editor")
+        editor = app.screen.query_one("#rules-json", TextArea)
+        editor.text = json.dumps({"quorum": {"key.create": 3}, "rotation_days": 90})
+        await pilot.click("#ok")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, ApprovalScreen) and app.screen.query("#approve"),
+            "the approval dialog",
+        )
+        shown = text_of(app.screen.query_one("#approval-changes", Static))
+        assert "quorum key.create: 2 (default) → 3" in shown
+        assert "quorum key.revoke: 3 → 2 (default)" in shown
+        assert "rotation_days: 365 (default) → 90" in shown
+        assert "key.destroy" not in shown  # untouched rules are not listed
+        await approve(pilot, team.codes("alice", "bob"))
+    assert ws.rules("default").requirement(OpKind.KEY_REVOKE).quorum == 2
+    assert ws.rules("default").requirement(OpKind.KEY_CREATE).quorum == 3
 
 
 async def test_a_policy_cannot_lengthen_the_configured_idle_lock(

@@ -20,11 +20,14 @@ from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_h
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
-from tests.conftest import Clock
+from tests.conftest import Clock, SoftHsm
 
 
-def trail(hsm: Hsm, path: Path, events: int, every: int = 10) -> tuple[Store, Anchors]:
-    """A trail of `events` events, anchored as the workstation anchors it."""
+def trail(
+    hsm: Hsm, path: Path, events: int, every: int = 10, *, signed_end: bool = False
+) -> tuple[Store, Anchors]:
+    """A trail of `events` events, anchored as the workstation anchors it (`signed_end`: its
+    last event signed, as a session end is)."""
     store = Store.open(path)
     audit = AuditLog(store)
     anchors = Anchors(store, hsm, audit, every=every)
@@ -34,6 +37,8 @@ def trail(hsm: Hsm, path: Path, events: int, every: int = 10) -> tuple[Store, An
         )
         if n % every == 0 or n == events:
             anchors.sync()
+    if signed_end:
+        anchors.checkpoint("session end")
     return store, anchors
 
 
@@ -141,8 +146,12 @@ def test_a_checkpoint_re_signed_with_another_key_is_caught_with_the_given_key(
     report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
     assert not report.ok and report.first_bad_seq == 10
     assert "not signed by the audit key" in report.reason
-    # Trusting the key stored in the database is weaker, and the report says where it came from.
-    assert verify_database(tmp_path / "t.db").key_source == "database"
+    # The key stored in the database travels with the data: without a key of their own, an
+    # auditor is told that only the chain was checked, never that the checkpoints agree.
+    chain_only = verify_database(tmp_path / "t.db")
+    assert chain_only.ok and chain_only.scope == "chain only" and chain_only.key_source == ""
+    assert "chain only" in chain_only.reason and "agree" not in chain_only.reason
+    assert chain_only.key_record == "not checked" and chain_only.unsigned_session_ends == ()
 
 
 def test_a_restored_older_database_is_refused_at_login(
@@ -168,6 +177,131 @@ def test_a_restored_older_database_is_refused_at_login(
     assert "cut off or an older copy was restored" in str(info.value)
     assert not hsm.logged_in  # nothing else runs
     restored.store.close()
+
+
+# -- session ends: each one signed, or a finding -------------------------------------------------
+
+
+def sessions(ws: Workstation, pin: str, count: int) -> list[int]:
+    """`count` token sessions through the workstation's own log-in and log-out; their ends."""
+    for n in range(count):
+        ws.login(pin)
+        ws.audit.append("test.event", actor="x", outcome="success", params={"n": n})
+        ws.logout(reason="test")
+    return sorted(e.seq for e in ws.audit.events(action="token.logout"))
+
+
+@pytest.fixture
+def three_sessions(
+    hsm: Hsm, softhsm_token: SoftHsm, tmp_path: Path, clock: Clock
+) -> tuple[Path, str, list[int]]:
+    """A registry whose trail holds three whole sessions; its path, audit key and session ends."""
+    store = Store.open(tmp_path / "ws.db")
+    ws = Workstation.assemble(hsm, store, clock=clock)
+    pem = ws.anchors.public_key()[0]
+    ends = sessions(ws, softhsm_token.pin, 3)
+    store.close()
+    return tmp_path / "ws.db", pem, ends
+
+
+def test_every_session_end_has_its_own_signed_checkpoint(
+    three_sessions: tuple[Path, str, list[int]],
+) -> None:
+    path, pem, ends = three_sessions
+    report = verify_database(path, pubkey_pem=pem)
+    assert report.ok, report.reason
+    assert (report.session_ends, report.unsigned_session_ends) == (3, ())
+    assert report.checkpoints >= 3 and report.last_checkpoint == ends[-1]
+    assert report.scope == "chain + signed checkpoints" and report.key_record == "matches"
+    assert "every one of 3 session ends has its own" in report.reason
+
+
+def test_a_deleted_session_checkpoint_is_found_though_a_later_one_survives(
+    three_sessions: tuple[Path, str, list[int]],
+) -> None:
+    path, pem, ends = three_sessions
+    conn = raw(path)
+    conn.execute("DELETE FROM audit_checkpoints WHERE seq = ?", (ends[1],))
+    conn.close()
+    report = verify_database(path, pubkey_pem=pem)
+    assert not report.ok and report.first_bad_seq == ends[1]
+    assert report.unsigned_session_ends == (ends[1],)
+    assert f"the session that ended at event {ends[1]} has no signed checkpoint" in report.reason
+
+
+def test_a_session_end_written_but_never_signed_is_a_finding(
+    hsm: Hsm, softhsm_token: SoftHsm, tmp_path: Path, clock: Clock
+) -> None:
+    """kmtui stopped between writing a session's end and signing it; later sessions went on."""
+    store = Store.open(tmp_path / "ws.db")
+    ws = Workstation.assemble(hsm, store, clock=clock)
+    pem = ws.anchors.public_key()[0]
+    ws.audit.append("token.login", actor="x", outcome="success")
+    cut = ws.audit.append("token.logout", actor="x", outcome="success", params={"reason": "x"})
+    sessions(ws, softhsm_token.pin, 1)  # a later session signs its own end, after `cut`
+    store.close()
+    report = verify_database(tmp_path / "ws.db", pubkey_pem=pem)
+    assert not report.ok and report.unsigned_session_ends == (cut.seq,)
+    assert "stopped between writing a session's end and signing it" in report.reason
+
+
+def test_two_sessions_ending_at_once_each_sign_their_own_end(hsm: Hsm, tmp_path: Path) -> None:
+    store, anchors = trail(hsm, tmp_path / "t.db", 3)
+    audit = AuditLog(store)
+    first = audit.append("token.logout", actor="a", outcome="success")
+    second = audit.append("token.logout", actor="b", outcome="success")
+    signed = [anchors.checkpoint("session end", at=e.seq) for e in (first, second)]
+    assert [c.seq if c else 0 for c in signed] == [first.seq, second.seq]
+    again = anchors.checkpoint("again", at=first.seq)  # signed once: the first one stays
+    assert again is not None and again.reason == "session end"
+    pem = pem_of(anchors)
+    store.close()
+    report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
+    assert report.ok and report.session_ends == 2, report.reason
+
+
+def test_a_key_given_with_no_checkpoint_to_check_fails(hsm: Hsm, tmp_path: Path) -> None:
+    store, anchors = trail(hsm, tmp_path / "t.db", 5, every=10)  # never reached an interval
+    pem = pem_of(anchors)
+    store.close()
+    report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
+    assert not report.ok and report.checkpoints == 0 and report.first_bad_seq == 1
+    assert "no signed checkpoint" in report.reason
+    assert verify_database(tmp_path / "t.db").ok  # the chain itself holds
+
+
+def test_events_after_the_last_checkpoint_are_reported_as_held_by_the_chain_only(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    store, anchors = trail(hsm, tmp_path / "t.db", 14, every=10)
+    pem = pem_of(anchors)
+    store.close()
+    report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
+    assert report.ok and (report.last_checkpoint, report.unsigned_events) == (10, 4)
+    assert "events 11-14 come after the last signed checkpoint" in report.reason
+
+
+def test_the_token_key_is_trusted_and_the_database_record_is_compared_with_it(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    store, anchors = trail(hsm, tmp_path / "t.db", 12, signed_end=True)
+    pem = pem_of(anchors)
+    store.close()
+    report = verify_database(tmp_path / "t.db", token_pubkey_pem=pem)
+    assert report.ok and report.key_source == "token" and report.key_record == "matches"
+    other = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    mixed = verify_database(tmp_path / "t.db", pubkey_pem=other, token_pubkey_pem=pem)
+    assert not mixed.ok and "is not this token's audit key" in mixed.reason
+    conn = raw(tmp_path / "t.db")
+    conn.execute("UPDATE audit_keys SET pem = ?", (other,))  # the record, not the signatures
+    conn.close()
+    replaced = verify_database(tmp_path / "t.db", token_pubkey_pem=pem)
+    assert not replaced.ok and "the record was replaced" in replaced.key_record
 
 
 # -- the property test: one mutation, always detected -----------------------------------------
@@ -290,7 +424,7 @@ def test_every_mutation_is_detected(
     if kind == "swap" and events < 2:
         kind = "modify"
     path = tmp_path_factory.mktemp("trail") / "t.db"
-    store, anchors = trail(hsm, path, events, every=10)
+    store, anchors = trail(hsm, path, events, every=10, signed_end=True)
     pem = pem_of(anchors)
     if kind == "rollback":
         cut = data.draw(st.integers(1, events), label="older")

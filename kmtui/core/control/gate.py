@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kmtui.core import errors
@@ -18,7 +18,7 @@ from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control import policy
 from kmtui.core.control.approvals import Approvals
-from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
+from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requirement
 from kmtui.core.control.origin import session_context
 from kmtui.core.models import Key, Outcome
 from kmtui.core.registry.db import Store
@@ -37,6 +37,11 @@ class Prepared:
     summary: str
     key: Key | None = None
     quorum: int = 0
+
+    @property
+    def changes(self) -> tuple[str, ...]:
+        """What a policy change does, rule by rule (old → new), from what the approvers sign."""
+        return tuple(str(line) for line in self.operation.params.get("changes", ()))
 
     @property
     def kcv(self) -> str:
@@ -78,20 +83,23 @@ class Gate:
         actor: str,
         exclude: frozenset[str] = frozenset(),
         requirement: Requirement | None = None,
+        bootstrap: bool = False,
     ) -> Executed:
         """Run one operation through policy, approvals, intent, token, registry and outcome.
 
+        Whatever requirement a caller hands in, a sensitive operation needs the workstation's
+        floor of distinct operators; only the bootstrap enrolment of the first two operators
+        (which the caller decides from the trail) runs without approvals.
         Its events are mirrored on the token once, at the end (one token write per operation;
         an operation cut off by a crash is re-anchored by the next log-in).
         """
+        kind = prepared.operation.kind
+        demanded = requirement or rules.requirement(kind, exclude)
+        if not (bootstrap and kind == OpKind.OPERATOR_ENROLL):
+            demanded = replace(demanded, quorum=policy.floored(kind, demanded.quorum))
         try:
             return self._execute(
-                prepared,
-                approvals,
-                work,
-                rules=rules,
-                actor=actor,
-                requirement=requirement or rules.requirement(prepared.operation.kind, exclude),
+                prepared, approvals, work, rules=rules, actor=actor, requirement=demanded
             )
         finally:
             with suppress(errors.HsmError):  # the token may be what failed; keep that error

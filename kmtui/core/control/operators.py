@@ -127,7 +127,13 @@ class Operators:
             Requirement(quorum=0) if bootstrap else rules.requirement(op.kind, frozenset({name}))
         )
         executed = self._gate.execute(
-            prepared, approvals, work, rules=rules, actor=actor, requirement=requirement
+            prepared,
+            approvals,
+            work,
+            rules=rules,
+            actor=actor,
+            requirement=requirement,
+            bootstrap=bootstrap,
         )
         return executed, (enrolled[0] if enrolled else None)
 

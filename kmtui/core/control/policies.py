@@ -67,11 +67,14 @@ class PolicyBook:
     def prepare_change(
         self, name: str, rules: dict[str, Any], description: str | None = None
     ) -> Prepared:
+        """A change with every rule it touches, old → new, inside what the approvers sign."""
         current = self.get(name)
         candidate = Policy(
             name, current.description if description is None else description, dict(rules)
         )
-        policy.parse(candidate)  # refuse a broken policy before anyone approves it
+        # Refuse a broken policy, or one asking less than the floor, before anyone approves it.
+        policy.parse(candidate, candidate=True)
+        changes = policy.changes(current, candidate)
         op = Operation(
             OpKind.POLICY_CHANGE,
             "",
@@ -80,12 +83,13 @@ class PolicyBook:
                 "description": candidate.description,
                 "rules": candidate.rules,
                 "previous_rules": current.rules,
+                "changes": changes,
             },
         )
-        changed = sorted(
+        touched = sorted(
             k for k in set(rules) | set(current.rules) if rules.get(k) != current.rules.get(k)
         )
-        summary = f"Change policy {name!r}: {', '.join(changed) or 'no rule'} changed"
+        summary = f"Change policy {name!r}: {', '.join(touched) or 'no rule'} changed"
         return Prepared(op, summary, None, self.rules(name).requirement(op.kind).quorum)
 
     def run_change(
@@ -93,6 +97,12 @@ class PolicyBook:
     ) -> Executed:
         p = prepared.operation.params
         updated = Policy(str(p["policy"]), str(p["description"]), dict(p["rules"]), iso(utcnow()))
+        if policy.changes(self.get(updated.name), updated) != list(p["changes"]):
+            raise errors.PolicyRefused(
+                f"Policy {updated.name!r} changed since this change was prepared: the old → new "
+                "the approvers would see is no longer true.",
+                "Prepare the change again and collect fresh approvals.",
+            )
 
         def work(facts: dict[str, Any]) -> Apply:
             facts["policy"] = updated.name

@@ -1,7 +1,10 @@
 """Pure policy rules: what a key may be, when it is due, who must approve what, and from where.
 
 A policy is stored as JSON (`policies.rules`) and parsed here into `Rules`, refusing unknown or
-out-of-range values with a message that names the field.
+out-of-range values with a message that names the field. Rules left out take their defaults, and
+the quorum map is merged entry by entry: an operation a policy does not name keeps its default
+quorum, never 0. Below every policy lies the workstation's floor: a sensitive operation needs two
+distinct operators whatever a policy says (`QUORUM_FLOOR`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from kmtui.core.control.operations import OpKind, Requirement
 from kmtui.core.models import Key, Policy, parse_iso
 from kmtui.core.token.templates import ALGORITHMS, Purpose
 
+QUORUM_FLOOR = 2
+"""Distinct operators every sensitive operation needs; no policy can lower it."""
 DUAL_CONTROLLED = (
     OpKind.KEY_CREATE,
     OpKind.KEY_ROTATE,
@@ -33,6 +38,17 @@ DUAL_CONTROLLED = (
     OpKind.OPERATOR_REVOKE,
     OpKind.RECONCILE_RESOLVE,
 )
+"""The sensitive operations, each held to the floor: they make, replace, reveal, retire or destroy
+key material, change who may approve or what a policy demands, or clear a reconciliation finding.
+
+Not sensitive (a policy may still ask approvals for them): the self-check, which changes nothing
+and is audited as use; activate, suspend, resume and deactivate, which move a live key between
+states while its material stays on the token, and must stay quick for one custodian when a key is
+in doubt (suspend). Revocation, destruction and every rule change stay dual-controlled."""
+_SENSITIVE = frozenset(str(k) for k in DUAL_CONTROLLED)
+DEFAULT_QUORUM: dict[str, int] = {str(k): QUORUM_FLOOR for k in DUAL_CONTROLLED}
+"""The default quorums (an operation not named here needs no approvals unless a policy says so);
+a policy's quorum map is merged over them entry by entry."""
 CONSOLE_ONLY = (
     OpKind.KEY_DESTROY,
     OpKind.KEY_EXPORT,
@@ -65,7 +81,7 @@ class Rules:
     destroy_wait_days: int = 7
     exportable: bool = False
     retire_previous: str = "deactivate"  # or "keep": the previous version stays active
-    quorum: dict[str, int] = field(default_factory=lambda: {str(k): 2 for k in DUAL_CONTROLLED})
+    quorum: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_QUORUM))
     approver_roles: list[str] = field(default_factory=lambda: ["custodian", "officer"])
     approval_expiry_seconds: int = MAX_APPROVAL_EXPIRY
     console_only: list[str] = field(default_factory=lambda: [str(k) for k in CONSOLE_ONLY])
@@ -80,15 +96,24 @@ class Rules:
 
     def requirement(self, kind: OpKind, exclude: frozenset[str] = frozenset()) -> Requirement:
         return Requirement(
-            quorum=self.quorum.get(str(kind), 0),
+            quorum=floored(kind, self.quorum.get(str(kind), DEFAULT_QUORUM.get(str(kind), 0))),
             roles=frozenset(self.approver_roles),
             expiry_seconds=self.approval_expiry_seconds,
             exclude=exclude,
         )
 
 
-def parse(policy: Policy) -> Rules:
-    """Rules from a stored policy; defaults fill what the JSON leaves out."""
+def floored(kind: OpKind | str, quorum: int) -> int:
+    """The quorum the workstation enforces: never below the floor for a sensitive operation."""
+    return max(quorum, QUORUM_FLOOR) if str(kind) in _SENSITIVE else quorum
+
+
+def parse(policy: Policy, *, candidate: bool = False) -> Rules:
+    """Rules from a stored policy; defaults fill what the JSON leaves out, quorum entry by entry.
+
+    A stored quorum below the floor is read as the floor; a `candidate` (a change about to be
+    approved) that asks for less is refused, so approvers never sign a rule that cannot hold.
+    """
     raw: Mapping[str, Any] = policy.rules
     base = Rules()
     known = set(base.to_json())
@@ -125,6 +150,13 @@ def parse(policy: Policy) -> Rules:
         for k, v in quorum.items()
     ):
         raise errors.PolicyRefused(f"{where}: quorum maps operation names to 0..5 approvers.")
+    lowered = sorted(k for k, v in quorum.items() if floored(k, v) != v)
+    if candidate and lowered:
+        raise errors.PolicyRefused(
+            f"{where}: quorum {', '.join(lowered)} cannot be below {QUORUM_FLOOR}: every "
+            f"sensitive operation needs {QUORUM_FLOOR} distinct operators on this workstation.",
+            "Leave the entry out for its default, or ask for more approvers, never fewer.",
+        )
     expiry = merged["approval_expiry_seconds"]
     if not isinstance(expiry, int) or not 30 <= expiry <= MAX_APPROVAL_EXPIRY:
         raise errors.PolicyRefused(
@@ -162,7 +194,7 @@ def parse(policy: Policy) -> Rules:
         destroy_wait_days=days("destroy_wait_days", MIN_DESTROY_WAIT_DAYS),
         exportable=bool(merged["exportable"]),
         retire_previous=str(merged["retire_previous"]),
-        quorum={k: int(v) for k, v in quorum.items()},
+        quorum={k: floored(k, int(v)) for k, v in {**DEFAULT_QUORUM, **quorum}.items()},
         approver_roles=[str(r) for r in roles],
         approval_expiry_seconds=expiry,
         console_only=[str(c) for c in console],
@@ -175,6 +207,69 @@ def parse(policy: Policy) -> Rules:
             "Data protected near the end of the originator period must stay readable.",
         )
     return rules
+
+
+_UNSET: Any = object()
+
+
+def changes(before: Policy, after: Policy) -> list[str]:
+    """Every rule a change touches, old → new, in the values the workstation will enforce.
+
+    A rule, or one entry of the quorum map, is touched when its stored form differs. Each side
+    shows the effective value, marked "(default)" where the policy leaves the rule out and
+    "(floor ...)" where the workstation's floor lifts what the policy asks: approvers see what
+    will hold, not just what was typed.
+    """
+    old, new = parse(before), parse(after)
+    lines = []
+    if before.description != after.description:
+        lines.append(f"description: {before.description!r} → {after.description!r}")
+    for name in sorted(set(before.rules) | set(after.rules)):
+        was, now = before.rules.get(name, _UNSET), after.rules.get(name, _UNSET)
+        if was == now:
+            continue
+        if name == "quorum":
+            lines += _quorum_changes(was, now, old.quorum, new.quorum)
+        else:
+            lines.append(
+                f"{name}: {_shown(getattr(old, name), was)} → {_shown(getattr(new, name), now)}"
+            )
+    return lines
+
+
+def _quorum_changes(
+    was: Any, now: Any, old: Mapping[str, int], new: Mapping[str, int]
+) -> list[str]:
+    asked_before = was if isinstance(was, dict) else {}
+    asked_after = now if isinstance(now, dict) else {}
+    lines = [
+        f"quorum {kind}: {_shown(old.get(kind, 0), a, floor=True)} → "
+        f"{_shown(new.get(kind, 0), b, floor=True)}"
+        for kind in sorted(set(asked_before) | set(asked_after))
+        if (a := asked_before.get(kind, _UNSET)) != (b := asked_after.get(kind, _UNSET))
+    ]
+    return lines or ["quorum: every entry at its default, before and after"]
+
+
+def _shown(effective: Any, asked: Any, *, floor: bool = False) -> str:
+    text = _text(effective)
+    if asked is _UNSET:
+        return f"{text} (default)"
+    if floor and effective != asked:
+        return f"{text} (floor; the policy asks {_text(asked)})"
+    return text
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_text(v)}" for k, v in sorted(value.items())) or "none"
+    return str(value)
 
 
 def check_create(

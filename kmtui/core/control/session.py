@@ -76,10 +76,10 @@ class Session:
             if not self._hsm.logged_in:
                 return
             try:
-                self._audit.append(
+                end = self._audit.append(
                     "token.logout", actor=actor, outcome=Outcome.SUCCESS, params={"reason": reason}
                 )
-                self._anchors.checkpoint("session end")
+                self._anchors.checkpoint("session end", at=end.seq)  # `audit verify` needs it
                 self._anchors.sync()
             finally:  # a trail that cannot be written must not keep the token open
                 self._hsm.logout()

@@ -71,6 +71,11 @@ class ApprovalScreen(ModalScreen[T]):
             quorum = f"{p.quorum} distinct operators" if p.quorum else "no approvals needed"
             details.append(("Quorum", quorum))
             yield Static(labelled(details, 11), id="approval-details")
+            if p.changes:  # a policy change: every rule it touches, old → new, as signed
+                lines: list[tuple[str, object]] = [
+                    ("Changes" if n == 0 else "", line) for n, line in enumerate(p.changes)
+                ]
+                yield Static(labelled(lines, 11), id="approval-changes")
             if self.confirm_label and key is not None:
                 yield Static(
                     plain(f"Type the key label to confirm: {clean(key.label, 60)}"),

@@ -21,7 +21,11 @@ class PolicyEditScreen(FormScreen[dict[str, Any]]):
 
     def compose_fields(self) -> ComposeResult:
         yield Static(
-            plain("Rules left out take their defaults. Two approvers confirm the change."),
+            plain(
+                "Rules left out take their defaults, quorum entries one by one; a sensitive "
+                "operation never needs fewer than 2 approvers. Two approvers confirm the "
+                "change, shown each rule old → new."
+            ),
             classes="form-hint",
         )
         yield TextArea(
