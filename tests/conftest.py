@@ -66,6 +66,13 @@ def hsm(shared_hsm: Hsm, softhsm_token: SoftHsm) -> Hsm:
     return shared_hsm
 
 
+def sealed_edit(ws: Workstation, subject: str, sql: str, params: tuple[object, ...] = ()) -> None:
+    """A registry edit sealed by kmtui on the logged-in token, as an authorised change would be:
+    for tests that move a date kmtui takes from real time (a waiting period) or plant odd values.
+    An edit made without this is what kmtui refuses as REGISTRY CHANGED OUTSIDE KMTUI."""
+    ws.seals.write(lambda: ws.store.conn.execute(sql, params), "test.edit", subject, actor="test")
+
+
 class Clock:
     """An injected clock for TOTP: each approval round moves it one 30-second step on."""
 

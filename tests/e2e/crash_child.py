@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kmtui.core.control.totp import current_code
-
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control.gate import Gate
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.keygen import Keygen

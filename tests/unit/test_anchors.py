@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors, Checkpoint, verify_database
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
+from kmtui.core.audit.seals import Seals
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
@@ -27,7 +28,7 @@ def trail(hsm: Hsm, path: Path, events: int, every: int = 10) -> tuple[Store, An
     """A trail of `events` events, anchored as the workstation anchors it."""
     store = Store.open(path)
     audit = AuditLog(store)
-    anchors = Anchors(store, hsm, audit, every=every)
+    anchors = Anchors(store, hsm, audit, Seals(store, hsm, audit), every=every)
     for n in range(1, events + 1):
         audit.append(
             "test.event", actor=f"op{n % 3}", outcome="success", key_id=f"k{n % 7}", params={"n": n}
@@ -63,7 +64,8 @@ def test_a_clean_trail_verifies_offline_with_every_checkpoint(hsm: Hsm, tmp_path
     store.close()
     report = verify_database(tmp_path / "t.db", pubkey_pem=pem, token_head=head)
     assert report.ok, report.reason
-    assert (report.events, report.checkpoints, report.last_checkpoint) == (35, 3, 30)
+    # 35 events after the one that recorded the audit key: checkpoints at 11, 21 and 31.
+    assert (report.events, report.checkpoints, report.last_checkpoint) == (36, 3, 31)
     assert report.key_source == "given" and report.token_head == "matched"
 
 
@@ -92,7 +94,7 @@ def test_the_auditors_run_also_checks_the_whole_file_with_integrity_check(
 def test_checkpoint_signatures_verify_with_standard_ecdsa(hsm: Hsm, tmp_path: Path) -> None:
     store, anchors = trail(hsm, tmp_path / "t.db", 12, every=10)
     checkpoint = anchors.latest()
-    assert checkpoint is not None and checkpoint.seq == 10
+    assert checkpoint is not None and checkpoint.seq == 11  # event 1 recorded the audit key
     key = serialization.load_pem_public_key(pem_of(anchors).encode())
     assert isinstance(key, ec.EllipticCurvePublicKey)
     key.verify(
@@ -139,7 +141,7 @@ def test_a_checkpoint_re_signed_with_another_key_is_caught_with_the_given_key(
         )
     conn.close()
     report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
-    assert not report.ok and report.first_bad_seq == 10
+    assert not report.ok and report.first_bad_seq == 11  # the first checkpoint
     assert "not signed by the audit key" in report.reason
     # Trusting the key stored in the database is weaker, and the report says where it came from.
     assert verify_database(tmp_path / "t.db").key_source == "database"

@@ -27,8 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kmtui.core import errors
 from kmtui.core.audit.log import EVENT_COLUMNS, AuditLog, VerifyResult, canonical_json, verify_rows
+from kmtui.core.audit.seals import Seals
 from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.db import Store, integrity_problem
+from kmtui.core.registry.seals import subject
 from kmtui.core.token.session import Hsm
 
 CHECKPOINT_TYPE = "kmtui.audit.checkpoint.v1"
@@ -84,22 +86,42 @@ class Anchors:
     """Signs checkpoints and keeps the token head of one workstation's trail."""
 
     def __init__(
-        self, store: Store, hsm: Hsm, audit: AuditLog, *, every: int = DEFAULT_EVERY
+        self,
+        store: Store,
+        hsm: Hsm,
+        audit: AuditLog,
+        seals: Seals,
+        *,
+        every: int = DEFAULT_EVERY,
     ) -> None:
         self._store, self._hsm, self._audit, self.every = store, hsm, audit, every
+        self._seals = seals
         self._checked = False  # the head is followed only once this database was checked
 
     # -- the signing key ----------------------------------------------------------------------
 
     def public_key(self) -> tuple[str, str]:
-        """(PEM, fingerprint) of the audit key, created on the token at first use."""
+        """(PEM, fingerprint) of the audit key, created on the token at first use and recorded
+        (sealed) in the registry the first time this registry sees it."""
         pem = self._hsm.signer.ensure_audit_key()
         fingerprint = fingerprint_of(pem)
-        with self._store.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO audit_keys (fingerprint, pem, token_serial, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (fingerprint, pem, self._hsm.info().serial, iso(utcnow())),
+        known = self._store.rows("SELECT 1 FROM audit_keys WHERE fingerprint = ?", (fingerprint,))
+        if not known:
+            serial = self._hsm.info().serial
+
+            def record() -> None:
+                self._store.conn.execute(
+                    "INSERT INTO audit_keys (fingerprint, pem, token_serial, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (fingerprint, pem, serial, iso(utcnow())),
+                )
+
+            self._seals.write(
+                record,
+                "audit.key-recorded",
+                subject("audit-key", fingerprint),
+                actor="kmtui",
+                params={"fingerprint": fingerprint, "token_serial": serial},
             )
         return pem, fingerprint
 
@@ -115,13 +137,13 @@ class Anchors:
 
     def checkpoint(self, reason: str) -> Checkpoint | None:
         """Sign the current head on the token (nothing to sign on an empty trail)."""
+        _, fingerprint = self.public_key()  # first: recording a new key is itself an event
         seq, head_hash = self._head()
         if not seq:
             return None
         latest = self.latest()
         if latest is not None and latest.seq == seq:
             return latest
-        _, fingerprint = self.public_key()
         unsigned = Checkpoint(
             seq, head_hash, iso(utcnow()), self._hsm.info().serial, fingerprint, reason, ""
         )
@@ -180,6 +202,14 @@ class Anchors:
         """'' when the database holds the token's head; otherwise why it does not (rollback)."""
         raw = self._hsm.signer.read_head(self.registry_id())
         problem = ""
+        if raw is None and self._store.rows(
+            "SELECT 1 FROM audit_events WHERE action = 'token.login' AND outcome = 'success' "
+            "LIMIT 1"
+        ):
+            problem = (
+                "this database's trail records log-ins, but the token holds no head for its "
+                "registry id: the id was changed, or the database belongs to another token"
+            )
         if raw is not None:
             try:
                 head = json.loads(raw)

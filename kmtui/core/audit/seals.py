@@ -1,0 +1,250 @@
+"""The registry bound to the signed trail: every row that decides who may do what is sealed.
+
+A seal is an HMAC-SHA256, made by a key that never leaves the token, over the row's content, the
+registry id and the sequence number of the audit event that changed the row (that event names the
+row as its `subject`). A row is believed only when
+- its seal verifies on the token (an edit made outside kmtui cannot be sealed without logging in,
+  which needs two PIN halves), and
+- its seal is bound to the newest event of the trail that changed it (an older, once-valid copy
+  of the row, put back from a backup, carries an older seal; the trail itself is pinned by its
+  signed checkpoints and the head on the token).
+Every write of a sealed row happens in one transaction with the event that names it and its new
+seal, so a crash can never leave a row and its seal apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kmtui.core import errors
+from kmtui.core.audit.log import AuditLog, canonical_json
+from kmtui.core.control import policy
+from kmtui.core.models import AuditEvent, Outcome, Policy
+from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import REGISTRY, subject
+from kmtui.core.safetext import clean
+from kmtui.core.token.session import Hsm
+
+SEAL_TYPE = "kmtui.registry.seal.v1"
+_SHOWN = 5  # problems named in one refusal
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One sealed row that is not as kmtui last wrote it."""
+
+    subject: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{clean(self.subject, 80)}: {self.what}"
+
+
+def refusal(problems: Sequence[Problem]) -> errors.RegistryChanged:
+    named = "; ".join(str(p) for p in problems[:_SHOWN])
+    more = f" (and {len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
+    return errors.RegistryChanged(
+        f"REGISTRY CHANGED OUTSIDE KMTUI: {named}{more}.",
+        "Nothing was done. Restore the latest backup made by kmtui, or keep the files for "
+        "investigation and call the security officer; `kmtui audit verify` lists every row.",
+        tuple(p.subject for p in problems),
+    )
+
+
+class Seals:
+    """Seals rows as kmtui writes them and checks them before they are used."""
+
+    def __init__(self, store: Store, hsm: Hsm, audit: AuditLog) -> None:
+        self._store = store
+        self._records = store.seals
+        self._hsm = hsm
+        self._audit = audit
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def seal(self, conn: sqlite3.Connection, names: Iterable[str], seq: int) -> None:
+        """Seal rows as they are now in `conn`'s transaction, bound to event `seq`."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return
+        registry = self._registry_id(conn)
+        messages = [self._message(registry, n, seq, conn) for n in wanted]
+        for name, mac in zip(wanted, self._hsm.sealing.macs(messages), strict=True):
+            self._records.put(conn, name, seq, mac.hex())
+
+    def write(
+        self,
+        apply: Callable[[], None],
+        action: str,
+        name: str,
+        *,
+        actor: str,
+        outcome: Outcome = Outcome.SUCCESS,
+        key_id: str = "",
+        params: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Registry writes of one sealed row, the event that names it and its new seal, in one
+        transaction."""
+        with self._store.transaction() as conn:
+            apply()
+            event = self._audit.append(
+                action,
+                actor=actor,
+                outcome=outcome,
+                key_id=key_id,
+                params={**(params or {}), "subject": name},
+            )
+            self.seal(conn, [name], event.seq)
+        return event
+
+    def _message(self, registry: str, name: str, seq: int, conn: sqlite3.Connection) -> bytes:
+        content = self._records.content(conn, name)
+        return canonical_json(
+            {"type": SEAL_TYPE, "registry": registry, "subject": name, "seq": seq, "row": content}
+        ).encode("utf-8")
+
+    @staticmethod
+    def _registry_id(conn: sqlite3.Connection) -> str:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
+        return str(row[0]) if row else ""
+
+    def start(self, actor: str) -> int:
+        """The first seal of a registry: everything it holds now, in one audited step.
+
+        Runs once per registry (when the trail has never sealed it): a new registry, or one made
+        before kmtui sealed rows. What is sealed then is believed as it is; the event says so.
+        """
+        with self._store.transaction() as conn:
+            if self._records.last_change(conn, REGISTRY):
+                return 0
+            names = self._records.present()
+            event = self._audit.append(
+                "registry.sealed",
+                actor=actor,
+                outcome=Outcome.SUCCESS,
+                params={"subject": REGISTRY, "rows": len(names)},
+            )
+            self.seal(conn, names, event.seq)
+        return len(names)
+
+    # -- checking -----------------------------------------------------------------------------
+
+    def require(self, names: Iterable[str], *, actor: str = "console") -> None:
+        """Refuse (RegistryChanged) if any of these rows is not as kmtui last wrote it."""
+        wanted = sorted({n for n in names if n})
+        if not wanted:
+            return
+        if not self._records.last_change(self._store.conn, REGISTRY):
+            self.start(actor)
+        self._adopt(wanted, actor)
+        problems = self.problems(wanted)
+        if problems:
+            raise refusal(problems)
+
+    def problems(self, names: Sequence[str]) -> list[Problem]:
+        """What is wrong with each named row (checked on the token in one PKCS#11 hop)."""
+        conn = self._store.conn
+        began = not conn.in_transaction
+        if began:
+            conn.execute("BEGIN")  # one snapshot: rows, seals and trail read together
+        try:
+            registry = self._registry_id(conn)
+            started = self._records.last_change(conn, REGISTRY)
+            found: list[Problem] = []
+            pairs: list[tuple[str, bytes, bytes]] = []
+            for name in names:
+                seal = self._records.seal_of(conn, name)
+                changed = self._records.last_change(conn, name)
+                if seal is not None and started and seal[0] == started:
+                    changed = max(changed, started)  # sealed as found at the first seal
+                content = self._records.content(conn, name)
+                if seal is None:
+                    if changed:
+                        found.append(Problem(name, _missing(content, changed)))
+                    elif content is not None:
+                        found.append(Problem(name, "not sealed: kmtui never wrote it"))
+                    continue
+                seq, mac = seal
+                if seq != changed:
+                    found.append(Problem(name, _stale(seq, changed)))
+                    continue
+                try:
+                    tag = bytes.fromhex(mac)
+                except ValueError:
+                    tag = b""
+                pairs.append((name, self._message(registry, name, seq, conn), tag))
+        finally:
+            if began:
+                conn.execute("COMMIT")
+        verdicts = self._hsm.sealing.macs_ok([(m, t) for _, m, t in pairs]) if pairs else []
+        found.extend(
+            Problem(name, "edited outside kmtui (its seal does not match)")
+            for (name, _, _), ok in zip(pairs, verdicts, strict=True)
+            if not ok
+        )
+        return sorted(found, key=lambda p: p.subject)
+
+    def check_all(self) -> list[Problem]:
+        """Every sealed row, every row present and every row the trail changed."""
+        names = set(self._records.present()) | set(self._records.sealed())
+        names |= set(self._records.changed_in_trail())
+        return self.problems(sorted(names))
+
+    def _adopt(self, names: Sequence[str], actor: str) -> None:
+        """Seal shipped default policies added after the first seal (a newer kmtui ships one),
+        exactly as shipped and only if the trail never changed a policy of that name."""
+        shipped = {subject("policy", p.name): p for p in policy.DEFAULT_POLICIES}
+        adoptable = []
+        conn = self._store.conn
+        for name in names:
+            if name not in shipped or self._records.seal_of(conn, name) is not None:
+                continue
+            if self._records.last_change(conn, name):
+                continue
+            content = self._records.content(conn, name)
+            if content is not None and _as_shipped(content, shipped[name]):
+                adoptable.append(name)
+        if not adoptable:
+            return
+        with self._store.transaction() as conn:
+            event = self._audit.append(
+                "registry.sealed",
+                actor=actor,
+                outcome=Outcome.SUCCESS,
+                params={"subject": adoptable[0], "rows": 1, "shipped": True},
+            )
+            self.seal(conn, adoptable[:1], event.seq)
+        if len(adoptable) > 1:
+            self._adopt(adoptable[1:], actor)
+
+
+def _as_shipped(content: object, shipped: Policy) -> bool:
+    if not isinstance(content, dict):
+        return False
+    try:
+        rules = json.loads(str(content.get("rules")))
+    except ValueError:
+        return False
+    return content.get("description") == shipped.description and rules == shipped.rules
+
+
+def _missing(content: object, changed: int) -> str:
+    if content is None:
+        return f"deleted (the trail changed it at event {changed}; kmtui never deletes it)"
+    return f"its seal was removed (the trail changed it at event {changed})"
+
+
+def _stale(sealed: int, changed: int) -> str:
+    if changed > sealed:
+        return (
+            f"an older copy (sealed at event {sealed}, but the trail changed it again at event "
+            f"{changed})"
+        )
+    return f"its seal names event {sealed}, which did not change it"
+
+
+__all__ = ["Problem", "Seals", "refusal", "subject"]

@@ -1,0 +1,108 @@
+"""The rows that decide who may do what, read as sealed content, and the seals kept beside them.
+
+A subject names one such row (a key with its versions counts as one): `key:ID`, `operator:NAME`,
+`policy:NAME`, `ack:FINDING`, `audit-key:FINGERPRINT`, and `registry` (the registry id).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from kmtui.core.registry.schema import SUBJECT
+
+if TYPE_CHECKING:
+    from kmtui.core.registry.db import Store
+
+REGISTRY = "registry"
+_TABLES = {  # subject kind -> (table, key column)
+    "key": ("keys", "id"),
+    "operator": ("operators", "name"),
+    "policy": ("policies", "name"),
+    "ack": ("reconcile_acks", "finding"),
+    "audit-key": ("audit_keys", "fingerprint"),
+}
+
+
+def subject(kind: str, name: str) -> str:
+    return f"{kind}:{name}"
+
+
+def _plain(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+    return {
+        n: (bytes(v).hex() if isinstance(v, bytes | memoryview) else v)
+        for n, v in zip(names, row, strict=True)
+    }
+
+
+class SealRecords:
+    """Reads of sealed content and of the seals table; writes in the caller's transaction."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def content(self, conn: sqlite3.Connection, name: str) -> Any:
+        """What the seal of `name` covers, as plain JSON values; None for an absent row."""
+        if name == REGISTRY:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
+            return {"registry_id": row[0]} if row else None
+        kind, _, key = name.partition(":")
+        table, column = _TABLES[kind]
+        found = self._rows(conn, f"SELECT * FROM {table} WHERE {column} = ?", key)  # noqa: S608
+        if not found:
+            return None
+        if kind != "key":
+            return found[0]
+        versions = self._rows(
+            conn, "SELECT * FROM key_versions WHERE key_id = ? ORDER BY version", key
+        )
+        return {"key": found[0], "versions": versions}
+
+    @staticmethod
+    def _rows(conn: sqlite3.Connection, sql: str, key: str) -> list[dict[str, Any]]:
+        cursor = conn.execute(sql, (key,))
+        names = [d[0] for d in cursor.description]
+        return [_plain(row, names) for row in cursor.fetchall()]
+
+    @staticmethod
+    def seal_of(conn: sqlite3.Connection, name: str) -> tuple[int, str] | None:
+        row = conn.execute("SELECT seq, mac FROM seals WHERE subject = ?", (name,)).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    @staticmethod
+    def put(conn: sqlite3.Connection, name: str, seq: int, mac: str) -> None:
+        conn.execute(
+            "INSERT INTO seals (subject, seq, mac) VALUES (?, ?, ?) "
+            "ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
+            (name, seq, mac),
+        )
+
+    @staticmethod
+    def last_change(conn: sqlite3.Connection, name: str) -> int:
+        """The newest event of the trail that says it changed `name` (0: none ever did)."""
+        sql = f"SELECT max(seq) FROM audit_events WHERE ({SUBJECT}) = ?"  # noqa: S608
+        return int(conn.execute(sql, (name,)).fetchone()[0] or 0)
+
+    def present(self) -> list[str]:
+        """Every sealable row the registry holds now."""
+        names = (
+            [REGISTRY] if self._store.rows("SELECT 1 FROM meta WHERE key = 'registry_id'") else []
+        )
+        for kind, (table, column) in _TABLES.items():
+            sql = f"SELECT {column} AS k FROM {table} ORDER BY {column}"  # noqa: S608
+            names.extend(subject(kind, str(r["k"])) for r in self._store.rows(sql))
+        return names
+
+    def sealed(self) -> dict[str, tuple[int, str]]:
+        return {
+            str(r["subject"]): (int(r["seq"]), str(r["mac"]))
+            for r in self._store.rows("SELECT subject, seq, mac FROM seals")
+        }
+
+    def changed_in_trail(self) -> dict[str, int]:
+        """Each row the trail says was changed, with the newest event that changed it."""
+        sql = (
+            f"SELECT ({SUBJECT}) AS subject, max(seq) AS seq FROM audit_events "  # noqa: S608
+            f"WHERE ({SUBJECT}) IS NOT NULL GROUP BY 1"
+        )
+        return {str(r["subject"]): int(r["seq"]) for r in self._store.rows(sql)}
