@@ -8,15 +8,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
+from pkcs11 import Attribute, ObjectClass
 
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
 from kmtui.core.token.session import Hsm, default_softhsm_module
+from kmtui.core.token.signer import PIN_LABEL
 from kmtui.service import Workstation
 
 
@@ -91,9 +94,22 @@ def clock() -> Clock:
     return Clock()
 
 
+def unpin(hsm: Hsm) -> None:
+    """Forget which registry the suite's shared token serves, as a fresh token would: each test
+    brings its own registry to the one token (a workstation's token serves one registry)."""
+
+    def run(session: Any) -> None:
+        query = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: PIN_LABEL}
+        for obj in list(session.get_objects(query)):
+            obj.destroy()
+
+    hsm.call(run)
+
+
 @pytest.fixture
 def workstation(hsm: Hsm, tmp_path: Path, clock: Clock) -> Iterator[Workstation]:
     """The suite's token with a fresh registry (no operators yet)."""
+    unpin(hsm)
     store = Store.open(tmp_path / "kmtui.db")
     yield Workstation.assemble(hsm, store, clock=clock)
     store.close()

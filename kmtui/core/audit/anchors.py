@@ -274,7 +274,7 @@ class TrailReport:
         return dict(self.__dict__)
 
 
-def _connect_readonly(path: Path, *, copy: bool) -> sqlite3.Connection:
+def connect_readonly(path: Path, *, copy: bool) -> sqlite3.Connection:
     """Never written: an auditor's copy opens immutable (no -wal/-shm created); the live
     database read-only, so committed events still in its WAL are seen."""
     if not path.is_file():
@@ -297,7 +297,7 @@ def verify_database(
     With `integrity`, also SQLite's full integrity_check of the file (every index against its
     table, which the quick check kmtui's TUI opens with leaves out); a failure fails the report.
     """
-    conn = _connect_readonly(path, copy=copy)
+    conn = connect_readonly(path, copy=copy)
     try:
         report = _verify(conn, pubkey_pem, token_head, progress)
         if not integrity:

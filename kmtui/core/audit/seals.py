@@ -25,7 +25,7 @@ from kmtui.core.audit.log import AuditLog, canonical_json
 from kmtui.core.control import policy
 from kmtui.core.models import AuditEvent, Outcome, Policy
 from kmtui.core.registry.db import Store
-from kmtui.core.registry.seals import REGISTRY, subject
+from kmtui.core.registry.seals import REGISTRY, SealRecords, subject
 from kmtui.core.safetext import clean
 from kmtui.core.token.session import Hsm
 
@@ -63,6 +63,8 @@ class Seals:
         self._records = store.seals
         self._hsm = hsm
         self._audit = audit
+        self.changed: list[Problem] = []
+        """What the last check found changed outside kmtui (the status line shows it)."""
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -121,7 +123,7 @@ class Seals:
         with self._store.transaction() as conn:
             if self._records.last_change(conn, REGISTRY):
                 return 0
-            names = self._records.present()
+            names = self._records.present(conn)
             event = self._audit.append(
                 "registry.sealed",
                 actor=actor,
@@ -143,6 +145,7 @@ class Seals:
         self._adopt(wanted, actor)
         problems = self.problems(wanted)
         if problems:
+            self.changed = problems
             raise refusal(problems)
 
     def problems(self, names: Sequence[str]) -> list[Problem]:
@@ -190,9 +193,8 @@ class Seals:
 
     def check_all(self) -> list[Problem]:
         """Every sealed row, every row present and every row the trail changed."""
-        names = set(self._records.present()) | set(self._records.sealed())
-        names |= set(self._records.changed_in_trail())
-        return self.problems(sorted(names))
+        self.changed = self.problems(every_row(self._store.conn))
+        return self.changed
 
     def _adopt(self, names: Sequence[str], actor: str) -> None:
         """Seal shipped default policies added after the first seal (a newer kmtui ships one),
@@ -220,6 +222,38 @@ class Seals:
             self.seal(conn, adoptable[:1], event.seq)
         if len(adoptable) > 1:
             self._adopt(adoptable[1:], actor)
+
+
+def every_row(conn: sqlite3.Connection) -> list[str]:
+    """Every row sealed, present, or said by the trail to have changed."""
+    records = SealRecords
+    names = set(records.present(conn)) | set(records.sealed(conn))
+    return sorted(names | set(records.changed_in_trail(conn)))
+
+
+def unbound(conn: sqlite3.Connection) -> list[Problem]:
+    """What a copy of the database shows without the token: rows whose seal is missing, or not
+    bound to the event that last changed them (an older copy of one row). An edit of a row's
+    content shows only on the token, which checks each seal's HMAC."""
+    records = SealRecords
+    started = records.last_change(conn, REGISTRY)
+    sealed = records.sealed(conn)
+    changed = records.changed_in_trail(conn)
+    found = []
+    for name in every_row(conn):
+        last = changed.get(name, 0)
+        seal = sealed.get(name)
+        if seal is None:
+            if last:
+                found.append(Problem(name, _missing(records.content(conn, name), last)))
+            elif started:
+                found.append(Problem(name, "not sealed: kmtui never wrote it"))
+            continue
+        if started and seal[0] == started:
+            last = max(last, started)
+        if seal[0] != last:
+            found.append(Problem(name, _stale(seal[0], last)))
+    return found
 
 
 def _as_shipped(content: object, shipped: Policy) -> bool:

@@ -129,14 +129,19 @@ class Reconciler:
         self._policies = policies
 
     def _sealed_acks(self, report: Report) -> set[str]:
-        """Acknowledgements as kmtui wrote them; one edited or planted outside kmtui hides
-        nothing and is itself a finding."""
-        acked = self._store.keys.acknowledged_findings()
-        bad = {p.subject: p for p in self._seals.problems([subject("ack", a) for a in acked])}
+        """Every sealed row checked; each one changed outside kmtui is a finding, and an
+        acknowledgement edited or planted there hides nothing."""
+        bad = {p.subject: p for p in self._seals.check_all()}
         for name, problem in sorted(bad.items()):
             report.findings.append(
-                Finding(FindingKind.REGISTRY, "", f"Acknowledgement {problem}.", label=name)
+                Finding(
+                    FindingKind.REGISTRY,
+                    "",
+                    f"REGISTRY CHANGED OUTSIDE KMTUI: {problem}.",
+                    label=name,
+                )
             )
+        acked = self._store.keys.acknowledged_findings()
         return {a for a in acked if subject("ack", a) not in bad}
 
     def open_intents(self) -> list[dict[str, Any]]:

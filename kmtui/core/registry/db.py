@@ -195,7 +195,7 @@ class Store:
         self.operators = OperatorRecords(self)
         """Operators and approvals: what dual control reads and writes."""
         self.reads = Reads(self)
-        self.seals = SealRecords(self)
+        self.seals = SealRecords()
         """Seals of the rows that decide who may do what, and the content they cover."""
         """The reads the UI names instead of holding SQL."""
 

@@ -7,12 +7,9 @@ A subject names one such row (a key with its versions counts as one): `key:ID`, 
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kmtui.core.registry.schema import SUBJECT
-
-if TYPE_CHECKING:
-    from kmtui.core.registry.db import Store
 
 REGISTRY = "registry"
 _TABLES = {  # subject kind -> (table, key column)
@@ -36,24 +33,23 @@ def _plain(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, An
 
 
 class SealRecords:
-    """Reads of sealed content and of the seals table; writes in the caller's transaction."""
+    """Reads of sealed content and of the seals table, and seal writes, on a given connection
+    (the store's, inside its transaction, or a read-only one on an auditor's copy)."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def content(self, conn: sqlite3.Connection, name: str) -> Any:
+    @staticmethod
+    def content(conn: sqlite3.Connection, name: str) -> Any:
         """What the seal of `name` covers, as plain JSON values; None for an absent row."""
         if name == REGISTRY:
             row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
             return {"registry_id": row[0]} if row else None
         kind, _, key = name.partition(":")
         table, column = _TABLES[kind]
-        found = self._rows(conn, f"SELECT * FROM {table} WHERE {column} = ?", key)  # noqa: S608
+        found = SealRecords._rows(conn, f"SELECT * FROM {table} WHERE {column} = ?", key)  # noqa: S608
         if not found:
             return None
         if kind != "key":
             return found[0]
-        versions = self._rows(
+        versions = SealRecords._rows(
             conn, "SELECT * FROM key_versions WHERE key_id = ? ORDER BY version", key
         )
         return {"key": found[0], "versions": versions}
@@ -83,26 +79,26 @@ class SealRecords:
         sql = f"SELECT max(seq) FROM audit_events WHERE ({SUBJECT}) = ?"  # noqa: S608
         return int(conn.execute(sql, (name,)).fetchone()[0] or 0)
 
-    def present(self) -> list[str]:
+    @staticmethod
+    def present(conn: sqlite3.Connection) -> list[str]:
         """Every sealable row the registry holds now."""
-        names = (
-            [REGISTRY] if self._store.rows("SELECT 1 FROM meta WHERE key = 'registry_id'") else []
-        )
+        held = conn.execute("SELECT 1 FROM meta WHERE key = 'registry_id'").fetchone()
+        names = [REGISTRY] if held else []
         for kind, (table, column) in _TABLES.items():
-            sql = f"SELECT {column} AS k FROM {table} ORDER BY {column}"  # noqa: S608
-            names.extend(subject(kind, str(r["k"])) for r in self._store.rows(sql))
+            sql = f"SELECT {column} FROM {table} ORDER BY {column}"  # noqa: S608
+            names.extend(subject(kind, str(r[0])) for r in conn.execute(sql))
         return names
 
-    def sealed(self) -> dict[str, tuple[int, str]]:
-        return {
-            str(r["subject"]): (int(r["seq"]), str(r["mac"]))
-            for r in self._store.rows("SELECT subject, seq, mac FROM seals")
-        }
+    @staticmethod
+    def sealed(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
+        rows = conn.execute("SELECT subject, seq, mac FROM seals")
+        return {str(r[0]): (int(r[1]), str(r[2])) for r in rows}
 
-    def changed_in_trail(self) -> dict[str, int]:
+    @staticmethod
+    def changed_in_trail(conn: sqlite3.Connection) -> dict[str, int]:
         """Each row the trail says was changed, with the newest event that changed it."""
         sql = (
-            f"SELECT ({SUBJECT}) AS subject, max(seq) AS seq FROM audit_events "  # noqa: S608
+            f"SELECT ({SUBJECT}), max(seq) FROM audit_events "  # noqa: S608
             f"WHERE ({SUBJECT}) IS NOT NULL GROUP BY 1"
         )
-        return {str(r["subject"]): int(r["seq"]) for r in self._store.rows(sql)}
+        return {str(r[0]): int(r[1]) for r in conn.execute(sql)}
