@@ -61,11 +61,25 @@ def shared_hsm(softhsm_token: SoftHsm) -> Iterator[Hsm]:
     token.close()
 
 
+def unpin(hsm: Hsm) -> None:
+    """Forget which registry the suite's shared token serves, as a fresh token would: each test
+    brings its own registry to the one token (a workstation's token serves one registry)."""
+
+    def run(session: Any) -> None:
+        query = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: PIN_LABEL}
+        for obj in list(session.get_objects(query)):
+            obj.destroy()
+
+    hsm.call(run)
+
+
 @pytest.fixture
 def hsm(shared_hsm: Hsm, softhsm_token: SoftHsm) -> Hsm:
-    """The suite's token, logged in again if an earlier test (or app) logged out."""
+    """The suite's token, logged in again if an earlier test (or app) logged out, and serving
+    no registry yet (each test brings its own)."""
     if not shared_hsm.logged_in:
         shared_hsm.login(softhsm_token.pin)
+    unpin(shared_hsm)
     return shared_hsm
 
 
@@ -94,22 +108,9 @@ def clock() -> Clock:
     return Clock()
 
 
-def unpin(hsm: Hsm) -> None:
-    """Forget which registry the suite's shared token serves, as a fresh token would: each test
-    brings its own registry to the one token (a workstation's token serves one registry)."""
-
-    def run(session: Any) -> None:
-        query = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: PIN_LABEL}
-        for obj in list(session.get_objects(query)):
-            obj.destroy()
-
-    hsm.call(run)
-
-
 @pytest.fixture
 def workstation(hsm: Hsm, tmp_path: Path, clock: Clock) -> Iterator[Workstation]:
     """The suite's token with a fresh registry (no operators yet)."""
-    unpin(hsm)
     store = Store.open(tmp_path / "kmtui.db")
     yield Workstation.assemble(hsm, store, clock=clock)
     store.close()

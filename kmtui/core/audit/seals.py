@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,18 @@ class Seals:
         if not wanted:
             return
         registry = self._registry_id(conn)
-        messages = [self._message(registry, n, seq, conn) for n in wanted]
-        for name, mac in zip(wanted, self._hsm.sealing.macs(messages), strict=True):
-            self._records.put(conn, name, seq, mac.hex())
+        contents = {n: self._records.content(conn, n) for n in wanted}
+        self._seal_contents(conn, registry, contents, seq)
+
+    def _seal_contents(
+        self, conn: sqlite3.Connection, registry: str, contents: dict[str, Any], seq: int
+    ) -> None:
+        names = sorted(contents)
+        messages = [message(registry, n, seq, contents[n]) for n in names]
+        macs = self._hsm.sealing.macs(messages)
+        self._records.put_many(
+            conn, [(n, seq, mac.hex()) for n, mac in zip(names, macs, strict=True)]
+        )
 
     def write(
         self,
@@ -103,12 +113,6 @@ class Seals:
             self.seal(conn, [name], event.seq)
         return event
 
-    def _message(self, registry: str, name: str, seq: int, conn: sqlite3.Connection) -> bytes:
-        content = self._records.content(conn, name)
-        return canonical_json(
-            {"type": SEAL_TYPE, "registry": registry, "subject": name, "seq": seq, "row": content}
-        ).encode("utf-8")
-
     @staticmethod
     def _registry_id(conn: sqlite3.Connection) -> str:
         row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
@@ -123,15 +127,15 @@ class Seals:
         with self._store.transaction() as conn:
             if self._records.last_change(conn, REGISTRY):
                 return 0
-            names = self._records.present(conn)
+            contents = self._records.every_content(conn)
             event = self._audit.append(
                 "registry.sealed",
                 actor=actor,
                 outcome=Outcome.SUCCESS,
-                params={"subject": REGISTRY, "rows": len(names)},
+                params={"subject": REGISTRY, "rows": len(contents)},
             )
-            self.seal(conn, names, event.seq)
-        return len(names)
+            self._seal_contents(conn, self._registry_id(conn), contents, event.seq)
+        return len(contents)
 
     # -- checking -----------------------------------------------------------------------------
 
@@ -151,50 +155,49 @@ class Seals:
     def problems(self, names: Sequence[str]) -> list[Problem]:
         """What is wrong with each named row (checked on the token in one PKCS#11 hop)."""
         conn = self._store.conn
-        began = not conn.in_transaction
-        if began:
-            conn.execute("BEGIN")  # one snapshot: rows, seals and trail read together
-        try:
+        with _snapshot(conn):  # rows, seals and trail read together
             registry = self._registry_id(conn)
             started = self._records.last_change(conn, REGISTRY)
-            found: list[Problem] = []
-            pairs: list[tuple[str, bytes, bytes]] = []
-            for name in names:
-                seal = self._records.seal_of(conn, name)
-                changed = self._records.last_change(conn, name)
-                if seal is not None and started and seal[0] == started:
-                    changed = max(changed, started)  # sealed as found at the first seal
-                content = self._records.content(conn, name)
-                if seal is None:
-                    if changed:
-                        found.append(Problem(name, _missing(content, changed)))
-                    elif content is not None:
-                        found.append(Problem(name, "not sealed: kmtui never wrote it"))
-                    continue
-                seq, mac = seal
-                if seq != changed:
-                    found.append(Problem(name, _stale(seq, changed)))
-                    continue
-                try:
-                    tag = bytes.fromhex(mac)
-                except ValueError:
-                    tag = b""
-                pairs.append((name, self._message(registry, name, seq, conn), tag))
-        finally:
-            if began:
-                conn.execute("COMMIT")
-        verdicts = self._hsm.sealing.macs_ok([(m, t) for _, m, t in pairs]) if pairs else []
+            contents = {n: self._records.content(conn, n) for n in names}
+            judged = {
+                n: _judge(
+                    n,
+                    self._records.seal_of(conn, n),
+                    self._records.last_change(conn, n),
+                    started,
+                    contents[n],
+                )
+                for n in names
+            }
+        return self._verified(registry, judged, contents)
+
+    def check_all(self) -> list[Problem]:
+        """Every sealed row, every row present and every row the trail changed: read in one
+        pass per table and checked on the token in one PKCS#11 hop."""
+        conn = self._store.conn
+        with _snapshot(conn):
+            registry = self._registry_id(conn)
+            contents = self._records.every_content(conn)
+            judged = _judge_all(conn, contents)
+        self.changed = self._verified(registry, judged, contents)
+        return self.changed
+
+    def _verified(
+        self,
+        registry: str,
+        judged: dict[str, Problem | tuple[int, bytes] | None],
+        contents: dict[str, Any],
+    ) -> list[Problem]:
+        found = [j for j in judged.values() if isinstance(j, Problem)]
+        pending = [(n, j) for n, j in judged.items() if isinstance(j, tuple)]
+        pairs = [(message(registry, n, seq, contents.get(n)), tag) for n, (seq, tag) in pending]
+        verdicts = self._hsm.sealing.macs_ok(pairs) if pairs else []
         found.extend(
             Problem(name, "edited outside kmtui (its seal does not match)")
-            for (name, _, _), ok in zip(pairs, verdicts, strict=True)
+            for (name, _), ok in zip(pending, verdicts, strict=True)
             if not ok
         )
         return sorted(found, key=lambda p: p.subject)
-
-    def check_all(self) -> list[Problem]:
-        """Every sealed row, every row present and every row the trail changed."""
-        self.changed = self.problems(every_row(self._store.conn))
-        return self.changed
 
     def _adopt(self, names: Sequence[str], actor: str) -> None:
         """Seal shipped default policies added after the first seal (a newer kmtui ships one),
@@ -224,6 +227,60 @@ class Seals:
             self._adopt(adoptable[1:], actor)
 
 
+def message(registry: str, name: str, seq: int, content: Any) -> bytes:
+    """The bytes a seal's HMAC covers: the row, which row, which registry, which event."""
+    return canonical_json(
+        {"type": SEAL_TYPE, "registry": registry, "subject": name, "seq": seq, "row": content}
+    ).encode("utf-8")
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction, unless the caller already holds one."""
+    began = not conn.in_transaction
+    if began:
+        conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if began:
+            conn.execute("COMMIT")
+
+
+def _judge(
+    name: str, seal: tuple[int, str] | None, last: int, started: int, content: Any
+) -> Problem | tuple[int, bytes] | None:
+    """What the file alone says of one row: a problem, nothing to check (absent and never
+    sealed), or the (seq, tag) its seal claims, left for the token to verify."""
+    if seal is None:
+        if last:
+            return Problem(name, _missing(content, last))
+        if content is not None:
+            return Problem(name, "not sealed: kmtui never wrote it")
+        return None
+    if started and seal[0] == started:
+        last = max(last, started)  # sealed as found when the registry was first sealed
+    if seal[0] != last:
+        return Problem(name, _stale(seal[0], last))
+    try:
+        return seal[0], bytes.fromhex(seal[1])
+    except ValueError:
+        return seal[0], b""
+
+
+def _judge_all(
+    conn: sqlite3.Connection, contents: dict[str, Any]
+) -> dict[str, Problem | tuple[int, bytes] | None]:
+    records = SealRecords
+    started = records.last_change(conn, REGISTRY)
+    sealed = records.sealed(conn)
+    changed = records.changed_in_trail(conn)
+    return {
+        n: _judge(n, sealed.get(n), changed.get(n, 0), started, contents.get(n))
+        for n in sorted(set(contents) | set(sealed) | set(changed))
+    }
+
+
 def every_row(conn: sqlite3.Connection) -> list[str]:
     """Every row sealed, present, or said by the trail to have changed."""
     records = SealRecords
@@ -235,25 +292,10 @@ def unbound(conn: sqlite3.Connection) -> list[Problem]:
     """What a copy of the database shows without the token: rows whose seal is missing, or not
     bound to the event that last changed them (an older copy of one row). An edit of a row's
     content shows only on the token, which checks each seal's HMAC."""
-    records = SealRecords
-    started = records.last_change(conn, REGISTRY)
-    sealed = records.sealed(conn)
-    changed = records.changed_in_trail(conn)
-    found = []
-    for name in every_row(conn):
-        last = changed.get(name, 0)
-        seal = sealed.get(name)
-        if seal is None:
-            if last:
-                found.append(Problem(name, _missing(records.content(conn, name), last)))
-            elif started:
-                found.append(Problem(name, "not sealed: kmtui never wrote it"))
-            continue
-        if started and seal[0] == started:
-            last = max(last, started)
-        if seal[0] != last:
-            found.append(Problem(name, _stale(seal[0], last)))
-    return found
+    if not SealRecords.last_change(conn, REGISTRY):
+        return []  # never sealed yet: the first log-in seals it as it is
+    judged = _judge_all(conn, SealRecords.every_content(conn))
+    return [j for j in judged.values() if isinstance(j, Problem)]
 
 
 def _as_shipped(content: object, shipped: Policy) -> bool:

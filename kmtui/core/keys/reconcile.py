@@ -33,7 +33,7 @@ from kmtui.core.token import templates
 from kmtui.core.token.records import ObjectInfo
 from kmtui.core.token.sealing import SEAL_KEY_ID
 from kmtui.core.token.session import Hsm
-from kmtui.core.token.signer import HEAD_LABEL
+from kmtui.core.token.signer import HEAD_LABEL, PIN_LABEL
 
 GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
 SYSTEM_PREFIX = b"kmtui:sys-"
@@ -129,9 +129,10 @@ class Reconciler:
         self._policies = policies
 
     def _sealed_acks(self, report: Report) -> set[str]:
-        """Every sealed row checked; each one changed outside kmtui is a finding, and an
-        acknowledgement edited or planted there hides nothing."""
-        bad = {p.subject: p for p in self._seals.check_all()}
+        """Acknowledgements as kmtui wrote them; one edited or planted outside kmtui hides
+        nothing and is itself a finding."""
+        acked = self._store.keys.acknowledged_findings()
+        bad = {p.subject: p for p in self._seals.problems([subject("ack", a) for a in acked])}
         for name, problem in sorted(bad.items()):
             report.findings.append(
                 Finding(
@@ -141,7 +142,6 @@ class Reconciler:
                     label=name,
                 )
             )
-        acked = self._store.keys.acknowledged_findings()
         return {a for a in acked if subject("ack", a) not in bad}
 
     def open_intents(self) -> list[dict[str, Any]]:
@@ -489,8 +489,10 @@ def _by_id(objects: Iterable[ObjectInfo]) -> dict[bytes, list[ObjectInfo]]:
 
 def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report, rank: int) -> None:
     label = objs[0].label
-    if objs[0].object_class == "DATA" and label.startswith(HEAD_LABEL + ":"):
-        return  # an audit head kept on the token (this registry's or another's)
+    if objs[0].object_class == "DATA" and (
+        label.startswith(HEAD_LABEL + ":") or label == PIN_LABEL
+    ):
+        return  # an audit head kept on the token (this registry's or another's), or the pin
     classes = ", ".join(sorted(o.object_class or "?" for o in objs))
     if templates.parse_cka_id(cka_id) is not None:
         report.findings.append(

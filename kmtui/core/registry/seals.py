@@ -55,6 +55,39 @@ class SealRecords:
         return {"key": found[0], "versions": versions}
 
     @staticmethod
+    def every_content(conn: sqlite3.Connection) -> dict[str, Any]:
+        """The content of every sealable row held now, in one pass per table (as `content`
+        reads them one by one)."""
+        out: dict[str, Any] = {}
+        row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
+        if row:
+            out[REGISTRY] = {"registry_id": row[0]}
+        for kind, (table, column) in _TABLES.items():
+            cursor = conn.execute(f"SELECT * FROM {table}")  # noqa: S608 - constant names
+            names = [d[0] for d in cursor.description]
+            for found in cursor:
+                plain = _plain(found, names)
+                out[subject(kind, str(plain[column]))] = (
+                    {"key": plain, "versions": []} if kind == "key" else plain
+                )
+        cursor = conn.execute("SELECT * FROM key_versions ORDER BY key_id, version")
+        names = [d[0] for d in cursor.description]
+        for found in cursor:
+            version = _plain(found, names)
+            holder = out.get(subject("key", str(version["key_id"])))
+            if holder is not None:
+                holder["versions"].append(version)
+        return out
+
+    @staticmethod
+    def put_many(conn: sqlite3.Connection, seals: list[tuple[str, int, str]]) -> None:
+        conn.executemany(
+            "INSERT INTO seals (subject, seq, mac) VALUES (?, ?, ?) "
+            "ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
+            seals,
+        )
+
+    @staticmethod
     def _rows(conn: sqlite3.Connection, sql: str, key: str) -> list[dict[str, Any]]:
         cursor = conn.execute(sql, (key,))
         names = [d[0] for d in cursor.description]
