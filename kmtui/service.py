@@ -14,6 +14,7 @@ from typing import Any
 
 from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control.approvals import Approvals
 from kmtui.core.control.codes import Codes
 from kmtui.core.control.gate import Executed, Gate, Prepared
@@ -44,6 +45,7 @@ class Workstation:
     store: Store
     audit: AuditLog
     anchors: Anchors
+    seals: Seals
     session: Session
     gate: Gate
     policies: PolicyBook
@@ -66,9 +68,10 @@ class Workstation:
         clock: Callable[[], float] = time.time,
     ) -> Workstation:
         audit = AuditLog(store)
-        anchors = Anchors(store, hsm, audit)
-        codes = Codes(store, hsm, audit, clock=clock)
-        gate = Gate(store, audit, anchors, Approvals(store, audit, codes))
+        seals = Seals(store, hsm, audit)
+        anchors = Anchors(store, hsm, audit, seals)
+        codes = Codes(store, hsm, audit, seals=seals, clock=clock)
+        gate = Gate(store, audit, anchors, Approvals(store, audit, codes, seals), seals)
         policies = PolicyBook(store, gate)
         queries = KeyQueries(store, hsm, audit, policies)
         records = KeyRecords(store, policies)
@@ -77,16 +80,17 @@ class Workstation:
             store=store,
             audit=audit,
             anchors=anchors,
-            session=Session(hsm, audit, anchors),
+            seals=seals,
+            session=Session(hsm, audit, anchors, seals),
             gate=gate,
             policies=policies,
-            operators=Operators(store, hsm, audit, codes, gate, policies),
-            keys=KeyOperations(gate, store, hsm, policies, queries, records),
+            operators=Operators(store, hsm, audit, codes, gate, policies, seals),
+            keys=KeyOperations(gate, store, hsm, policies, queries, records, seals),
             queries=queries,
             records=records,
             distribution=Distribution(gate, store, hsm, policies, queries, records),
             components=ComponentKeys(gate, hsm, policies, queries, records),
-            reconciler=Reconciler(store, hsm, audit, anchors, records, gate, policies),
+            reconciler=Reconciler(store, hsm, audit, anchors, records, gate, policies, seals),
             demo=demo,
         )
         policies.ensure_defaults()

@@ -8,15 +8,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
+from pkcs11 import Attribute, ObjectClass
 
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
 from kmtui.core.token.session import Hsm, default_softhsm_module
+from kmtui.core.token.signer import PIN_LABEL
 from kmtui.service import Workstation
 
 
@@ -58,12 +61,33 @@ def shared_hsm(softhsm_token: SoftHsm) -> Iterator[Hsm]:
     token.close()
 
 
+def unpin(hsm: Hsm) -> None:
+    """Forget which registry the suite's shared token serves, as a fresh token would: each test
+    brings its own registry to the one token (a workstation's token serves one registry)."""
+
+    def run(session: Any) -> None:
+        query = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: PIN_LABEL}
+        for obj in list(session.get_objects(query)):
+            obj.destroy()
+
+    hsm.call(run)
+
+
 @pytest.fixture
 def hsm(shared_hsm: Hsm, softhsm_token: SoftHsm) -> Hsm:
-    """The suite's token, logged in again if an earlier test (or app) logged out."""
+    """The suite's token, logged in again if an earlier test (or app) logged out, and serving
+    no registry yet (each test brings its own)."""
     if not shared_hsm.logged_in:
         shared_hsm.login(softhsm_token.pin)
+    unpin(shared_hsm)
     return shared_hsm
+
+
+def sealed_edit(ws: Workstation, subject: str, sql: str, params: tuple[object, ...] = ()) -> None:
+    """A registry edit sealed by kmtui on the logged-in token, as an authorised change would be:
+    for tests that move a date kmtui takes from real time (a waiting period) or plant odd values.
+    An edit made without this is what kmtui refuses as REGISTRY CHANGED OUTSIDE KMTUI."""
+    ws.seals.write(lambda: ws.store.conn.execute(sql, params), "test.edit", subject, actor="test")
 
 
 class Clock:

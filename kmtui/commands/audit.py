@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kmtui import demo
 from kmtui.commands import common
 from kmtui.core import errors
-from kmtui.core.audit import anchors, export, forward, transcript
+from kmtui.core.audit import anchors, export, forward, seals, transcript
 from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
@@ -233,9 +235,11 @@ def _verify(args: argparse.Namespace) -> int:
     progress = _progress if sys.stderr.isatty() and not args.json else None
     # The trail, and the whole file with SQLite's full integrity_check (the TUI opens with
     # quick_check and runs the full one in the background; this is the auditor's own run).
+    registry: Registry
     if args.db:  # an offline copy: never touches this machine's token
         report = anchors.verify_database(args.db, pubkey_pem=pem, progress=progress, integrity=True)
         path = args.db
+        registry = _registry_offline(path, copy=True)
     else:
         p = common.home(args)
         path = p.database
@@ -245,6 +249,7 @@ def _verify(args: argparse.Namespace) -> int:
             report = anchors.verify_database(
                 path, pubkey_pem=pem, progress=progress, copy=False, integrity=True
             )
+            registry = _registry_offline(path, copy=False)
         else:
             # With the token at hand its own audit key is the trusted one (a --pubkey given too
             # must be the same key), and the database's record of it is compared with it.
@@ -263,11 +268,19 @@ def _verify(args: argparse.Namespace) -> int:
                     copy=False,
                     integrity=True,
                 )
+                registry = Registry("token", len(seals.every_row(ws.store.conn)), [])
+                registry.problems.extend(ws.seals.check_all())
     if progress:
         print(file=sys.stderr)
+    ok = report.ok and not registry.problems
     if args.json:
-        common.print_json({**report.as_dict(), "database": str(path)})
-    elif report.ok:
+        common.print_json(
+            {**report.as_dict(), "ok": ok, "database": str(path), "registry": registry.as_dict()}
+        )
+        return EXIT_OK if ok else EXIT_AUDIT
+    for problem in registry.problems:
+        print(f"REGISTRY CHANGED OUTSIDE KMTUI: {problem}", file=sys.stderr)
+    if report.ok:
         print(f"audit trail OK ({report.scope}): {clean(report.reason)}")
         print(
             f"head event {report.head_seq} {report.head_hash[:16]}; token head: "
@@ -275,6 +288,7 @@ def _verify(args: argparse.Namespace) -> int:
             f"({report.key_source or 'not checked'}); database file integrity: "
             f"{clean(report.integrity)}"
         )
+        print(registry.summary())
         if report.scope == anchors.CHAIN_ONLY:
             print(
                 "NOT CHECKED: signed checkpoints and session ends. Give the audit public key "
@@ -290,7 +304,45 @@ def _verify(args: argparse.Namespace) -> int:
             f"AUDIT TRAIL BROKEN at event {report.first_bad_seq}: {clean(report.reason)}",
             file=sys.stderr,
         )
-    return EXIT_OK if report.ok else EXIT_AUDIT
+    return EXIT_OK if ok else EXIT_AUDIT
+
+
+@dataclass
+class Registry:
+    """What `audit verify` found of the registry's sealed rows."""
+
+    checked: str  # "token" (every seal's HMAC) or "trail" (bound to the trail, not the HMACs)
+    rows: int
+    problems: list[seals.Problem]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "rows": self.rows,
+            "problems": [{"subject": p.subject, "what": p.what} for p in self.problems],
+        }
+
+    def summary(self) -> str:
+        if self.problems:
+            return f"registry: {len(self.problems)} of {self.rows} sealed rows changed"
+        if self.checked == "token":
+            return f"registry: {self.rows} rows, every seal checked on the token"
+        return (
+            f"registry: {self.rows} rows bound to the trail (without the token their contents "
+            "are not checked: log in, or run verify where the token is)"
+        )
+
+
+def _registry_offline(path: Path, *, copy: bool) -> Registry:
+    conn = anchors.connect_readonly(path, copy=copy)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'seals'").fetchone():
+            return Registry("trail", 0, [])
+        return Registry("trail", len(seals.every_row(conn)), seals.unbound(conn))
+    except sqlite3.DatabaseError:
+        return Registry("trail", 0, [])
+    finally:
+        conn.close()
 
 
 def _parse_head(raw: bytes) -> tuple[int, str]:

@@ -178,3 +178,11 @@ class AuditTampered(AuditError):
     """The trail on disk disagrees with what the token or a signed checkpoint recorded."""
 
     exit_code = 3
+
+
+class RegistryChanged(AuditTampered):
+    """A row that decides who may do what is not as kmtui last wrote and sealed it."""
+
+    def __init__(self, message: str, hint: str, subjects: tuple[str, ...]) -> None:
+        super().__init__(message, hint)
+        self.subjects = subjects

@@ -29,7 +29,7 @@ from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import AuditEvent, KeyState
 from kmtui.core.token import templates
 from kmtui.core.token.session import Hsm
-from tests.conftest import SoftHsm, Team
+from tests.conftest import SoftHsm, Team, sealed_edit
 
 CHILD = Path(__file__).with_name("crash_child.py")
 KINDS = {"create": OpKind.KEY_CREATE, "rotate": OpKind.KEY_ROTATE, "destroy": OpKind.KEY_DESTROY}
@@ -168,7 +168,9 @@ def prepare_key(team: Team, case: Case) -> str:
     if case.op == "destroy":
         ws.run(ws.prepare(OpKind.KEY_ROTATE, key.id), team.codes("alice", "bob"))
         ws.run(ws.prepare(OpKind.KEY_SCHEDULE_DESTROY, key.id), team.codes("alice", "bob"))
-        ws.store.conn.execute(
+        sealed_edit(
+            ws,
+            f"key:{key.id}",
             "UPDATE keys SET destroy_after = ? WHERE id = ?",
             ("2000-01-01T00:00:00.000000Z", key.id),
         )

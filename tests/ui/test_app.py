@@ -15,7 +15,7 @@ from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import MainScreen
-from tests.conftest import SoftHsm, Team
+from tests.conftest import SoftHsm, Team, sealed_edit
 from tests.ui.helpers import main_ready
 
 HOSTILE = "\x1b]0;pwned\x07[red]x[/red] \u202egnp.exe\x1b[2J"
@@ -44,7 +44,9 @@ async def test_main_screen_lists_keys_and_shows_hostile_labels_as_plain_text(
         label="plain", algorithm="EC-P256", approvals=team.codes("alice", "bob")
     )
     # A hostile label can come from the token or an old database: plant it in the registry.
-    workstation.store.conn.execute("UPDATE keys SET label = ? WHERE id = ?", (HOSTILE, key.id))
+    sealed_edit(
+        workstation, f"key:{key.id}", "UPDATE keys SET label = ? WHERE id = ?", (HOSTILE, key.id)
+    )
     app = app_for(workstation, tmp_path, softhsm_token.pin)
     async with app.run_test(size=(120, 36)) as pilot:
         await main_ready(pilot)

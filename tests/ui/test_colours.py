@@ -41,7 +41,7 @@ from kmtui.ui.screens.approval import ApprovalScreen
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.text import plain
 from kmtui.ui.widgets.paged_table import PagedTable
-from tests.conftest import SoftHsm, Team
+from tests.conftest import SoftHsm, Team, sealed_edit
 from tests.ui.helpers import app_for, keys_loaded, main_ready, until
 
 SIZE = (120, 36)
@@ -281,15 +281,22 @@ def keys_in_every_state(team: Team) -> None:
     key("k4", (OpKind.KEY_REVOKE, {"reason": "superseded"}))
     key("k5", (OpKind.KEY_SUSPEND, {}), (OpKind.KEY_SCHEDULE_DESTROY, {}))
     doomed = key("k6", (OpKind.KEY_SUSPEND, {}), (OpKind.KEY_SCHEDULE_DESTROY, {}))
-    conn = ws.store.conn
-    conn.execute("UPDATE keys SET destroy_after = ? WHERE id = ?", (long_ago, doomed))
-    conn.commit()
+    sealed_edit(
+        ws, f"key:{doomed}", "UPDATE keys SET destroy_after = ? WHERE id = ?", (long_ago, doomed)
+    )
     ws.run(ws.prepare(OpKind.KEY_DESTROY, doomed), team.codes("alice", "bob"))
     # States reached only through a token fault or a long wait: set in the registry.
     for label in ("k7", "k8", "k9"):
-        conn.execute("UPDATE keys SET state = ? WHERE id = ?", (STATE_KEYS[label], key(label)))
-    conn.execute("UPDATE keys SET rotation_due_at = ? WHERE id = ?", (long_ago, overdue))
-    conn.commit()
+        row = key(label)
+        sealed_edit(
+            ws, f"key:{row}", "UPDATE keys SET state = ? WHERE id = ?", (STATE_KEYS[label], row)
+        )
+    sealed_edit(
+        ws,
+        f"key:{overdue}",
+        "UPDATE keys SET rotation_due_at = ? WHERE id = ?",
+        (long_ago, overdue),
+    )
 
 
 @dataclass

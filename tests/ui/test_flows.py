@@ -20,7 +20,7 @@ from kmtui.ui.screens.forms import ChoiceScreen, CreateKeyScreen, NamedChoiceScr
 from kmtui.ui.screens.login import LoginScreen
 from kmtui.ui.screens.main import MainScreen
 from kmtui.ui.widgets.paged_table import PagedTable
-from tests.conftest import SoftHsm, Team
+from tests.conftest import SoftHsm, Team, sealed_edit
 from tests.ui.helpers import SIZE, app_for, approve, keys_loaded, main_ready, text_of, until
 
 
@@ -133,8 +133,9 @@ async def test_destroy_waits_for_its_period_then_asks_for_the_label_to_be_typed(
         await until(pilot, lambda: any("only after" in s for s in seen), "the refusal")
         assert isinstance(app.screen, MainScreen)
         past = iso(utcnow() - timedelta(days=1))
-        ws.store.conn.execute("UPDATE keys SET destroy_after = ? WHERE id = ?", (past, key.id))
-        ws.store.conn.commit()
+        sealed_edit(
+            ws, f"key:{key.id}", "UPDATE keys SET destroy_after = ? WHERE id = ?", (past, key.id)
+        )
         await pilot.press("D")
         await until(
             pilot, lambda: isinstance(app.screen, ApprovalScreen) and app.screen.query("Button")

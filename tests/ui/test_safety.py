@@ -7,7 +7,7 @@ from pathlib import Path
 from kmtui.core.errors import HsmError
 from kmtui.core.models import Outcome
 from kmtui.ui.screens.main import MainScreen
-from tests.conftest import SoftHsm, Team
+from tests.conftest import SoftHsm, Team, sealed_edit
 from tests.ui.helpers import SIZE, app_for, keys_loaded, main_ready, until
 
 MARKUP = "[red]x[/][/b]"
@@ -26,8 +26,13 @@ async def test_a_hostile_label_is_literal_and_inert_in_every_pane_and_dialog(
 ) -> None:
     ws = team.ws
     key = ws.create_key(label="plain", algorithm="AES-256", approvals=team.codes("alice", "bob"))
-    ws.store.conn.execute("UPDATE keys SET label = ? WHERE id = ?", (HOSTILE, key.id))
-    ws.store.conn.execute("UPDATE policies SET description = ? WHERE name = 'default'", (HOSTILE,))
+    sealed_edit(ws, f"key:{key.id}", "UPDATE keys SET label = ? WHERE id = ?", (HOSTILE, key.id))
+    sealed_edit(
+        ws,
+        "policy:default",
+        "UPDATE policies SET description = ? WHERE name = 'default'",
+        (HOSTILE,),
+    )
     ws.store.conn.commit()
     ws.audit.append(
         "key.note", actor="alice", outcome=Outcome.INFO, key_id=key.id, params={"label": HOSTILE}

@@ -29,7 +29,9 @@ def big_db() -> Path:
 @pytest.fixture
 def big(hsm: Hsm, tmp_path: Path, clock: Clock, big_db: Path) -> Iterator[Workstation]:
     store = Store.open(scale_data.fresh_copy(big_db, tmp_path / "kmtui.db"))
-    yield Workstation.assemble(hsm, store, clock=clock)
+    ws = Workstation.assemble(hsm, store, clock=clock)
+    ws.seals.start("scale-test")  # what the first log-in does to a registry made before seals
+    yield ws
     store.close()
 
 

@@ -52,7 +52,7 @@ from kmtui.ui.screens.main import MainScreen
 from kmtui.ui.widgets import keys_pane
 from kmtui.ui.widgets.keys_pane import KeysPane
 from kmtui.ui.widgets.paged_table import PagedTable
-from tests.conftest import Clock, SoftHsm, Team
+from tests.conftest import Clock, SoftHsm, Team, sealed_edit
 from tests.ui.helpers import app_for, main_ready, text_of, until
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -153,8 +153,8 @@ def build(ws: Workstation, team: Team) -> dict[str, Key]:
     # Waiting out a destroy period or a cryptoperiod is no test's business: move those dates.
     past = iso(utcnow() - timedelta(days=1))
     for column, label in (("destroy_after", "shredded-dek"), ("rotation_due_at", "stale-mac")):
-        ws.store.conn.execute(f"UPDATE keys SET {column} = ? WHERE id = ?", (past, keys[label].id))
-    ws.store.conn.commit()
+        row = keys[label].id
+        sealed_edit(ws, f"key:{row}", f"UPDATE keys SET {column} = ? WHERE id = ?", (past, row))
     run("shredded-dek", OpKind.KEY_DESTROY, "alice", "bob")
     run("payments-kek", OpKind.KEY_SELFCHECK)
 
@@ -534,10 +534,12 @@ async def test_a_changed_state_colour_or_label_fails_the_comparison_with_a_diff(
         recoloured = await redrawn()
         monkeypatch.setattr(keys_pane, "state_styles", styles)
         tokens_mac = fixed.keys["tokens-mac"].id
-        fixed.ws.store.conn.execute(
-            "UPDATE keys SET label = ? WHERE id = ?", ("tokens-mak", tokens_mac)
+        sealed_edit(
+            fixed.ws,
+            f"key:{tokens_mac}",
+            "UPDATE keys SET label = ? WHERE id = ?",
+            ("tokens-mak", tokens_mac),
         )
-        fixed.ws.store.conn.commit()
         relabelled = await redrawn()
 
     colour_diff = mismatch("keys-120x36", baseline, recoloured)

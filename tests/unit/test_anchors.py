@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors, Checkpoint, verify_database
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
+from kmtui.core.audit.seals import Seals
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
@@ -30,7 +31,7 @@ def trail(
     last event signed, as a session end is)."""
     store = Store.open(path)
     audit = AuditLog(store)
-    anchors = Anchors(store, hsm, audit, every=every)
+    anchors = Anchors(store, hsm, audit, Seals(store, hsm, audit), every=every)
     for n in range(1, events + 1):
         audit.append(
             "test.event", actor=f"op{n % 3}", outcome="success", key_id=f"k{n % 7}", params={"n": n}
@@ -68,7 +69,8 @@ def test_a_clean_trail_verifies_offline_with_every_checkpoint(hsm: Hsm, tmp_path
     store.close()
     report = verify_database(tmp_path / "t.db", pubkey_pem=pem, token_head=head)
     assert report.ok, report.reason
-    assert (report.events, report.checkpoints, report.last_checkpoint) == (35, 3, 30)
+    # 35 events after the one that recorded the audit key: checkpoints at 11, 21 and 31.
+    assert (report.events, report.checkpoints, report.last_checkpoint) == (36, 3, 31)
     assert report.key_source == "given" and report.token_head == "matched"
 
 
@@ -97,7 +99,7 @@ def test_the_auditors_run_also_checks_the_whole_file_with_integrity_check(
 def test_checkpoint_signatures_verify_with_standard_ecdsa(hsm: Hsm, tmp_path: Path) -> None:
     store, anchors = trail(hsm, tmp_path / "t.db", 12, every=10)
     checkpoint = anchors.latest()
-    assert checkpoint is not None and checkpoint.seq == 10
+    assert checkpoint is not None and checkpoint.seq == 11  # event 1 recorded the audit key
     key = serialization.load_pem_public_key(pem_of(anchors).encode())
     assert isinstance(key, ec.EllipticCurvePublicKey)
     key.verify(
@@ -144,7 +146,7 @@ def test_a_checkpoint_re_signed_with_another_key_is_caught_with_the_given_key(
         )
     conn.close()
     report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
-    assert not report.ok and report.first_bad_seq == 10
+    assert not report.ok and report.first_bad_seq == 11  # the first checkpoint
     assert "not signed by the audit key" in report.reason
     # The key stored in the database travels with the data: without a key of their own, an
     # auditor is told that only the chain was checked, never that the checkpoints agree.
@@ -236,6 +238,7 @@ def test_a_session_end_written_but_never_signed_is_a_finding(
     store = Store.open(tmp_path / "ws.db")
     ws = Workstation.assemble(hsm, store, clock=clock)
     pem = ws.anchors.public_key()[0]
+    ws.anchors.sync()  # the token holds this registry's head, as after any log-in
     ws.audit.append("token.login", actor="x", outcome="success")
     cut = ws.audit.append("token.logout", actor="x", outcome="success", params={"reason": "x"})
     sessions(ws, softhsm_token.pin, 1)  # a later session signs its own end, after `cut`
@@ -277,8 +280,9 @@ def test_events_after_the_last_checkpoint_are_reported_as_held_by_the_chain_only
     pem = pem_of(anchors)
     store.close()
     report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
-    assert report.ok and (report.last_checkpoint, report.unsigned_events) == (10, 4)
-    assert "events 11-14 come after the last signed checkpoint" in report.reason
+    # Event 1 recorded the audit key: 14 more, a checkpoint at 11, events 12-15 after it.
+    assert report.ok and (report.last_checkpoint, report.unsigned_events) == (11, 4)
+    assert "events 12-15 come after the last signed checkpoint" in report.reason
 
 
 def test_the_token_key_is_trusted_and_the_database_record_is_compared_with_it(

@@ -25,6 +25,7 @@ from kmtui.core.models import OperatorState
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
+from tests.conftest import sealed_edit
 
 STEP = 30
 T0 = 56_666_667 * STEP + 10.0  # ten seconds into a time step
@@ -362,6 +363,7 @@ def test_five_consecutive_failures_lock_the_operator_and_the_lock_survives_a_reo
         "operator": "alice",
         "reason": "failures",
         "failures": 5,
+        "subject": "operator:alice",
     }
     good = [ApprovalInput("alice", team.code("alice"))]
     assert refusals_of(lambda: team.approve(op(), good, ONE), ApproversLocked).refusals == (
@@ -568,27 +570,48 @@ def test_the_database_files_hold_no_seed_raw_base32_or_hex(team: Bench) -> None:
             assert not [f for f in forms if f in data], f"a seed form was found in {name}"
 
 
-def test_a_tampered_sealed_seed_fails_closed_with_a_clear_refusal(team: Bench) -> None:
+def test_a_tampered_sealed_seed_is_refused_as_a_registry_change_before_any_code(
+    team: Bench,
+) -> None:
     blob = bytearray(team.operator("alice")["sealed_seed"])
     blob[-1] ^= 0x01
     with team.store.transaction() as conn:
         conn.execute("UPDATE operators SET sealed_seed = ? WHERE name = 'alice'", (bytes(blob),))
-    before = team.operator("alice")
+    before, bob = team.operator("alice"), team.operator("bob")
+    with pytest.raises(errors.RegistryChanged) as raised:
+        team.approve(op(), team.inputs("alice", "bob"), TWO)
+    assert raised.value.subjects == ("operator:alice",)
+    assert "REGISTRY CHANGED OUTSIDE KMTUI" in str(raised.value)
+    assert team.operator("alice")["failures"] == before["failures"]
+    assert team.operator("bob")["last_step"] == bob["last_step"]  # no code was spent
+    assert team.approvals() == 0
+
+
+def test_a_tampered_seed_sealed_by_kmtui_still_fails_closed_as_unsealable(team: Bench) -> None:
+    """Belt and braces: a blob the token cannot open is refused even when its row is sealed."""
+    blob = bytearray(team.operator("alice")["sealed_seed"])
+    blob[-1] ^= 0x01
+    sealed_edit(
+        team.dc,
+        "operator:alice",
+        "UPDATE operators SET sealed_seed = ? WHERE name = 'alice'",
+        (bytes(blob),),
+    )
     error = refusals_of(lambda: team.approve(op(), team.inputs("alice", "bob"), TWO))
     assert ("alice", "unsealable") in error.refusals
     assert "Re-enrol" in str(error)
-    assert team.operator("alice")["failures"] == before["failures"]
     assert team.approvals() == 0
 
 
 def test_a_sealed_seed_copied_to_another_operator_does_not_unseal(team: Bench) -> None:
+    copy = "UPDATE operators SET sealed_seed = (SELECT sealed_seed FROM operators WHERE name = "
     with team.store.transaction() as conn:
-        conn.execute(
-            "UPDATE operators SET sealed_seed = "
-            "(SELECT sealed_seed FROM operators WHERE name = 'alice') WHERE name = 'carol'"
-        )
+        conn.execute(copy + "'alice') WHERE name = 'carol'")
     inputs = [ApprovalInput("carol", team.code("alice"))]
-    error = refusals_of(lambda: team.approve(op(), inputs, ONE))
+    with pytest.raises(errors.RegistryChanged):  # copied by hand: the registry refuses it
+        team.approve(op(), inputs, ONE)
+    sealed_edit(team.dc, "operator:carol", copy + "'alice') WHERE name = 'carol'")
+    error = refusals_of(lambda: team.approve(op(), inputs, ONE))  # and the token refuses it too
     assert error.refusals == (("carol", "unsealable"),)
 
 

@@ -19,7 +19,7 @@ from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
-from tests.conftest import Clock, SoftHsm, Team
+from tests.conftest import Clock, SoftHsm, Team, sealed_edit
 
 
 def create(team: Team, label: str, algorithm: str = "AES-256", **kw: Any):
@@ -130,26 +130,26 @@ def test_a_crash_after_quarantining_a_key_is_closed_as_quarantined_not_as_untouc
     class Crash(BaseException):  # like SIGKILL: nothing after it runs, no outcome is written
         pass
 
-    real_read, real_add = team.ws.hsm.objects.read_attributes, team.ws.store.keys.add
+    real_read, real_write = team.ws.hsm.objects.read_attributes, team.ws.seals.write
 
     def tampered(obj: Any, attrs: list[Attribute]) -> dict[Attribute, Any]:
         values = real_read(obj, attrs)
         values[Attribute.SENSITIVE] = False
         return values
 
-    def add_then_crash(key: Any) -> None:
-        real_add(key)
+    def write_then_crash(*args: Any, **kwargs: Any) -> None:  # the quarantine is committed
+        real_write(*args, **kwargs)
         raise Crash
 
     monkeypatch.setattr(team.ws.hsm.objects, "read_attributes", tampered)
-    monkeypatch.setattr(team.ws.store.keys, "add", add_then_crash)
+    monkeypatch.setattr(team.ws.seals, "write", write_then_crash)
     with pytest.raises(Crash):
         create(team, "odd", "AES-128")
     monkeypatch.undo()
     (key,) = team.ws.store.keys.find(label="odd")
     assert key.state == KeyState.QUARANTINED
-    intent = team.ws.audit.events(limit=1)[0]
-    assert intent.action == "key.create" and intent.outcome == "intent"
+    intent = team.ws.audit.events(action="key.create", limit=1)[0]
+    assert intent.outcome == "intent"
     report = team.ws.reconciler.run()
     closing = team.ws.audit.events(action="key.create", key_id=key.id, limit=1)[0]
     assert closing.outcome == "failure" and closing.params["intent"] == intent.seq
@@ -236,8 +236,11 @@ def test_revoke_superseded_deactivates(team: Team) -> None:
 
 def _expire_wait(ws: Workstation, key_id: str) -> None:
     """Let the waiting period pass (the registry's clock is real time)."""
-    ws.store.conn.execute(
-        "UPDATE keys SET destroy_after = ? WHERE id = ?", ("2000-01-01T00:00:00.000000Z", key_id)
+    sealed_edit(
+        ws,
+        f"key:{key_id}",
+        "UPDATE keys SET destroy_after = ? WHERE id = ?",
+        ("2000-01-01T00:00:00.000000Z", key_id),
     )
 
 

@@ -32,8 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kmtui.core import errors
 from kmtui.core.audit.log import EVENT_COLUMNS, AuditLog, VerifyResult, canonical_json, verify_rows
+from kmtui.core.audit.seals import Seals
 from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.db import Store, integrity_problem
+from kmtui.core.registry.seals import subject
 from kmtui.core.token.session import Hsm
 
 CHECKPOINT_TYPE = "kmtui.audit.checkpoint.v1"
@@ -89,22 +91,42 @@ class Anchors:
     """Signs checkpoints and keeps the token head of one workstation's trail."""
 
     def __init__(
-        self, store: Store, hsm: Hsm, audit: AuditLog, *, every: int = DEFAULT_EVERY
+        self,
+        store: Store,
+        hsm: Hsm,
+        audit: AuditLog,
+        seals: Seals,
+        *,
+        every: int = DEFAULT_EVERY,
     ) -> None:
         self._store, self._hsm, self._audit, self.every = store, hsm, audit, every
+        self._seals = seals
         self._checked = False  # the head is followed only once this database was checked
 
     # -- the signing key ----------------------------------------------------------------------
 
     def public_key(self) -> tuple[str, str]:
-        """(PEM, fingerprint) of the audit key, created on the token at first use."""
+        """(PEM, fingerprint) of the audit key, created on the token at first use and recorded
+        (sealed) in the registry the first time this registry sees it."""
         pem = self._hsm.signer.ensure_audit_key()
         fingerprint = fingerprint_of(pem)
-        with self._store.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO audit_keys (fingerprint, pem, token_serial, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (fingerprint, pem, self._hsm.info().serial, iso(utcnow())),
+        known = self._store.rows("SELECT 1 FROM audit_keys WHERE fingerprint = ?", (fingerprint,))
+        if not known:
+            serial = self._hsm.info().serial
+
+            def record() -> None:
+                self._store.conn.execute(
+                    "INSERT INTO audit_keys (fingerprint, pem, token_serial, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (fingerprint, pem, serial, iso(utcnow())),
+                )
+
+            self._seals.write(
+                record,
+                "audit.key-recorded",
+                subject("audit-key", fingerprint),
+                actor="kmtui",
+                params={"fingerprint": fingerprint, "token_serial": serial},
             )
         return pem, fingerprint
 
@@ -124,13 +146,13 @@ class Anchors:
         A session end signs its own token.logout event, so two sessions ending at once each
         get the checkpoint `verify_database` looks for, whatever else was appended in between.
         """
+        _, fingerprint = self.public_key()  # first: recording a new key is itself an event
         seq, head_hash = self._event(at) if at else self._head()
         if not seq:
             return None
         existing = self._at(seq)
         if existing is not None:
             return existing
-        _, fingerprint = self.public_key()
         unsigned = Checkpoint(
             seq, head_hash, iso(utcnow()), self._hsm.info().serial, fingerprint, reason, ""
         )
@@ -192,6 +214,14 @@ class Anchors:
         """'' when the database holds the token's head; otherwise why it does not (rollback)."""
         raw = self._hsm.signer.read_head(self.registry_id())
         problem = ""
+        if raw is None and self._store.rows(
+            "SELECT 1 FROM audit_events WHERE action = 'token.login' AND outcome = 'success' "
+            "LIMIT 1"
+        ):
+            problem = (
+                "this database's trail records log-ins, but the token holds no head for its "
+                "registry id: the id was changed, or the database belongs to another token"
+            )
         if raw is not None:
             try:
                 head = json.loads(raw)
@@ -267,7 +297,7 @@ class TrailReport:
         return data
 
 
-def _connect_readonly(path: Path, *, copy: bool) -> sqlite3.Connection:
+def connect_readonly(path: Path, *, copy: bool) -> sqlite3.Connection:
     """Never written: an auditor's copy opens immutable (no -wal/-shm created); the live
     database read-only, so committed events still in its WAL are seen."""
     if not path.is_file():
@@ -296,7 +326,7 @@ def verify_database(
     against its table, which the quick check kmtui's TUI opens with leaves out); a failure fails
     the report.
     """
-    conn = _connect_readonly(path, copy=copy)
+    conn = connect_readonly(path, copy=copy)
     try:
         report = _verify(conn, pubkey_pem, token_pubkey_pem, token_head, progress)
         if not integrity:

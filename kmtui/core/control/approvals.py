@@ -12,17 +12,20 @@ from typing import Any
 
 from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control import totp
 from kmtui.core.control.codes import Attempt, Codes, Refusal, refused
 from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
 from kmtui.core.models import Operator, OperatorState, Outcome, iso, parse_iso
 from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import subject
 
 
 class Approvals:
     """The gate's approver: screens the approvers, checks their codes, records and spends."""
 
-    def __init__(self, store: Store, audit: AuditLog, codes: Codes) -> None:
+    def __init__(self, store: Store, audit: AuditLog, codes: Codes, seals: Seals) -> None:
+        self._seals = seals
         self._store = store
         self._records = store.operators
         self._audit = audit
@@ -57,6 +60,7 @@ class Approvals:
                 f"{len(approvers)} given.",
                 "Ask more active operators with an allowed role to enter their codes.",
             )
+        self._seals.require(subject("operator", op.name) for op, _ in approvers)
         failed = [r for op, code in approvers if (r := self._codes.verify(op, code, attempt))]
         if failed:
             raise refused(failed)

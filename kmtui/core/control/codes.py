@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 
 from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control import totp
-from kmtui.core.models import Operator, OperatorState, Outcome
+from kmtui.core.models import AuditEvent, Operator, OperatorState, Outcome
 from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import subject
 from kmtui.core.token.session import Hsm, on_hsm_thread
 
 MAX_FAILURES = 5
@@ -77,6 +79,10 @@ def refused(refusals: Sequence[Refusal], pending: bool = False) -> errors.Approv
     )
 
 
+def _shown(name: object) -> str:
+    return name if isinstance(name, str) and totp.valid_name(name) else "(invalid name)"
+
+
 class Codes:
     """Checks codes against HSM-sealed seeds; every refusal and lockout is audited."""
 
@@ -86,8 +92,10 @@ class Codes:
         hsm: Hsm,
         audit: AuditLog,
         *,
+        seals: Seals,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._seals = seals
         self._store = store
         self._records = store.operators
         self._hsm = hsm
@@ -140,15 +148,25 @@ class Codes:
             return self._fail(operator, "wrong", attempt)
         if step <= operator.last_step:
             return self._fail(operator, "replayed", attempt)
+        row = subject("operator", operator.name)
         with self._store.transaction() as conn:
             accepted = self._records.accept_step(conn, operator, step, expected)
-            if accepted and confirming:
-                self._audit.append(
-                    "operator.confirmed",
+            if accepted:
+                event = self._audit.append(
+                    "operator.confirmed" if confirming else "approval.code",
                     actor=operator.name,
                     outcome=Outcome.SUCCESS,
-                    params={"operator": operator.name, "role": str(operator.role), "step": step},
+                    key_id=attempt.key_id,
+                    params={
+                        "operator": operator.name,
+                        "role": str(operator.role),
+                        "step": step,
+                        "digest": attempt.digest,
+                        "kind": attempt.kind,
+                        "subject": row,
+                    },
                 )
+                self._seals.seal(conn, [row], event.seq)
         if not accepted:
             return self._fail(operator, "replayed", attempt)
         return None
@@ -157,8 +175,12 @@ class Codes:
         self, name: object, reason: str, attempt: Attempt, *, locked: bool = False
     ) -> Refusal:
         """Audit a refusal that does not count as a failed code."""
-        shown = name if isinstance(name, str) and totp.valid_name(name) else "(invalid name)"
-        self._audit.append(
+        self._refused(name, reason, attempt)
+        return Refusal(_shown(name), reason, locked)
+
+    def _refused(self, name: object, reason: str, attempt: Attempt, **more: str) -> AuditEvent:
+        shown = _shown(name)
+        return self._audit.append(
             "approval.refused",
             actor=shown,
             outcome=Outcome.REFUSED,
@@ -168,22 +190,29 @@ class Codes:
                 "reason": reason,
                 "digest": attempt.digest,
                 "kind": attempt.kind,
+                **more,
             },
         )
-        return Refusal(shown, reason, locked)
 
     def _fail(self, operator: Operator, reason: str, attempt: Attempt) -> Refusal:
         """Count a failed code and audit it in one commit; the fifth in a row locks."""
+        row = subject("operator", operator.name)
         with self._store.transaction() as conn:
             failures, state = self._records.count_failure(conn, operator.name)
             locked = failures >= MAX_FAILURES
-            refusal = self.refuse(operator.name, reason, attempt, locked=locked)
+            event = self._refused(operator.name, reason, attempt, subject=row)
             if locked and state == OperatorState.ACTIVE:
                 self._records.set_state(conn, operator.name, OperatorState.LOCKED)
-                self._audit.append(
+                event = self._audit.append(
                     "operator.locked",
                     actor=operator.name,
                     outcome=Outcome.INFO,
-                    params={"operator": operator.name, "reason": "failures", "failures": failures},
+                    params={
+                        "operator": operator.name,
+                        "reason": "failures",
+                        "failures": failures,
+                        "subject": row,
+                    },
                 )
-        return refusal
+            self._seals.seal(conn, [row], event.seq)
+        return Refusal(operator.name, reason, locked)

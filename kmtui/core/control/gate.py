@@ -16,6 +16,7 @@ from typing import Any
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control import policy
 from kmtui.core.control.approvals import Approvals
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requirement
@@ -37,6 +38,10 @@ class Prepared:
     summary: str
     key: Key | None = None
     quorum: int = 0
+    subject: str = ""
+    """The sealed registry row the operation writes (kmtui.core.audit.seals), if any."""
+    depends: tuple[str, ...] = ()
+    """Sealed rows it relies on (its key, its policy, a wrapping key): checked before approvals."""
 
     @property
     def changes(self) -> tuple[str, ...]:
@@ -66,12 +71,18 @@ class Gate:
     """Policy, approvals, intent, token, registry and outcome — in that order, every time."""
 
     def __init__(
-        self, store: Store, audit: AuditLog, anchors: Anchors, approvals: Approvals
+        self,
+        store: Store,
+        audit: AuditLog,
+        anchors: Anchors,
+        approvals: Approvals,
+        seals: Seals,
     ) -> None:
         self._store = store
         self._audit = audit
         self._anchors = anchors
         self.approvals = approvals
+        self._seals = seals
 
     def execute(
         self,
@@ -120,6 +131,7 @@ class Gate:
         approvers = sorted({a.operator for a in approvals}) if requirement.quorum else []
         try:
             policy.check_origin(rules, op.kind, context["via"])
+            self._seals.require((*prepared.depends, prepared.subject), actor=actor)
             granted = (
                 self.approvals.approve(op, approvals, requirement) if requirement.quorum else []
             )
@@ -158,7 +170,8 @@ class Gate:
                 },
             )
             raise
-        with self._store.transaction():
+        subject = {"subject": prepared.subject} if prepared.subject else {}
+        with self._store.transaction() as conn:
             if apply is not None:
                 apply()
             outcome = self._audit.append(
@@ -166,8 +179,9 @@ class Gate:
                 actor=actor,
                 outcome=Outcome.SUCCESS,
                 key_id=op.key_id,
-                params=facts,
+                params={**facts, **subject},
             )
+            self._seals.seal(conn, subject.values(), outcome.seq)
         return Executed(intent.seq, outcome.seq, {k: v for k, v in facts.items() if k != "intent"})
 
     def _refused(

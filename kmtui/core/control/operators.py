@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control import totp
 from kmtui.core.control.codes import Attempt, Codes, refused
 from kmtui.core.control.gate import Executed, Gate, Prepared
@@ -18,6 +19,7 @@ from kmtui.core.control.policies import PolicyBook
 from kmtui.core.control.totp import Enrollment
 from kmtui.core.models import Operator, OperatorState, Role, iso
 from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token.session import Hsm
 
@@ -40,7 +42,9 @@ class Operators:
         codes: Codes,
         gate: Gate,
         policies: PolicyBook,
+        seals: Seals,
     ) -> None:
+        self._seals = seals
         self._store = store
         self._records = store.operators
         self._hsm = hsm
@@ -104,7 +108,8 @@ class Operators:
         verb = str(kind).split(".")[-1]
         summary = f"{verb.capitalize()} operator {name!r}" + (f" as {role}" if role else "")
         quorum = 0 if bootstrap else self._policies.rules("default").requirement(kind).quorum
-        return Prepared(op, summary, None, quorum)
+        policy = () if bootstrap else (subject("policy", "default"),)
+        return Prepared(op, summary, None, quorum, subject("operator", name), policy)
 
     def run(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput] = (), *, actor: str = "console"
@@ -148,7 +153,9 @@ class Operators:
         shown = totp.enrollment(name, role, seed)
         sealed = self._hsm.sealing.seal(seed, totp.seal_aad(name))
         del seed
-        with self._store.transaction() as conn:
+
+        def enrol() -> None:
+            conn = self._store.conn
             existing = self._records.same_name(conn, name)
             if existing is not None and existing[0] != name:
                 raise errors.UsageError(
@@ -176,12 +183,21 @@ class Operators:
                 fingerprint,
                 new=existing is None,
             )
+
+        self._seals.write(
+            enrol,
+            "operator.seed-issued",
+            subject("operator", name),
+            actor=name,
+            params={"operator": name, "role": str(role)},
+        )
         return shown
 
     def confirm_enrollment(self, name: str, code: str) -> Operator:
         """The new operator's first code proves their authenticator holds the seed (audited as
         operator.confirmed); then they are active."""
         self._codes.outside_transaction("Operators.confirm_enrollment")
+        self._seals.require([subject("operator", name)])
         operator = self.get(name)
         attempt = Attempt("operator.confirm", "")
         if operator.state is not OperatorState.PENDING:
@@ -216,6 +232,11 @@ class Operators:
                 f"Operator {name!r} has not confirmed their enrolment yet.",
                 "They confirm it with a code from their authenticator; or revoke the enrolment.",
             )
-        with self._store.transaction() as conn:
-            self._records.set_state(conn, name, target)
+        self._seals.write(
+            lambda: self._records.set_state(self._store.conn, name, target),
+            "operator.state-set",
+            subject("operator", name),
+            actor=name,
+            params={"operator": name, "from_state": str(current), "to_state": str(target)},
+        )
         return self.get(name)

@@ -13,6 +13,7 @@ from kmtui.core.control.gate import Apply, Executed, Gate, Prepared
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.models import Policy, iso, utcnow
 from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import subject
 
 _RULES: dict[tuple[str, str], policy.Rules] = {}
 """Parsed policies by (name, rules JSON); Rules are immutable, so sharing them is safe."""
@@ -90,7 +91,8 @@ class PolicyBook:
             k for k in set(rules) | set(current.rules) if rules.get(k) != current.rules.get(k)
         )
         summary = f"Change policy {name!r}: {', '.join(touched) or 'no rule'} changed"
-        return Prepared(op, summary, None, self.rules(name).requirement(op.kind).quorum)
+        quorum = self.rules(name).requirement(op.kind).quorum
+        return Prepared(op, summary, None, quorum, subject=subject("policy", name))
 
     def run_change(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput], *, actor: str

@@ -7,18 +7,21 @@ import threading
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control.origin import session_context
 from kmtui.core.models import Outcome, TokenInfo
+from kmtui.core.registry.seals import REGISTRY
 from kmtui.core.token.session import Hsm
 
 
 class Session:
     """One log-in or log-out at a time: the idle lock's log-out and the app closing can overlap."""
 
-    def __init__(self, hsm: Hsm, audit: AuditLog, anchors: Anchors) -> None:
+    def __init__(self, hsm: Hsm, audit: AuditLog, anchors: Anchors, seals: Seals) -> None:
         self._hsm = hsm
         self._audit = audit
         self._anchors = anchors
+        self._seals = seals
         self._lock = threading.Lock()
 
     def login(self, pin: str, actor: str = "console") -> TokenInfo:
@@ -45,7 +48,8 @@ class Session:
             raise
 
     def _after_login(self, info: TokenInfo, actor: str) -> TokenInfo:
-        problem = self._anchors.check_head()
+        rollback = self._anchors.check_head()
+        problem = rollback or self._pin_problem()
         if problem:
             self._hsm.logout()  # first: nothing may mirror this database's head on the token
             self._audit.append(
@@ -55,7 +59,8 @@ class Session:
                 params={**session_context(), "problem": problem},
             )
             raise errors.AuditTampered(
-                f"AUDIT TRAIL ROLLED BACK OR CUT SHORT: {problem}.",
+                f"{'AUDIT TRAIL ROLLED BACK OR CUT SHORT' if rollback else 'NOT THIS TOKEN'}: "
+                f"{problem}.",
                 "Nothing else will run on this database. Restore the latest backup made by "
                 "kmtui, or keep the files for investigation and call the security officer.",
             )
@@ -66,8 +71,24 @@ class Session:
             params={**session_context(), "token": info.label, "serial": info.serial},
         )
         self._anchors.public_key()
+        self._seals.start(actor)
+        self._seals.require([REGISTRY], actor=actor)
         self._anchors.sync()
         return info
+
+    def _pin_problem(self) -> str:
+        """'' when the token serves this registry (pinning it at the token's first log-in)."""
+        registry = self._anchors.registry_id()
+        pinned = self._hsm.signer.pinned()
+        if not pinned:
+            self._hsm.signer.pin(registry)
+            return ""
+        if registry in pinned and len(pinned) == 1:
+            return ""
+        return (
+            f"this token serves registry {', '.join(pinned)}, and this database is registry "
+            f"{registry}: a database made elsewhere, or the registry id was changed"
+        )
 
     def logout(self, actor: str = "console", reason: str = "") -> None:
         """Sign a checkpoint for the session, mirror the head, then log out (once, when two

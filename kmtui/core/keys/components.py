@@ -23,6 +23,7 @@ from kmtui.core.keys.keyfiles import write_new
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import Key, new_key_id
+from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates
 from kmtui.core.token.session import Hsm
@@ -213,7 +214,10 @@ class ComponentKeys:
             f"{verb} {template.algorithm.name} key {clean(label, 60)!r} as {len(names)} "
             f"components held by {', '.join(names)}{warning}"
         )
-        return Prepared(op, summary, None, rules.requirement(kind).quorum)
+        quorum = rules.requirement(kind).quorum
+        return Prepared(
+            op, summary, None, quorum, subject("key", key_id), (subject("policy", policy_name),)
+        )
 
     def run(
         self,

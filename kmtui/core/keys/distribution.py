@@ -38,6 +38,7 @@ from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, utcnow
 from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
 from kmtui.core.token.session import Hsm
@@ -115,9 +116,9 @@ class Distribution:
             under = f"{clean(kek.label, 60)!r} (KCV {kek_version.kcv})"
         op = Operation(OpKind.KEY_EXPORT, key.id, params)
         summary = f"Export key {clean(key.label, 60)!r} (KCV {current.kcv}) wrapped under {under}"
-        return Prepared(
-            op, summary, key, self._policies.rules(key.policy).requirement(op.kind).quorum
-        )
+        quorum = self._policies.rules(key.policy).requirement(op.kind).quorum
+        depends = (subject("key", key.id), subject("key", kek.id), subject("policy", key.policy))
+        return Prepared(op, summary, key, quorum, depends=depends)
 
     def run_export(
         self,
@@ -216,7 +217,9 @@ class Distribution:
             f"Import {template.algorithm.name} key as {clean(label, 60)!r} (expected KCV "
             f"{op.params['expected_kcv']}) unwrapped by {clean(kek.label, 60)!r}"
         )
-        return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+        depends = (subject("key", kek.id), subject("policy", policy_name))
+        quorum = rules.requirement(op.kind).quorum
+        return Prepared(op, summary, None, quorum, subject("key", key_id), depends)
 
     def run_import(
         self,
@@ -316,7 +319,9 @@ class Distribution:
             f"{recipient.fingerprint})"
             + (" as TRUSTED (security officer): it may wrap exportable keys" if trusted else "")
         )
-        return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+        quorum = rules.requirement(op.kind).quorum
+        depends = (subject("policy", policy_name),)
+        return Prepared(op, summary, None, quorum, subject("key", key_id), depends)
 
     def run_import_public(
         self,

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from kmtui.core import errors
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control import lifecycle, policy
 from kmtui.core.control.gate import Apply, Executed, Gate, Prepared, Work
 from kmtui.core.control.lifecycle import Use
@@ -20,8 +21,18 @@ from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
-from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, parse_iso, utcnow
+from kmtui.core.models import (
+    Key,
+    KeyState,
+    KeyVersion,
+    Outcome,
+    iso,
+    new_key_id,
+    parse_iso,
+    utcnow,
+)
 from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
 from kmtui.core.token.session import Hsm
@@ -40,7 +51,9 @@ class KeyOperations:
         policies: PolicyBook,
         queries: KeyQueries,
         records: KeyRecords,
+        seals: Seals,
     ) -> None:
+        self._seals = seals
         self._gate = gate
         self._store = store
         self._hsm = hsm
@@ -94,7 +107,9 @@ class KeyOperations:
             + (" (exportable)" if exportable else "")
             + (" as a TRUSTED key-encryption key (security officer)" if trusted else "")
         )
-        return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+        quorum = rules.requirement(op.kind).quorum
+        depends = (subject("policy", policy_name),)
+        return Prepared(op, summary, None, quorum, subject("key", key_id), depends)
 
     def prepare(self, kind: OpKind, ref: str, **params: Any) -> Prepared:
         """An operation on an existing key, checked against its state before anyone approves."""
@@ -147,7 +162,15 @@ class KeyOperations:
                 )
             base["new_version"] = key.current_version + 1
         summary = _summary(kind, key, base)
-        return Prepared(Operation(kind, key.id, base), summary, key, rules.requirement(kind).quorum)
+        changes = kind != OpKind.KEY_SELFCHECK
+        return Prepared(
+            Operation(kind, key.id, base),
+            summary,
+            key,
+            rules.requirement(kind).quorum,
+            subject("key", key.id) if changes else "",
+            (subject("key", key.id), subject("policy", key.policy)),
+        )
 
     # -- running ----------------------------------------------------------------------------
 
@@ -240,7 +263,15 @@ class KeyOperations:
                     activated_at="",
                     rotation_due_at="",
                 )
-                self._store.keys.add(key)
+                self._seals.write(
+                    lambda: self._store.keys.add(key),
+                    "key.quarantined",
+                    subject("key", key.id),
+                    actor="kmtui",
+                    outcome=Outcome.FAILURE,
+                    key_id=key.id,
+                    params={"intent": facts["intent"], "cka_id": template.cka_id.hex()},
+                )
                 facts["quarantined"] = True
                 raise
             version = KeyVersion(

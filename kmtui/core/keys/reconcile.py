@@ -20,18 +20,20 @@ from pkcs11 import ObjectClass
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.audit.seals import Seals
 from kmtui.core.control.gate import Apply, Executed, Gate, Prepared
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.records import KeyRecords
-from kmtui.core.models import Key, KeyState, KeyVersion, Outcome, iso, utcnow
+from kmtui.core.models import AuditEvent, Key, KeyState, KeyVersion, Outcome, iso, utcnow
 from kmtui.core.registry.db import Store
+from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates
 from kmtui.core.token.records import ObjectInfo
 from kmtui.core.token.sealing import SEAL_KEY_ID
 from kmtui.core.token.session import Hsm
-from kmtui.core.token.signer import HEAD_LABEL
+from kmtui.core.token.signer import HEAD_LABEL, PIN_LABEL
 
 GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
 SYSTEM_PREFIX = b"kmtui:sys-"
@@ -45,6 +47,7 @@ class FindingKind(StrEnum):
     MISMATCH = "check-mismatch"  # KCV or fingerprint differs: substituted key
     INTERRUPTED = "interrupted-operation"  # intent without outcome; the token step did not run
     UNFINISHED = "unfinished-destroy"  # destroy died half-way: some objects remain
+    REGISTRY = "registry-changed"  # a sealed registry row not as kmtui wrote it
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ class Reconciler:
         records: KeyRecords,
         gate: Gate,
         policies: PolicyBook,
+        seals: Seals,
     ) -> None:
+        self._seals = seals
         self._store = store
         self._hsm = hsm
         self._audit = audit
@@ -122,6 +127,22 @@ class Reconciler:
         self._records = records
         self._gate = gate
         self._policies = policies
+
+    def _sealed_acks(self, report: Report) -> set[str]:
+        """Acknowledgements as kmtui wrote them; one edited or planted outside kmtui hides
+        nothing and is itself a finding."""
+        acked = self._store.keys.acknowledged_findings()
+        bad = {p.subject: p for p in self._seals.problems([subject("ack", a) for a in acked])}
+        for name, problem in sorted(bad.items()):
+            report.findings.append(
+                Finding(
+                    FindingKind.REGISTRY,
+                    "",
+                    f"REGISTRY CHANGED OUTSIDE KMTUI: {problem}.",
+                    label=name,
+                )
+            )
+        return {a for a in acked if subject("ack", a) not in bad}
 
     def open_intents(self) -> list[dict[str, Any]]:
         """Intent events that no outcome refers to (the process stopped between the two).
@@ -136,7 +157,8 @@ class Reconciler:
         op = Operation(OpKind.RECONCILE_RESOLVE, "", {"finding": finding, "note": note})
         summary = f"Acknowledge reconciliation finding {clean(finding, 80)}: {clean(note, 80)}"
         quorum = self._policies.rules("default").requirement(op.kind).quorum
-        return Prepared(op, summary, None, quorum)
+        policy = (subject("policy", "default"),)
+        return Prepared(op, summary, None, quorum, subject("ack", finding), policy)
 
     def run_acknowledge(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput], *, actor: str
@@ -162,7 +184,7 @@ class Reconciler:
             self._settle(intent, objects, serial, report, actor)
         objects = _by_id(self._hsm.objects.scan()) if report.completed else objects
         self._compare(objects, serial, report)
-        acked = self._store.keys.acknowledged_findings()
+        acked = self._sealed_acks(report)
         report.acknowledged = [f for f in report.findings if f.ident in acked]
         report.findings = [f for f in report.findings if f.ident not in acked]
         self._audit.append(
@@ -213,7 +235,7 @@ class Reconciler:
             created = self._records.created(key_id, params, version)
             with self._store.transaction():
                 self._store.keys.add(created)
-                self._close(intent, actor, Outcome.SUCCESS, recovered=True, version=1, check=check)
+                self._settled(intent, actor, recovered=True, version=1, check=check)
             report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
             return
         if action == OpKind.KEY_CREATE and key is not None and key.state == KeyState.QUARANTINED:
@@ -239,14 +261,7 @@ class Reconciler:
                 apply, _ = self._records.rotation(key, number, check, serial)
                 with self._store.transaction():
                     apply()
-                    self._close(
-                        intent,
-                        actor,
-                        Outcome.SUCCESS,
-                        recovered=True,
-                        version=number,
-                        check=check,
-                    )
+                    self._settled(intent, actor, recovered=True, version=number, check=check)
                 report.completed.append(
                     {"intent": intent["seq"], "action": action, "key_id": key_id}
                 )
@@ -257,7 +272,7 @@ class Reconciler:
                 target = KeyState(str(params["to_state"]))
                 with self._store.transaction():
                     self._records.destruction(key, target)()
-                    self._close(intent, actor, Outcome.SUCCESS, recovered=True, state=str(target))
+                    self._settled(intent, actor, recovered=True, state=str(target))
                 report.completed.append(
                     {"intent": intent["seq"], "action": action, "key_id": key_id}
                 )
@@ -446,14 +461,23 @@ class Reconciler:
                 )
             )
 
-    def _close(self, intent: dict[str, Any], actor: str, outcome: Outcome, **params: Any) -> None:
-        self._audit.append(
+    def _close(
+        self, intent: dict[str, Any], actor: str, outcome: Outcome, **params: Any
+    ) -> AuditEvent:
+        return self._audit.append(
             str(intent["action"]),
             actor=actor,
             outcome=outcome,
             key_id=str(intent["key_id"]),
             params={"intent": intent["seq"], **params},
         )
+
+    def _settled(self, intent: dict[str, Any], actor: str, **params: Any) -> None:
+        """Close a finished operation whose registry writes the caller's transaction holds, and
+        seal the key it wrote."""
+        row = subject("key", str(intent["key_id"]))
+        event = self._close(intent, actor, Outcome.SUCCESS, subject=row, **params)
+        self._seals.seal(self._store.conn, [row], event.seq)
 
 
 def _by_id(objects: Iterable[ObjectInfo]) -> dict[bytes, list[ObjectInfo]]:
@@ -465,8 +489,10 @@ def _by_id(objects: Iterable[ObjectInfo]) -> dict[bytes, list[ObjectInfo]]:
 
 def _unregistered(cka_id: bytes, objs: list[ObjectInfo], report: Report, rank: int) -> None:
     label = objs[0].label
-    if objs[0].object_class == "DATA" and label.startswith(HEAD_LABEL + ":"):
-        return  # an audit head kept on the token (this registry's or another's)
+    if objs[0].object_class == "DATA" and (
+        label.startswith(HEAD_LABEL + ":") or label == PIN_LABEL
+    ):
+        return  # an audit head kept on the token (this registry's or another's), or the pin
     classes = ", ".join(sorted(o.object_class or "?" for o in objs))
     if templates.parse_cka_id(cka_id) is not None:
         report.findings.append(

@@ -25,6 +25,7 @@ from kmtui.core.registry.keys import Keys
 from kmtui.core.registry.operators import OperatorRecords
 from kmtui.core.registry.policies import Policies
 from kmtui.core.registry.reads import Reads
+from kmtui.core.registry.seals import SealRecords
 from kmtui.core.registry.text import IDENTIFIER, plain
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -194,6 +195,8 @@ class Store:
         self.operators = OperatorRecords(self)
         """Operators and approvals: what dual control reads and writes."""
         self.reads = Reads(self)
+        self.seals = SealRecords()
+        """Seals of the rows that decide who may do what, and the content they cover."""
         """The reads the UI names instead of holding SQL."""
 
     @classmethod

@@ -272,6 +272,21 @@ def _migration_7(conn: sqlite3.Connection) -> None:
     _rebuild_key_tags(conn)
 
 
+SUBJECT = "CASE WHEN json_valid(params) THEN json_extract(params, '$.subject') END"
+"""The registry row an audit event changed (`key:ID`, `operator:NAME`, ...): an expression over
+the hashed params, so the trail itself says which event last changed each sealed row."""
+
+
+def _migration_8(conn: sqlite3.Connection) -> None:
+    """Seals: each security row's HMAC (made on the token), bound to the event that last changed
+    it; and the trail indexed by the row each event changed."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS seals "
+        "(subject TEXT PRIMARY KEY, seq INTEGER NOT NULL, mac TEXT NOT NULL)"
+    )
+    conn.execute(f"CREATE INDEX IF NOT EXISTS audit_by_subject ON audit_events (({SUBJECT}), seq)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
@@ -280,6 +295,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_5,
     _migration_6,
     _migration_7,
+    _migration_8,
 ]
 
 

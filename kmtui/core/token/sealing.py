@@ -1,4 +1,5 @@
-"""Secrets kept in the database (TOTP seeds) sealed under a key that never leaves the token."""
+"""What the database keeps under keys that never leave the token: TOTP seeds sealed with AES-GCM,
+and the registry's security rows authenticated by HMAC-SHA256 (kmtui.core.audit.seals)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 
 SEAL_KEY_ID = b"kmtui:sys-seal:1"
 """CKA_ID of the token key that seals TOTP seeds; `kmtui:sys-*` ids are kmtui's own objects."""
+REGISTRY_KEY_ID = b"kmtui:sys-registry:1"
+"""CKA_ID of the token HMAC key that authenticates the registry's security rows."""
 
 
 class Sealing:
@@ -67,3 +70,42 @@ class Sealing:
                 templates.build("AES-256", "encrypt", cka_id=SEAL_KEY_ID, label="kmtui sealing key")
             )
         return objects.get(SEAL_KEY_ID, ObjectClass.SECRET_KEY)
+
+    # -- the registry's rows: HMAC-SHA256 under a token key, many per PKCS#11 hop ------------
+
+    def macs(self, messages: list[bytes]) -> list[bytes]:
+        """HMAC-SHA256 of each message under the registry key (made on first use)."""
+
+        def run() -> list[bytes]:
+            key = self._registry_key()
+            return [bytes(key.sign(m, mechanism=Mechanism.SHA256_HMAC)) for m in messages]
+
+        return self._hsm.run(run)
+
+    def macs_ok(self, pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+        """Whether each (message, tag) verifies; any error from the token is a failed check."""
+
+        def run() -> list[bool]:
+            key = self._registry_key()
+            out = []
+            for message, tag in pairs:
+                try:
+                    out.append(bool(key.verify(message, tag, mechanism=Mechanism.SHA256_HMAC)))
+                except p11.PKCS11Error:
+                    out.append(False)
+            return out
+
+        return self._hsm.run(run)
+
+    def _registry_key(self) -> Any:
+        objects = self._hsm.objects
+        cached = objects.cached(REGISTRY_KEY_ID, ObjectClass.SECRET_KEY)
+        if cached is not None:
+            return cached
+        if objects.lookup(REGISTRY_KEY_ID, ObjectClass.SECRET_KEY) is None:
+            self._hsm.keygen.make(
+                templates.build(
+                    "HMAC-SHA256", "mac", cka_id=REGISTRY_KEY_ID, label="kmtui registry key"
+                )
+            )
+        return objects.get(REGISTRY_KEY_ID, ObjectClass.SECRET_KEY)

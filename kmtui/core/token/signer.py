@@ -23,6 +23,8 @@ AUDIT_KEY_ID = b"kmtui:sys-audit:1"
 """CKA_ID of the EC P-256 key pair that signs audit checkpoints."""
 HEAD_LABEL = "kmtui-audit-head"
 """CKA_LABEL of the data object mirroring the audit head (data objects refuse CKA_ID)."""
+PIN_LABEL = "kmtui-registry"
+"""CKA_LABEL of the data object naming the one registry this token serves (its registry id)."""
 
 
 class AuditSigner:
@@ -101,6 +103,39 @@ class AuditSigner:
             for obj in older:
                 with suppress(*GONE):  # another process already replaced it
                     obj.destroy()
+
+        self._hsm.run(run)
+
+    def pinned(self) -> list[str]:
+        """The registry ids this token is pinned to (one, unless someone planted more)."""
+
+        def run() -> list[str]:
+            found = self._hsm.require_session().get_objects(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.LABEL: PIN_LABEL,
+                    Attribute.PRIVATE: True,
+                }
+            )
+            return sorted({bytes(obj[Attribute.VALUE]).decode("ascii", "replace") for obj in found})
+
+        return self._hsm.run(run)
+
+    def pin(self, registry: str) -> None:
+        """Pin the token to a registry (at its first log-in; never changed by kmtui after)."""
+
+        def run() -> None:
+            self._hsm.require_session().create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.MODIFIABLE: False,
+                    Attribute.LABEL: PIN_LABEL,
+                    Attribute.APPLICATION: "kmtui",
+                    Attribute.VALUE: registry.encode("ascii"),
+                }
+            )
 
         self._hsm.run(run)
 

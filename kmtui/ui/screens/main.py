@@ -57,6 +57,13 @@ class MainScreen(Screen[None]):
     class DatabaseChecked(Message):
         """The full integrity check passed."""
 
+    class RegistryChecked(Message):
+        """Every sealed registry row checked against the trail and on the token."""
+
+        def __init__(self, changed: list[str]) -> None:
+            super().__init__()
+            self.changed = changed
+
     def __init__(self, workstation: Workstation) -> None:
         super().__init__()
         self.workstation = workstation
@@ -126,6 +133,34 @@ class MainScreen(Screen[None]):
             timeout=24 * 3600,
         )
 
+    @work(thread=True, exit_on_error=False, group="registry")
+    def check_registry(self) -> None:
+        """Every row that decides who may do what, as kmtui last sealed it (after
+        reconciliation, so it never delays it; each operation checks its own rows anyway)."""
+        try:
+            problems = self.workstation.seals.check_all()
+        except KmtuiError as exc:
+            self.post_message(self.CheckUnfinished(str(exc)))
+            return
+        except Exception as exc:
+            fault(self, "The registry check", exc)
+            return
+        self.post_message(self.RegistryChecked([str(p) for p in problems]))
+
+    def on_main_screen_registry_checked(self, message: RegistryChecked) -> None:
+        self.query_one(StatusLine).tick(count=False)
+        if message.changed:
+            shown = "; ".join(message.changed[:3])
+            more = f" (and {len(message.changed) - 3} more)" if len(message.changed) > 3 else ""
+            self.notify(
+                f"{shown}{more}. Every operation that uses these rows is refused. Restore the "
+                "latest backup made by kmtui, or keep the files and call the security officer.",
+                title="REGISTRY CHANGED OUTSIDE KMTUI",
+                severity="error",
+                markup=False,
+                timeout=24 * 3600,
+            )
+
     def panes(self) -> list[Pane]:
         return list(self.query(Pane))
 
@@ -163,6 +198,7 @@ class MainScreen(Screen[None]):
         if not self._settled:  # start-up is over: what it built lives on, freeze it too
             self._settled = True
             gc.freeze()
+            self.check_registry()
         self.query_one(TokenPane).show_report(report)
         if not report.clean:
             self.notify(

@@ -84,6 +84,12 @@ class StatusLine(Static):
         findings = app.findings
         if ws.store.damage is not None:
             text.append(" · ✗ DATABASE DAMAGED: restore a backup", style="bold reverse")
+        elif ws.seals.changed:
+            first = ws.seals.changed[0].subject
+            more = f" +{len(ws.seals.changed) - 1}" if len(ws.seals.changed) > 1 else ""
+            text.append_text(
+                plain(f" · ✗ REGISTRY CHANGED OUTSIDE KMTUI: {first}{more}", "bold reverse", 80)
+            )
         elif findings is None and ws.store.checked != "full":
             text.append(" · checking the database…")
         elif findings is None:
