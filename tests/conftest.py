@@ -13,11 +13,14 @@ import pyotp
 import pytest
 
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
 from kmtui.core.token.session import Hsm, default_softhsm_module
 from kmtui.service import Workstation
+
+Pairs = tuple[tuple[str, str], tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,32 @@ class SoftHsm:
     conf: Path
     label: str
     login_label: str
-    pin: str
-    so_pin: str
+    pairs: Pairs
+    """(holder, half) of the user PIN: alice holds the first half, bob the second."""
+    so_pairs: Pairs
+    """(holder, half) of the SO PIN: carol holds the first half, bob the second."""
     serial: str
+
+    @property
+    def halves(self) -> PinHalves:
+        return PinHalves.of(self.pairs)
+
+    @property
+    def so_halves(self) -> PinHalves:
+        return PinHalves.of(self.so_pairs)
+
+    @property
+    def pin(self) -> str:
+        """The whole user PIN, for tests of the token room, which sits below the halves."""
+        return self.halves.pin()
+
+    @property
+    def so_pin(self) -> str:
+        return self.so_halves.pin()
+
+
+def new_pairs(first: str, second: str) -> Pairs:
+    return ((first, secrets.token_hex(6)), (second, secrets.token_hex(6)))
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +65,12 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
         pytest.fail(f"SoftHSM2 module not found at {module}: run `make test`, which installs it.")
     directory = tmp_path_factory.mktemp("softhsm")
     conf = softhsm.write_conf(directory)
-    pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
+    pairs, so_pairs = new_pairs("alice", "bob"), new_pairs("carol", "bob")
+    pin, so_pin = PinHalves.of(pairs).pin(), PinHalves.of(so_pairs).pin()
     serial = softhsm.init_token(module, conf, "kmtui-test", so_pin, pin)
     softhsm.init_token(module, conf, "kmtui-login", so_pin, pin)
     os.environ["SOFTHSM2_CONF"] = str(conf)
-    return SoftHsm(module, conf, "kmtui-test", "kmtui-login", pin, so_pin, serial)
+    return SoftHsm(module, conf, "kmtui-test", "kmtui-login", pairs, so_pairs, serial)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pyotp
 
+from kmtui.core.control.pin import PinHalves, parse_lines
+from kmtui.demo import HALVES_FILE
+
 STEP = 30
 MARGIN = 8.0  # a previous-step code is handed out only while it stays valid this much longer
 # Commands that need the local console (policy change, enrolment...) must not see an SSH session.
@@ -65,6 +68,16 @@ def make_demo(base: Path) -> Path:
         },
     )
     return Path(out.stdout.strip())
+
+
+def demo_pairs(demo_home: Path) -> list[tuple[str, str]]:
+    """(holder, half) of the demo token's user PIN, from the demo's own file (demo only)."""
+    return parse_lines((demo_home / "data" / HALVES_FILE).read_text(encoding="utf-8"))
+
+
+def demo_pin(demo_home: Path) -> str:
+    """The demo token's whole user PIN, for test processes that drive the token directly."""
+    return PinHalves.of(demo_pairs(demo_home)).pin()
 
 
 def base_of(demo_home: Path) -> Path:
@@ -175,8 +188,12 @@ def _token_child(demo_home: Path, script: str, request: dict[str, object]) -> st
 
     config = (demo_home / "config" / "config.toml").read_text(encoding="utf-8")
     token = tomllib.loads(config)["token"]
-    pin = (demo_home / "data" / "demo-pin").read_text(encoding="utf-8").strip()
-    request = {"module": token["module"], "label": token["label"], "pin": pin, **request}
+    request = {
+        "module": token["module"],
+        "label": token["label"],
+        "pin": demo_pin(demo_home),
+        **request,
+    }
     env = {**os.environ, "SOFTHSM2_CONF": token["softhsm2_conf"]}
     proc = subprocess.run(
         [sys.executable, "-c", script],

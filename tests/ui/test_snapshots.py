@@ -39,6 +39,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.errors import ApproversRefused
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.registry.db import Store
@@ -59,7 +60,8 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE_ENV = "KMTUI_SNAPSHOT_UPDATE"
 UPDATE_COMMAND = f"{UPDATE_ENV}=1 .venv/bin/python -m pytest tests/ui/test_snapshots.py"
 WIDE, SMALL = (120, 36), (80, 24)
-PIN, SO_PIN = "snap-user-pin", "snap-so-pin"
+HALVES = PinHalves.of([("alice", "snap-half-one"), ("bob", "snap-half-two")])
+SO_PIN = "snap-so-pin"
 DIFF_LINES = 60
 PAGE = 100  # the panes' page size: the audit pane shows the first page until scrolled
 
@@ -85,7 +87,7 @@ def _init_token(module: str, label: str) -> None:
     rv = cdll.C_InitToken(free, so_pin, len(so_pin), label.encode().ljust(32, b" "))
     assert rv == 0, f"C_InitToken returned CKR 0x{rv:x}"
     with lib.get_token(token_label=label).open(rw=True, so_pin=SO_PIN) as session:
-        session.init_pin(PIN)
+        session.init_pin(HALVES.pin())
 
 
 # -- the fixed data set -------------------------------------------------------------------------
@@ -171,7 +173,7 @@ def fixed(softhsm_token: SoftHsm, tmp_path: Path) -> Iterator[Fixed]:
     label = f"snap-{secrets.token_hex(4)}"  # labels pick the token: one of its own per test
     on_hsm_thread(_init_token, softhsm_token.module, label)
     hsm = Hsm(softhsm_token.module, token_label=label, softhsm2_conf=str(softhsm_token.conf))
-    info = hsm.login(PIN)
+    info = hsm.login(HALVES.pin())
     store = Store.open(tmp_path / "kmtui.db")
     clock = Clock()
     day = datetime.now(UTC).date()
@@ -408,11 +410,11 @@ async def snapshot(
     tmp_path: Path,
     drive: Drive,
     size: tuple[int, int] = WIDE,
-    pin: str | None = PIN,
+    login: PinHalves | None = HALVES,
     dates: bool = True,
 ) -> str:
     """Run the app on the fixed workstation, drive it to a screen, return the masked render."""
-    app = app_for(fixed.ws, tmp_path, pin)
+    app = app_for(fixed.ws, tmp_path, login)
     async with app.run_test(size=size) as pilot:
         app.animation_level = "none"  # the tabs' underline slides otherwise
         await drive(pilot, fixed)
@@ -490,7 +492,7 @@ async def test_login_screen_matches_its_golden_snapshot(fixed: Fixed, tmp_path: 
         app = pilot.app
         await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
 
-    compare("login-120x36", await snapshot(fixed, tmp_path, drive, pin=None), tmp_path)
+    compare("login-120x36", await snapshot(fixed, tmp_path, drive, login=None), tmp_path)
 
 
 async def test_help_screen_matches_its_golden_snapshot(fixed: Fixed, tmp_path: Path) -> None:
@@ -514,7 +516,7 @@ async def test_a_changed_state_colour_or_label_fails_the_comparison_with_a_diff(
     """The keys pane drawn three times: as it is, with suspended in plain bold (the word
     still there, its colour gone), and with a label one letter off; each must not compare equal."""
     rules = masks(fixed)
-    app = app_for(fixed.ws, tmp_path, PIN)
+    app = app_for(fixed.ws, tmp_path, HALVES)
     async with app.run_test(size=WIDE) as pilot:
         app.animation_level = "none"
         keys = await select(pilot, fixed, "payments-kek")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors, Checkpoint, verify_database
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
@@ -163,7 +164,8 @@ def test_a_restored_older_database_is_refused_at_login(
         (tmp_path / f"ws.db{suffix}").unlink(missing_ok=True)
     restored = Workstation.assemble(hsm, Store.open(tmp_path / "ws.db"), clock=clock)
     with pytest.raises(errors.AuditTampered) as info:
-        restored.login("unused: the process is already logged in")
+        # Any halves: this process is already logged in, so the token does not check them.
+        restored.login(PinHalves.of([("alice", "unused-1"), ("bob", "unused-2")]))
     assert info.value.exit_code == 3
     assert "cut off or an older copy was restored" in str(info.value)
     assert not hsm.logged_in  # nothing else runs
