@@ -68,9 +68,9 @@ class LoginScreen(Screen[None]):
                 for n, position in enumerate(POSITIONS, 1):
                     with Horizontal(classes="half-row"):
                         yield Label(f"{position} half", classes="half-label")
-                        yield Input(placeholder="holder", id=f"holder-{n}", max_length=32)
+                        yield Input(placeholder="holder's name", id=f"holder-{n}", max_length=32)
                         yield SecretInput(
-                            placeholder=f"{position} half",
+                            placeholder="half (hidden)",
                             id=f"half-{n}",
                             max_length=MAX_HALF_LENGTH,
                         )
