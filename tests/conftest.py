@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pkcs11
 import pyotp
 import pytest
 
@@ -71,6 +73,28 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     softhsm.init_token(module, conf, "kmtui-login", so_pin, pin)
     os.environ["SOFTHSM2_CONF"] = str(conf)
     return SoftHsm(module, conf, "kmtui-test", "kmtui-login", pairs, so_pairs, serial)
+
+
+def init_token_in_process(module: str, label: str, so_pin: str, user_pin: str) -> None:
+    """C_InitToken on a free slot through the already loaded module (on the PKCS#11 thread).
+
+    SoftHSM reads its token directory once, at C_Initialize: a token that a child process makes
+    later stays invisible to this process, so the token is made in-process instead.
+    """
+    lib = pkcs11.lib(module)
+    free = next(
+        slot.slot_id
+        for slot in lib.get_slots(token_present=True)
+        if not slot.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED
+    )
+    cdll = ctypes.CDLL(module)
+    cdll.C_InitToken.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    cdll.C_InitToken.restype = ctypes.c_ulong
+    so = so_pin.encode()
+    rv = cdll.C_InitToken(free, so, len(so), label.encode().ljust(32, b" "))
+    assert rv == 0, f"C_InitToken returned CKR 0x{rv:x}"
+    with lib.get_token(token_label=label).open(rw=True, so_pin=so_pin) as session:
+        session.init_pin(user_pin)
 
 
 @pytest.fixture(scope="session")

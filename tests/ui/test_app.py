@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Button, DataTable, Input, Static
 
-from kmtui.config import Config
+from kmtui.config import Config, TokenConfig
 from kmtui.core.control.pin import PinHalves
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
@@ -159,6 +159,29 @@ async def test_one_person_twice_or_a_short_half_is_refused_on_screen_before_the_
             assert app.screen.focused is app.screen.query_one("#half-1", Input)
             assert not token.logged_in
         assert ws.audit.events(limit=1) == before  # nothing reached the token or the trail
+    finally:
+        store.close()
+
+
+async def test_with_protected_path_configured_the_screen_asks_for_no_halves(
+    softhsm_token: SoftHsm, tmp_path: Path
+) -> None:
+    token = Hsm(softhsm_token.module, token_label=softhsm_token.login_label)
+    store = Store.open(tmp_path / "login.db")
+    ws = Workstation.assemble(token, store)
+    config = Config(token=TokenConfig(login="protected-path"))
+    app = KmtuiApp(ws, config, paths=under(tmp_path / "home"))
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for_screen(pilot, LoginScreen)
+            assert not app.screen.query(Input)  # no PIN and no half is typed into kmtui
+            assert app.screen.focused is app.screen.query_one("#protected", Button)
+            await pilot.press("enter")
+            shown = await error_shown(pilot, "protected authentication path")
+            assert "has no protected authentication path" in shown  # SoftHSM has none
+            assert not token.logged_in
+        failed = ws.audit.events(limit=1, action="token.login")[0]
+        assert (failed.outcome, failed.params["login"]) == ("failure", "protected-path")
     finally:
         store.close()
 

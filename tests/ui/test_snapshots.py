@@ -20,7 +20,6 @@ Regenerate after an intended change, then read the diff of the golden files befo
 
 from __future__ import annotations
 
-import ctypes
 import difflib
 import os
 import re
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import pkcs11
 import pytest
 from rich.color import Color
 from rich.style import Style
@@ -53,7 +51,7 @@ from kmtui.ui.screens.main import MainScreen
 from kmtui.ui.widgets import keys_pane
 from kmtui.ui.widgets.keys_pane import KeysPane
 from kmtui.ui.widgets.paged_table import PagedTable
-from tests.conftest import Clock, SoftHsm, Team
+from tests.conftest import Clock, SoftHsm, Team, init_token_in_process
 from tests.ui.helpers import app_for, main_ready, text_of, until
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -66,28 +64,6 @@ DIFF_LINES = 60
 PAGE = 100  # the panes' page size: the audit pane shows the first page until scrolled
 
 # -- a token of the test's own ------------------------------------------------------------------
-
-
-def _init_token(module: str, label: str) -> None:
-    """C_InitToken on the free slot through the already loaded module (on the PKCS#11 thread).
-
-    SoftHSM reads its token directory once, at C_Initialize: a token that a child process makes
-    later stays invisible to this process, so the token is made in-process instead.
-    """
-    lib = pkcs11.lib(module)
-    free = next(
-        slot.slot_id
-        for slot in lib.get_slots(token_present=True)
-        if not slot.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED
-    )
-    cdll = ctypes.CDLL(module)
-    cdll.C_InitToken.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    cdll.C_InitToken.restype = ctypes.c_ulong
-    so_pin = SO_PIN.encode()
-    rv = cdll.C_InitToken(free, so_pin, len(so_pin), label.encode().ljust(32, b" "))
-    assert rv == 0, f"C_InitToken returned CKR 0x{rv:x}"
-    with lib.get_token(token_label=label).open(rw=True, so_pin=SO_PIN) as session:
-        session.init_pin(HALVES.pin())
 
 
 # -- the fixed data set -------------------------------------------------------------------------
@@ -171,7 +147,7 @@ def build(ws: Workstation, team: Team) -> dict[str, Key]:
 def fixed(softhsm_token: SoftHsm, tmp_path: Path) -> Iterator[Fixed]:
     """The same workstation for every snapshot, on a fresh token (so reconciliation is clean)."""
     label = f"snap-{secrets.token_hex(4)}"  # labels pick the token: one of its own per test
-    on_hsm_thread(_init_token, softhsm_token.module, label)
+    on_hsm_thread(init_token_in_process, softhsm_token.module, label, SO_PIN, HALVES.pin())
     hsm = Hsm(softhsm_token.module, token_label=label, softhsm2_conf=str(softhsm_token.conf))
     info = hsm.login(HALVES.pin())
     store = Store.open(tmp_path / "kmtui.db")
