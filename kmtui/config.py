@@ -161,6 +161,10 @@ def write(path: Path, token: TokenConfig, ui: UiConfig | None = None) -> None:
         lines.append(f"serial = {q(token.serial)}")
     if token.softhsm2_conf:
         lines.append(f"softhsm2_conf = {q(token.softhsm2_conf)}")
+    if token.login != SPLIT:
+        lines.append(f"login = {q(token.login)}")
+    if token.pin_half_min_length != MIN_HALF_LENGTH:
+        lines.append(f"pin_half_min_length = {token.pin_half_min_length}")
     lines += [
         "",
         "[ui]",
