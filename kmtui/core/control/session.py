@@ -4,6 +4,7 @@ path (refusing a rolled-back trail), log-out, and setting the user PIN from two 
 from __future__ import annotations
 
 import threading
+from contextlib import suppress
 
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors
@@ -47,7 +48,8 @@ class Session:
                 "error": type(exc).__name__,
             }
             if isinstance(exc, errors.PinIncorrect):
-                params["token_flags"] = list(self._hsm.pin_flags())
+                with suppress(errors.HsmError):  # what the token's counter says, when it answers
+                    params["token_flags"] = list(self._hsm.pin_flags())
             self._audit.append("token.login", actor=actor, outcome=Outcome.FAILURE, params=params)
             raise
 

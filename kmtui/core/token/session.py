@@ -320,7 +320,9 @@ class Hsm:
         """The failed log-in as a kmtui error, with what the token's own PIN counter says."""
         mapped = translate(exc, self.name) or errors.HsmError(str(exc))
         if isinstance(mapped, errors.PinIncorrect):
-            flags = self._pin_flags()
+            flags: tuple[str, ...] = ()
+            with suppress(p11.PKCS11Error):  # the refusal stands even if the token says no more
+                flags = self._pin_flags()
             if TokenFlag.USER_PIN_FINAL_TRY.name in flags:
                 mapped.hint = "The token says one more failure will lock the PIN."
             elif TokenFlag.USER_PIN_COUNT_LOW.name in flags:
@@ -342,6 +344,8 @@ class Hsm:
                 "quorum log-in).",
                 'Set [token] login = "split" in config.toml: two custodians enter PIN halves.',
             )
+        # python-pkcs11 gives no handle of a session whose protected log-in failed (a PED that
+        # timed out): that one session stays open until the process ends.
         try:
             self._session = token.open(
                 rw=True, user_pin=pkcs11.PROTECTED_AUTH, attribute_mapper=_LenientMapper()
