@@ -21,7 +21,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class _Parser(argparse.ArgumentParser):
-    """No abbreviations (`--pin` must not mean `--pin-file`), and usage errors exit 2 quietly."""
+    """No abbreviations (`--pin` must not mean `--pin-halves-from`), and usage errors exit 2
+    quietly."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
@@ -40,11 +41,12 @@ def _parser() -> argparse.ArgumentParser:
             "--home", metavar="DIR", default=default, help="keep all state under DIR (KMTUI_HOME)"
         )
         parser.add_argument(
-            "--pin-file",
+            "--pin-halves-from",
             metavar="FILE",
-            type=Path,
+            action="append",
             default=default,
-            help="read the token PIN from FILE (first line)",
+            help="the two custodians' halves of the user PIN, as `NAME HALF` lines (first half "
+            "first; - = stdin; give it twice for one file per custodian)",
         )
         parser.add_argument(
             "--demo",
@@ -133,13 +135,13 @@ def cmd_tui(args: argparse.Namespace, *, demo_mode: bool) -> int:
     from kmtui.launch import open_workstation
     from kmtui.ui.app import KmtuiApp
 
+    login = None  # the log-in screen asks two custodians for their halves
+    if args.pin_halves_from or demo_mode:
+        login = common.credential(args, p, cfg, cfg.token.label or cfg.token.serial)
     # quick_check now; the full integrity_check runs in the background once the panes are up.
     ws = open_workstation(p, cfg, integrity="quick")
     try:
-        pin = demo.pin_of(p) if demo_mode else None
-        if args.pin_file:
-            pin = common.pin_from_file(args.pin_file)
-        app = KmtuiApp(ws, cfg, paths=p, pin=pin)
+        app = KmtuiApp(ws, cfg, paths=p, login=login)
         app.run()
         return app.return_code or EXIT_OK
     finally:

@@ -1,4 +1,5 @@
-"""Settings from config.toml: which PKCS#11 module and token, the theme, the idle lock."""
+"""Settings from config.toml: which PKCS#11 module and token, how to log in to it, the theme,
+the idle lock."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kmtui.core.control.pin import LOGIN_MODES, MIN_HALF_LENGTH, SPLIT, check_minimum
 from kmtui.core.errors import ConfigError
 
 DEFAULT_IDLE_LOCK_MINUTES = 15
@@ -20,6 +22,9 @@ EXAMPLE = """\
 module = "/usr/lib/softhsm/libsofthsm2.so"   # the vendor's PKCS#11 library
 label = "kmtui"                              # or: serial = "0123456789abcdef"
 # softhsm2_conf = "/etc/softhsm/softhsm2.conf"  # SoftHSM2 only
+login = "split"            # two custodians type PIN halves; "protected-path": the HSM's own
+                           # PIN pad / PED / quorum log-in (Luna PED, nShield OCS, CloudHSM)
+pin_half_min_length = 8    # never under 8
 
 [ui]
 theme = "kmtui-dark"
@@ -33,6 +38,8 @@ class TokenConfig:
     label: str = ""
     serial: str = ""
     softhsm2_conf: str = ""
+    login: str = SPLIT
+    pin_half_min_length: int = MIN_HALF_LENGTH
 
 
 @dataclass(frozen=True)
@@ -82,11 +89,23 @@ def load(path: Path, *, demo: bool = False) -> Config:
     tok = _table(data, "token", path)
     ui = _table(data, "ui", path)
     where = f"{path} [token]"
+    login = _str(tok, "login", where) or SPLIT
+    if login not in LOGIN_MODES:
+        raise ConfigError(
+            f"{where}: login must be one of {', '.join(map(repr, LOGIN_MODES))}.",
+            '"split": two custodians type PIN halves; "protected-path": the HSM\'s own log-in.',
+        )
+    try:
+        minimum = check_minimum(tok.get("pin_half_min_length", MIN_HALF_LENGTH))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
     token = TokenConfig(
         module=_str(tok, "module", where),
         label=_str(tok, "label", where),
         serial=_str(tok, "serial", where),
         softhsm2_conf=_str(tok, "softhsm2_conf", where),
+        login=login,
+        pin_half_min_length=minimum,
     )
     if "slot" in tok:
         raise ConfigError(
@@ -142,6 +161,10 @@ def write(path: Path, token: TokenConfig, ui: UiConfig | None = None) -> None:
         lines.append(f"serial = {q(token.serial)}")
     if token.softhsm2_conf:
         lines.append(f"softhsm2_conf = {q(token.softhsm2_conf)}")
+    if token.login != SPLIT:
+        lines.append(f"login = {q(token.login)}")
+    if token.pin_half_min_length != MIN_HALF_LENGTH:
+        lines.append(f"pin_half_min_length = {token.pin_half_min_length}")
     lines += [
         "",
         "[ui]",

@@ -1,7 +1,8 @@
 """The demo workstation: a SoftHSM2 token of its own, a database and a few keys, under the data dir.
 
-Demo only: the token PIN is kept in a file inside the demo home so `kmtui demo` can log straight
-in. A real workstation never stores its PIN.
+Demo only: both halves of the token's user PIN, and both halves of its SO PIN, are kept in files
+inside the demo home so `kmtui demo` can log straight in. On a real workstation two custodians each
+keep one half in their head or their envelope, and kmtui never stores either.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyotp
 
 from kmtui import config, paths
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.pin import PinHalves, parse_lines
 from kmtui.core.control.totp import current_code
 from kmtui.core.errors import HsmError, UsageError
 from kmtui.core.token import softhsm
@@ -27,7 +29,10 @@ from kmtui.core.token.session import default_softhsm_module
 DEMO_TOKEN = "kmtui-demo"
 DEMO_ACTOR = "demo-setup"
 _MARKER = "demo.json"
-_PIN_FILE = "demo-pin"
+HALVES_FILE = "demo-pin-halves"
+SO_HALVES_FILE = "demo-so-pin-halves"
+DEMO_HALF_HOLDERS = ("alice", "bob")
+DEMO_SO_HALF_HOLDERS = ("carol", "bob")
 _SEEDS_FILE = "demo-operators.json"
 DEMO_OPERATORS = (("alice", "custodian"), ("bob", "custodian"), ("carol", "officer"))
 _SEED_HISTORY = 3600  # set-up approvals use codes from the past hour, so none blocks a live one
@@ -50,14 +55,31 @@ def is_demo(p: paths.Paths) -> bool:
     return (p.data_dir / _MARKER).is_file()
 
 
-def pin_of(p: paths.Paths) -> str:
-    """The demo token's PIN (only ever for a demo home)."""
-    return (p.data_dir / _PIN_FILE).read_text(encoding="utf-8").strip()
+def halves_of(p: paths.Paths) -> PinHalves:
+    """Both halves of the demo token's user PIN (only ever for a demo home)."""
+    return _halves(p, HALVES_FILE)
 
 
-def so_pin_of(p: paths.Paths) -> str:
-    """The demo token's security-officer PIN (demo only: a real SO types it)."""
-    return (p.data_dir / "demo-so-pin").read_text(encoding="utf-8").strip()
+def so_halves_of(p: paths.Paths) -> PinHalves:
+    """Both halves of the demo token's SO PIN (demo only: real SO custodians type theirs)."""
+    return _halves(p, SO_HALVES_FILE)
+
+
+def _halves(p: paths.Paths, name: str) -> PinHalves:
+    try:
+        text = (p.data_dir / name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(
+            f"The demo workstation at {p.home} was made before PIN halves.",
+            "Run `kmtui demo --reset` to make it again.",
+        ) from None
+    return PinHalves.of(parse_lines(text))
+
+
+def _new_halves(holders: tuple[str, str]) -> tuple[PinHalves, str]:
+    """Two random halves for the demo, and their `NAME HALF` lines for its file."""
+    pairs = [(holder, secrets.token_hex(8)) for holder in holders]
+    return PinHalves.of(pairs), "\n".join(f"{holder} {half}" for holder, half in pairs)
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -102,15 +124,17 @@ def _ensure(p: paths.Paths, reset: bool) -> paths.Paths:
             "Run `make demo`, which installs it, or `apt-get install softhsm2`.",
         )
     conf = softhsm.write_conf(p.data_dir / "softhsm")
-    pin, so_pin = secrets.token_hex(8), secrets.token_hex(16)
-    serial = softhsm.init_token(module, conf, DEMO_TOKEN, so_pin, pin)
-    _write_secret(p.data_dir / _PIN_FILE, pin)
-    _write_secret(p.data_dir / "demo-so-pin", so_pin)
+    _, lines = _new_halves(DEMO_HALF_HOLDERS)
+    so_halves, so_lines = _new_halves(DEMO_SO_HALF_HOLDERS)
+    initial = secrets.token_hex(8)  # replaced by the halves at once, as `kmtui init` does
+    serial = softhsm.init_token(module, conf, DEMO_TOKEN, so_halves.pin(), initial)
+    _write_secret(p.data_dir / HALVES_FILE, lines)
+    _write_secret(p.data_dir / SO_HALVES_FILE, so_lines)
     config.write(
         p.config_file,
         config.TokenConfig(module=module, label=DEMO_TOKEN, softhsm2_conf=str(conf)),
     )
-    _seed(p)
+    _seed(p, initial)
     (p.data_dir / _MARKER).write_text(
         json.dumps({"token": DEMO_TOKEN, "serial": serial, "module": module}), encoding="utf-8"
     )
@@ -153,7 +177,7 @@ class _PastClock:
         return self.now
 
 
-def _seed(p: paths.Paths) -> None:
+def _seed(p: paths.Paths, initial_pin: str) -> None:
     from kmtui.core.registry.db import Store
     from kmtui.launch import hsm_for
     from kmtui.service import Workstation
@@ -169,7 +193,8 @@ def _seed(p: paths.Paths) -> None:
         return [ApprovalInput(n, current_code(seeds[n]["seed"], at)) for n in names]
 
     try:
-        ws.login(pin_of(p), actor=DEMO_ACTOR)
+        ws.set_user_pin(initial_pin, halves_of(p), actor=DEMO_ACTOR)
+        ws.login(halves_of(p), actor=DEMO_ACTOR)
         for name, role in DEMO_OPERATORS:
             prepared = ws.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
             given = [] if not prepared.quorum else approvals("alice", "bob")

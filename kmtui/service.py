@@ -20,6 +20,7 @@ from kmtui.core.control.codes import Codes
 from kmtui.core.control.gate import Executed, Gate, Prepared
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.operators import Operators
+from kmtui.core.control.pin import Credential, PinHalves
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.control.policy import Rules
 from kmtui.core.control.session import Session
@@ -102,8 +103,15 @@ class Workstation:
 
     # -- the token session ----------------------------------------------------------------
 
-    def login(self, pin: str, actor: str = "console") -> TokenInfo:
-        return self.session.login(pin, actor)
+    def login(self, credential: Credential, actor: str = "console") -> TokenInfo:
+        """Two custodians' PIN halves (or the token's protected path) open the token session."""
+        return self.session.login(credential, actor)
+
+    def set_user_pin(self, initial_pin: str, halves: PinHalves, actor: str = "init") -> None:
+        self.session.set_user_pin(initial_pin, halves, actor)
+
+    def user_pin_set(self) -> bool:
+        return self.session.user_pin_set()
 
     def logout(self, actor: str = "console", reason: str = "") -> None:
         self.session.logout(actor, reason)
@@ -116,7 +124,7 @@ class Workstation:
         approvals: Sequence[ApprovalInput] = (),
         *,
         actor: str = "console",
-        officer_pin: str = "",
+        so_login: Credential | None = None,
     ) -> Executed:
         """Execute a prepared key, policy or acknowledgement operation through the gate."""
         kind = prepared.operation.kind
@@ -124,7 +132,7 @@ class Workstation:
             return self.policies.run_change(prepared, approvals, actor=actor)
         if kind == OpKind.RECONCILE_RESOLVE:
             return self.reconciler.run_acknowledge(prepared, approvals, actor=actor)
-        return self.keys.run(prepared, approvals, actor=actor, officer_pin=officer_pin)
+        return self.keys.run(prepared, approvals, actor=actor, so_login=so_login)
 
     # -- keys -------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import time
@@ -10,17 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pkcs11
 import pyotp
 import pytest
 from pkcs11 import Attribute, ObjectClass
 
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
 from kmtui.core.token.session import Hsm, default_softhsm_module
 from kmtui.core.token.signer import PIN_LABEL
 from kmtui.service import Workstation
+
+Pairs = tuple[tuple[str, str], tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,32 @@ class SoftHsm:
     conf: Path
     label: str
     login_label: str
-    pin: str
-    so_pin: str
+    pairs: Pairs
+    """(holder, half) of the user PIN: alice holds the first half, bob the second."""
+    so_pairs: Pairs
+    """(holder, half) of the SO PIN: carol holds the first half, bob the second."""
     serial: str
+
+    @property
+    def halves(self) -> PinHalves:
+        return PinHalves.of(self.pairs)
+
+    @property
+    def so_halves(self) -> PinHalves:
+        return PinHalves.of(self.so_pairs)
+
+    @property
+    def pin(self) -> str:
+        """The whole user PIN, for tests of the token room, which sits below the halves."""
+        return self.halves.pin()
+
+    @property
+    def so_pin(self) -> str:
+        return self.so_halves.pin()
+
+
+def new_pairs(first: str, second: str) -> Pairs:
+    return ((first, secrets.token_hex(6)), (second, secrets.token_hex(6)))
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +70,34 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
         pytest.fail(f"SoftHSM2 module not found at {module}: run `make test`, which installs it.")
     directory = tmp_path_factory.mktemp("softhsm")
     conf = softhsm.write_conf(directory)
-    pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
+    pairs, so_pairs = new_pairs("alice", "bob"), new_pairs("carol", "bob")
+    pin, so_pin = PinHalves.of(pairs).pin(), PinHalves.of(so_pairs).pin()
     serial = softhsm.init_token(module, conf, "kmtui-test", so_pin, pin)
     softhsm.init_token(module, conf, "kmtui-login", so_pin, pin)
     os.environ["SOFTHSM2_CONF"] = str(conf)
-    return SoftHsm(module, conf, "kmtui-test", "kmtui-login", pin, so_pin, serial)
+    return SoftHsm(module, conf, "kmtui-test", "kmtui-login", pairs, so_pairs, serial)
+
+
+def init_token_in_process(module: str, label: str, so_pin: str, user_pin: str) -> None:
+    """C_InitToken on a free slot through the already loaded module (on the PKCS#11 thread).
+
+    SoftHSM reads its token directory once, at C_Initialize: a token that a child process makes
+    later stays invisible to this process, so the token is made in-process instead.
+    """
+    lib = pkcs11.lib(module)
+    free = next(
+        slot.slot_id
+        for slot in lib.get_slots(token_present=True)
+        if not slot.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED
+    )
+    cdll = ctypes.CDLL(module)
+    cdll.C_InitToken.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    cdll.C_InitToken.restype = ctypes.c_ulong
+    so = so_pin.encode()
+    rv = cdll.C_InitToken(free, so, len(so), label.encode().ljust(32, b" "))
+    assert rv == 0, f"C_InitToken returned CKR 0x{rv:x}"
+    with lib.get_token(token_label=label).open(rw=True, so_pin=so_pin) as session:
+        session.init_pin(user_pin)
 
 
 @pytest.fixture(scope="session")

@@ -245,7 +245,7 @@ def _verify(args: argparse.Namespace) -> int:
         path = p.database
         if not path.exists():
             raise errors.UsageError(f"No database at {path}.", "Check --home / KMTUI_HOME.")
-        if args.no_token or not (args.pin_file or demo.is_demo(p)):
+        if args.no_token or not (args.pin_halves_from or demo.is_demo(p)):
             report = anchors.verify_database(
                 path, pubkey_pem=pem, progress=progress, copy=False, integrity=True
             )

@@ -1,4 +1,5 @@
-"""What every headless command shares: opening the workstation, the PIN, approvals, output."""
+"""What every headless command shares: opening the workstation, the PIN halves, approvals,
+output."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -14,6 +15,14 @@ from typing import Any, TextIO
 from kmtui import config, demo, paths
 from kmtui.core import errors
 from kmtui.core.control.operations import ApprovalInput
+from kmtui.core.control.pin import (
+    POSITIONS,
+    PROTECTED_PATH,
+    Credential,
+    PinHalves,
+    ProtectedPath,
+    parse_lines,
+)
 from kmtui.core.safetext import clean
 from kmtui.service import Prepared, Workstation
 
@@ -30,16 +39,6 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def pin_from_file(pin_file: Path) -> str:
-    """The PIN from --pin-file (first line); never argv, never the environment."""
-    try:
-        return pin_file.read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, IndexError, UnicodeDecodeError):
-        raise errors.UsageError(
-            f"Cannot read a PIN from {pin_file}.", "Put the PIN on its first line."
-        ) from None
 
 
 def home(args: argparse.Namespace) -> paths.Paths:
@@ -66,10 +65,11 @@ def workstation(
     from kmtui.launch import open_workstation
 
     p, cfg = context(args)
+    stdin_once(args)
     ws = open_workstation(p, cfg, integrity=integrity)
     try:
         if login:
-            ws.login(_pin(args, p, ws.hsm.name), actor="cli")
+            ws.login(credential(args, p, cfg, ws.hsm.name), actor="cli")
         yield ws
     finally:
         if login and ws.hsm.logged_in:
@@ -77,14 +77,86 @@ def workstation(
         ws.close()
 
 
-def _pin(args: argparse.Namespace, p: paths.Paths, token: str) -> str:
-    if args.pin_file:
-        return pin_from_file(args.pin_file)
-    if demo.is_demo(p):
-        return demo.pin_of(p)
+def stdin_once(args: argparse.Namespace) -> None:
+    """At most one of --approvals-from, --pin-halves-from and --so-pin-halves-from reads stdin."""
+    sources = [
+        getattr(args, "approvals_from", None),
+        *(getattr(args, "pin_halves_from", None) or ()),
+        *(getattr(args, "so_pin_halves_from", None) or ()),
+    ]
+    if sources.count("-") > 1:
+        raise errors.UsageError(
+            "Only one of --approvals-from, --pin-halves-from and --so-pin-halves-from can read "
+            "stdin (-).",
+            "Give the others as files.",
+        )
+
+
+def credential(
+    args: argparse.Namespace, p: paths.Paths, cfg: config.Config, token: str
+) -> Credential:
+    """The user log-in: two custodians' halves (--pin-halves-from, the demo home, or each typed
+    at the terminal), or the token's protected path when config.toml says so."""
+    return _credential(
+        getattr(args, "pin_halves_from", None),
+        "--pin-halves-from",
+        cfg,
+        f"the user PIN of token {clean(token)}",
+        lambda: demo.halves_of(p) if demo.is_demo(p) else None,
+    )
+
+
+def so_credential(args: argparse.Namespace, p: paths.Paths, cfg: config.Config) -> Credential:
+    """The security officer's log-in, the same way: two SO halves, or the protected path."""
+    return _credential(
+        getattr(args, "so_pin_halves_from", None),
+        "--so-pin-halves-from",
+        cfg,
+        "the security officer's SO PIN",
+        lambda: demo.so_halves_of(p) if demo.is_demo(p) else None,
+    )
+
+
+def _credential(
+    sources: list[str] | None,
+    option: str,
+    cfg: config.Config,
+    what: str,
+    kept_by_demo: Callable[[], PinHalves | None],
+) -> Credential:
+    if cfg.token.login == PROTECTED_PATH:
+        if sources:
+            raise errors.UsageError(
+                f"{option} is not used here: this workstation logs in through the token's own "
+                'authentication ([token] login = "protected-path").',
+                "Follow the token's PIN pad, PED or quorum prompts instead.",
+            )
+        print(f"For {what}: authenticate at the token (PIN pad, PED or quorum).", file=sys.stderr)
+        return ProtectedPath()
+    minimum = cfg.token.pin_half_min_length
+    if sources:
+        texts = [_read_source(source, "PIN halves") for source in sources]
+        return PinHalves.of([p for text in texts for p in parse_lines(text)], minimum=minimum)
+    kept = kept_by_demo()
+    if kept is not None:
+        return kept
     if not sys.stdin.isatty():
-        raise errors.UsageError("No PIN: stdin is not a terminal.", "Use --pin-file FILE.")
-    return getpass.getpass(f"User PIN for token {clean(token)}: ")
+        raise errors.UsageError(
+            f"No PIN halves for {what}: stdin is not a terminal.",
+            f"Use {option} FILE (lines: NAME HALF, first half first; give it twice for one "
+            "file per custodian), or - for stdin.",
+        )
+    return prompt_halves(what, minimum)
+
+
+def prompt_halves(what: str, minimum: int) -> PinHalves:
+    """Each custodian types their name and, hidden, their half; the first half's holder first."""
+    print(f"Log-in with {what}: two custodians, each types their own half.", file=sys.stderr)
+    pairs = []
+    for position in POSITIONS:
+        name = input(f"{position.capitalize()} half, holder's name: ").strip()
+        pairs.append((name, getpass.getpass(f"{name}: your {position} half (hidden): ")))
+    return PinHalves.of(pairs, minimum=minimum)
 
 
 def show_operation(prepared: Prepared, out: TextIO = sys.stderr) -> None:
@@ -127,13 +199,13 @@ def approvals(args: argparse.Namespace, prepared: Prepared) -> list[ApprovalInpu
     return given
 
 
-def _read_source(source: str) -> str:
+def _read_source(source: str, what: str = "approvals") -> str:
     if source == "-":
         return sys.stdin.read(64 * 1024)
     try:
         return Path(source).read_text(encoding="utf-8")[: 64 * 1024]
     except (OSError, UnicodeDecodeError):
-        raise errors.UsageError(f"Cannot read approvals from {clean(source)}.") from None
+        raise errors.UsageError(f"Cannot read {what} from {clean(source)}.") from None
 
 
 def parse_approvals(text: str) -> list[ApprovalInput]:

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kmtui import demo
 from kmtui.commands import common
 from kmtui.core import errors
+from kmtui.core.control.pin import Credential
 from kmtui.core.keys import components, keyfiles
 from kmtui.core.models import Key
 from kmtui.core.safetext import clean
@@ -71,7 +71,7 @@ def add_parsers(ksub: Any, parents: list[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="imported by the security officer: may wrap exportable keys",
     )
-    p.add_argument("--so-pin-file", type=Path, metavar="FILE", help="the SO PIN (else prompted)")
+    so_pin_halves_option(p)
     p.add_argument("--policy", default="default")
     for name, what in (
         ("components-create", "generate a key as XOR components"),
@@ -100,15 +100,20 @@ def add_parsers(ksub: Any, parents: list[argparse.ArgumentParser]) -> None:
             p.add_argument("--kcv", default="", help="the whole key's KCV, if known")
 
 
-def so_pin(args: argparse.Namespace, p: Any) -> str:
-    """The security officer's PIN: --so-pin-file, the demo home, or a prompt (never argv)."""
-    if getattr(args, "so_pin_file", None):
-        return common.pin_from_file(args.so_pin_file)
-    if demo.is_demo(p):
-        return demo.so_pin_of(p)
-    if not sys.stdin.isatty():
-        raise errors.UsageError("No SO PIN: stdin is not a terminal.", "Use --so-pin-file FILE.")
-    return getpass.getpass("Security officer: SO PIN: ")
+def so_pin_halves_option(parser: argparse.ArgumentParser) -> None:
+    """`--so-pin-halves-from`, for the commands the security officer does."""
+    parser.add_argument(
+        "--so-pin-halves-from",
+        metavar="FILE",
+        action="append",
+        help="the two SO custodians' halves of the SO PIN, as `NAME HALF` lines (else prompted)",
+    )
+
+
+def so_login(args: argparse.Namespace) -> Credential:
+    """The security officer's log-in: two SO halves or the token's protected path."""
+    p, cfg = common.context(args)
+    return common.so_credential(args, p, cfg)
 
 
 def cmd(args: argparse.Namespace) -> int:
@@ -147,12 +152,11 @@ def cmd(args: argparse.Namespace) -> int:
             prepared = ws.distribution.prepare_import_public(
                 recipient, label=args.label, trusted=args.trusted, policy_name=args.policy
             )
-            officer_pin = so_pin(args, common.home(args)) if args.trusted else ""
             key = ws.distribution.run_import_public(
                 prepared,
                 recipient,
                 common.approvals(args, prepared),
-                officer_pin=officer_pin,
+                so_login=so_login(args) if args.trusted else None,
                 actor="cli",
             )
             _report(args, {**ws.describe(key), "fingerprint": recipient.fingerprint})

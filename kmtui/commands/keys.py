@@ -54,7 +54,7 @@ def add_parsers(
         action="store_true",
         help="a KEK the security officer creates (may wrap exportable keys)",
     )
-    p.add_argument("--so-pin-file", type=Path, metavar="FILE", help="the SO PIN (else prompted)")
+    distribution.so_pin_halves_option(p)
     distribution.add_parsers(ksub, [common_args, as_json, approvals])
     for name, kind in TRANSITIONS.items():
         p = ksub.add_parser(
@@ -127,7 +127,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     ):
         return distribution.cmd(args)
     with common.workstation(args, login=True) as ws:
-        officer_pin = ""
+        so_login = None
         if args.action == "create":
             prepared = ws.prepare_create(
                 label=args.label,
@@ -138,7 +138,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 trusted=args.trusted,
             )
             if args.trusted:
-                officer_pin = distribution.so_pin(args, common.home(args))
+                so_login = distribution.so_login(args)
         else:
             kind = TRANSITIONS[args.action]
             params: dict[str, Any] = {"note": args.note}
@@ -147,9 +147,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             prepared = ws.prepare(kind, args.key, **params)
             if kind == OpKind.KEY_DESTROY:
                 _confirm_destroy(ws, args, prepared.key.label if prepared.key else "")
-        result = ws.run(
-            prepared, common.approvals(args, prepared), actor="cli", officer_pin=officer_pin
-        )
+        result = ws.run(prepared, common.approvals(args, prepared), actor="cli", so_login=so_login)
         key = ws.get_key(prepared.operation.key_id)
         data = {**ws.describe(key), "result": result.as_dict()}
         if args.json:

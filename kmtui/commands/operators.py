@@ -13,6 +13,7 @@ from kmtui import demo
 from kmtui.commands import common
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
+from kmtui.core.control.pin import POSITIONS, PROTECTED_PATH, Half, PinHalves, check_half
 from kmtui.core.control.totp import Enrollment
 from kmtui.core.models import Role
 from kmtui.core.safetext import clean
@@ -51,8 +52,15 @@ def add_parsers(
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--code-from", metavar="FILE", help="read the code from FILE (- = stdin)")
-    sub.add_parser(
-        "init", parents=[common_args], help="the bootstrap ceremony: enrol the first two operators"
+    p = sub.add_parser(
+        "init",
+        parents=[common_args],
+        help="the bootstrap ceremony: the user PIN from two halves, the first two operators",
+    )
+    p.add_argument(
+        "--pin-already-set",
+        action="store_true",
+        help="the user PIN already is the two halves (set with the token's own tool): log in",
     )
 
 
@@ -147,26 +155,73 @@ def _code(args: argparse.Namespace) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """The bootstrap ceremony: the first two operators enrol without approvals, then never again."""
+    """The bootstrap ceremony: the user PIN from two custodians' halves, then the first two
+    operators enrol without approvals, then never again."""
     if not sys.stdin.isatty():
         raise errors.UsageError("`kmtui init` is a ceremony at the console: run it in a terminal.")
-    with common.workstation(args, login=True) as ws:
+    p, cfg = common.context(args)
+    with common.workstation(args) as ws:
         if not ws.bootstrap_open():
             raise errors.UsageError(
                 "This workstation already has its first two operators.",
                 "Enrol more with `kmtui operators enroll NAME --role ROLE` (two approve).",
             )
-        while ws.bootstrap_open():
-            name = input("Operator name: ").strip()
-            role = input("Role (custodian/officer/auditor) [custodian]: ").strip() or "custodian"
-            prepared = ws.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
-            _, enrollment = ws.run_operator(prepared, [], actor="init")
-            if enrollment is None:
-                raise errors.UsageError("The enrolment did not start.")
-            _show_enrollment(enrollment, as_json=False)
-            _confirm_now(ws, name)
-        print("Both first operators are active. Every sensitive operation now needs two of them.")
+        if cfg.token.login == PROTECTED_PATH or args.pin_already_set or ws.user_pin_set():
+            login = common.credential(args, p, cfg, ws.hsm.name)
+        else:
+            login = _set_pin(ws, cfg.token.pin_half_min_length)
+        ws.login(login, actor="init")
+        try:
+            _enrol_first_two(ws)
+        finally:
+            if ws.hsm.logged_in:
+                ws.logout(actor="init", reason="init finished")
     return EXIT_OK
+
+
+def _set_pin(ws: Workstation, minimum: int) -> PinHalves:
+    """Two custodians each choose a half, typed hidden and confirmed; C_SetPIN replaces the PIN
+    the token was initialised with. A refusal here changes nothing."""
+    print(
+        f"The user PIN of token {clean(ws.hsm.name)} is set now from two halves. Each custodian "
+        f"chooses a half of at least {minimum} characters (letters, digits, punctuation; no "
+        "spaces), types it twice unseen, and keeps it: nobody else may learn it, and the two "
+        "halves must differ.",
+        file=sys.stderr,
+    )
+    initial = getpass.getpass("The token's initial user PIN (from its initialisation): ")
+    pairs = []
+    for position in POSITIONS:
+        name = input(f"{position.capitalize()} half, holder's name: ").strip()
+        half = getpass.getpass(f"{name}: choose your {position} half (hidden): ")
+        check_half(Half(name, half), position, minimum)
+        if getpass.getpass(f"{name}: type your {position} half again: ") != half:
+            raise errors.UsageError(
+                f"{name}'s two entries of the {position} half differ.",
+                "Nothing was changed. Run `kmtui init` again.",
+            )
+        pairs.append((name, half))
+    halves = PinHalves.of(pairs, minimum=minimum).for_new_pin()
+    ws.set_user_pin(initial, halves, actor="init")
+    print(
+        f"The user PIN is set. {halves.holders[0]} holds the first half, {halves.holders[1]} "
+        "the second: every log-in needs both.",
+        file=sys.stderr,
+    )
+    return halves
+
+
+def _enrol_first_two(ws: Workstation) -> None:
+    while ws.bootstrap_open():
+        name = input("Operator name: ").strip()
+        role = input("Role (custodian/officer/auditor) [custodian]: ").strip() or "custodian"
+        prepared = ws.prepare_operator(OpKind.OPERATOR_ENROLL, name, role)
+        _, enrollment = ws.run_operator(prepared, [], actor="init")
+        if enrollment is None:
+            raise errors.UsageError("The enrolment did not start.")
+        _show_enrollment(enrollment, as_json=False)
+        _confirm_now(ws, name)
+    print("Both first operators are active. Every sensitive operation now needs two of them.")
 
 
 def cmd_demo_codes(args: argparse.Namespace) -> int:

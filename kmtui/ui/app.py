@@ -14,6 +14,7 @@ from textual.command import Provider
 
 from kmtui import __version__, crashlog
 from kmtui.config import Config, remember_theme, remembered_theme
+from kmtui.core.control.pin import Credential
 from kmtui.core.errors import KmtuiError
 from kmtui.core.models import TokenInfo
 from kmtui.paths import Paths
@@ -44,13 +45,18 @@ class KmtuiApp(App[int]):
     ]
 
     def __init__(
-        self, workstation: Workstation, config: Config, *, paths: Paths, pin: str | None = None
+        self,
+        workstation: Workstation,
+        config: Config,
+        *,
+        paths: Paths,
+        login: Credential | None = None,
     ) -> None:
         super().__init__()
         self.workstation = workstation
         self.config = config
         self.paths = paths
-        self._pin = pin
+        self._login = login  # given: the demo's halves or --pin-halves-from; else the screen asks
         self.sub_title = f"v{__version__}" + (" · DEMO" if workstation.demo else "")
         self.token_label = ""
         self.token_info: TokenInfo | None = None  # as read at log-in, for the Token pane
@@ -109,15 +115,15 @@ class KmtuiApp(App[int]):
                 timeout=15,
             )
         self.set_interval(1, self.lock_if_idle)
-        if self._pin is not None:
-            pin, self._pin = self._pin, None
-            self.log_in(pin)
+        if self._login is not None:
+            login, self._login = self._login, None
+            self.log_in(login)
         else:
-            self.push_screen(LoginScreen(self.workstation))
+            self.push_screen(LoginScreen(self.workstation, self.config.token))
 
     @work(thread=True, exit_on_error=False, group="login")
-    def log_in(self, pin: str) -> None:
-        log_in(self, self.workstation, pin)
+    def log_in(self, credential: Credential) -> None:
+        log_in(self, self.workstation, credential)
 
     def on_logged_in(self, message: LoggedIn) -> None:
         self.token_label = message.info.label
@@ -133,7 +139,7 @@ class KmtuiApp(App[int]):
             self.push_screen(MainScreen(self.workstation))
 
     def on_login_failed(self, message: LoginFailed) -> None:
-        self.push_screen(LoginScreen(self.workstation))
+        self.push_screen(LoginScreen(self.workstation, self.config.token))
         self.notify(message.error, severity="error", markup=False)
 
     async def on_event(self, event: events.Event) -> None:
@@ -165,14 +171,14 @@ class KmtuiApp(App[int]):
             self.action_lock()
 
     def action_lock(self) -> None:
-        """Hide everything behind the PIN prompt and log out of the token."""
+        """Hide everything behind the log-in screen (two PIN halves) and log out of the token."""
         if self.locked or self.main_screen() is None:
             return
         self.locked = True
         hint = ""
         if self.workstation.demo:
-            hint = f"Demo: the PIN is in {self.paths.data_dir / 'demo-pin'}"
-        self.push_screen(LoginScreen(self.workstation, locked=True, hint=hint))
+            hint = f"Demo: both halves are in {self.paths.data_dir / 'demo-pin-halves'}"
+        self.push_screen(LoginScreen(self.workstation, self.config.token, locked=True, hint=hint))
         self.log_out()
 
     @work(thread=True, exit_on_error=False, group="login")

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from textual.message_pump import MessagePump
 
+from kmtui.core.control.pin import Credential
 from kmtui.core.errors import KmtuiError
 from kmtui.service import Workstation
 from kmtui.ui.messages import LoggedIn, LoginFailed, WorkFailed
@@ -33,10 +34,10 @@ def attempt(target: MessagePump, what: str, fn: Callable[[], T]) -> T | None:
     return None
 
 
-def log_in(target: MessagePump, workstation: Workstation, pin: str) -> None:
+def log_in(target: MessagePump, workstation: Workstation, credential: Credential) -> None:
     """The token log-in for a log-in worker: LoggedIn or LoginFailed, never an exception."""
     try:
-        info = workstation.login(pin)
+        info = workstation.login(credential)
     except KmtuiError as exc:
         target.post_message(LoginFailed(str(exc)))
     except Exception as exc:

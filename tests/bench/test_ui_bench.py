@@ -72,6 +72,7 @@ async def bare_start() -> float:
 
 async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]:
     from kmtui.config import Config
+    from kmtui.core.control.pin import Credential, PinHalves
     from kmtui.core.registry.db import Store
     from kmtui.core.token.session import Hsm
     from kmtui.paths import under
@@ -92,10 +93,10 @@ async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]
     figures: dict[str, Any] = {"bare_start_s": statistics.median(bare), "store_open_s": store_open}
     login = ws.login
 
-    def timed_login(pin: str, actor: str = "console") -> Any:
+    def timed_login(credential: Credential, actor: str = "console") -> Any:
         started = time.perf_counter()
         try:
-            return login(pin, actor)
+            return login(credential, actor)
         finally:
             figures["token_login_s"] = time.perf_counter() - started
 
@@ -109,7 +110,8 @@ async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]
     store.check = timed_check  # type: ignore[method-assign]
     policies = len(store.policies.all())
     began = time.perf_counter()
-    app = KmtuiApp(ws, Config(), paths=under(home), pin=token["pin"])
+    halves = PinHalves.of([tuple(pair) for pair in token["halves"]])
+    app = KmtuiApp(ws, Config(), paths=under(home), login=halves)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(lambda: isinstance(app.screen, MainScreen) and app.screen.query("#keys"))
         figures["first_frame_s"] = time.perf_counter() - began
@@ -220,7 +222,7 @@ def test_ui_at_scale_against_a_bare_textual_app(softhsm_token: SoftHsm, tmp_path
         "module": softhsm_token.module,
         "conf": str(softhsm_token.conf),
         "label": softhsm_token.label,
-        "pin": softhsm_token.pin,
+        "halves": softhsm_token.pairs,
     }
     child = subprocess.run(
         [sys.executable, "-m", "tests.bench.test_ui_bench", str(db), str(tmp_path / "home")],

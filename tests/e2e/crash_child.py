@@ -19,6 +19,7 @@ from typing import Any
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control.gate import Gate
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
@@ -53,7 +54,7 @@ class Child:
         self.clock = Clock(float(request["clock"]))
         self.ws = Workstation.assemble(hsm, self.store, clock=self.clock)
         # Login is per process, and this is how kmtui starts: the audit head is checked first.
-        self.ws.login(request["pin"], actor="crash-test")
+        self.ws.login(PinHalves.of(request["halves"]), actor="crash-test")
 
     def codes(self) -> list[ApprovalInput]:
         self.clock.now += 30

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -19,6 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pyotp
+
+from kmtui.core.control.pin import PinHalves, parse_lines
+from kmtui.demo import HALVES_FILE
 
 STEP = 30
 MARGIN = 8.0  # a previous-step code is handed out only while it stays valid this much longer
@@ -65,6 +69,16 @@ def make_demo(base: Path) -> Path:
         },
     )
     return Path(out.stdout.strip())
+
+
+def demo_pairs(demo_home: Path) -> list[tuple[str, str]]:
+    """(holder, half) of the demo token's user PIN, from the demo's own file (demo only)."""
+    return parse_lines((demo_home / "data" / HALVES_FILE).read_text(encoding="utf-8"))
+
+
+def demo_pin(demo_home: Path) -> str:
+    """The demo token's whole user PIN, for test processes that drive the token directly."""
+    return PinHalves.of(demo_pairs(demo_home)).pin()
 
 
 def base_of(demo_home: Path) -> Path:
@@ -175,8 +189,12 @@ def _token_child(demo_home: Path, script: str, request: dict[str, object]) -> st
 
     config = (demo_home / "config" / "config.toml").read_text(encoding="utf-8")
     token = tomllib.loads(config)["token"]
-    pin = (demo_home / "data" / "demo-pin").read_text(encoding="utf-8").strip()
-    request = {"module": token["module"], "label": token["label"], "pin": pin, **request}
+    request = {
+        "module": token["module"],
+        "label": token["label"],
+        "pin": demo_pin(demo_home),
+        **request,
+    }
     env = {**os.environ, "SOFTHSM2_CONF": token["softhsm2_conf"]}
     proc = subprocess.run(
         [sys.executable, "-c", script],
@@ -228,3 +246,61 @@ def plant_data_objects(demo_home: Path, labels: list[str]) -> None:
 def cka_id_of(key_id: str, version: int) -> bytes:
     """kmtui's CKA_ID scheme (README: `kmtui:<key id>:<version>`), spelled out independently."""
     return f"kmtui:{key_id}:{version}".encode("ascii")
+
+
+class Terminal:
+    """A command on a real terminal (a tmux pane): wait for its prompts, type at them."""
+
+    def __init__(self, name: str, command: list[str], env: Mapping[str, str]) -> None:
+        self.session = f"kmtui-{name}-{os.getpid()}-{time.monotonic_ns()}"
+        line = " ".join(shlex.quote(word) for word in command)
+        size = ("-x", "160", "-y", "50")
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                self.session,
+                *size,
+                f"{line}; echo EXIT=$?; sleep 60",
+            ],
+            check=True,
+            env=dict(env),
+        )
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", *args], capture_output=True, text=True, check=False)
+        return done.stdout
+
+    def screen(self) -> str:
+        """Everything the terminal showed, scrollback included."""
+        return self._tmux("capture-pane", "-p", "-J", "-t", self.session, "-S", "-")
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in (shown := self.screen()):
+            assert time.monotonic() < deadline, f"waited for {text!r}; the screen:\n{shown}"
+            time.sleep(0.1)
+        return shown
+
+    def type(self, text: str) -> None:
+        """Type `text` and Enter, as a person at the keyboard would."""
+        self._tmux("send-keys", "-t", self.session, "-l", text)
+        self._tmux("send-keys", "-t", self.session, "Enter")
+
+    def interrupt(self) -> None:
+        self._tmux("send-keys", "-t", self.session, "C-c")
+
+    def exit_code(self, timeout: float = 60) -> int:
+        shown = self.wait_for("EXIT=", timeout)
+        return int(shown.split("EXIT=")[-1].split()[0])
+
+    def close(self) -> None:
+        self._tmux("kill-session", "-t", self.session)
+
+
+def terminal_env() -> dict[str, str]:
+    """The environment of a kmtui started at the console: no SSH, no inherited home or token."""
+    drop = ("KMTUI_HOME", "SOFTHSM2_CONF", "SSH_CONNECTION", "SSH_TTY", "SSH_CLIENT")
+    return {k: v for k, v in os.environ.items() if k not in drop}

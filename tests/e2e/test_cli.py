@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kmtui import __version__
 from kmtui.demo import DEMO_KEYS
-from tests.e2e.helpers import kmtui, make_demo
+from tests.e2e.helpers import demo_pairs, demo_pin, kmtui, make_demo
 
 
 def test_version() -> None:
@@ -141,11 +141,14 @@ def test_a_corrupt_database_is_refused_without_a_traceback(demo_home: Path, tmp_
 
 
 def test_no_pin_on_the_command_line_and_none_in_the_database(demo_home: Path) -> None:
-    pin = (demo_home / "data" / "demo-pin").read_text().strip()
-    proc = kmtui(demo_home, "--pin", pin, "keys", "list")
-    assert proc.returncode == 2  # there is no such option
+    pin = demo_pin(demo_home)
+    for option in ("--pin", "--pin-file", "--pin-half"):
+        proc = kmtui(demo_home, option, pin, "keys", "list")
+        assert proc.returncode == 2, option  # there is no such option
     for path in (demo_home / "data").glob("kmtui.db*"):
-        assert pin.encode() not in path.read_bytes()
+        data = path.read_bytes()
+        assert pin.encode() not in data
+        assert all(half.encode() not in data for _, half in demo_pairs(demo_home))
 
 
 def test_demo_flag_points_headless_commands_at_the_demo_workstation(demo_home: Path) -> None:

@@ -2,8 +2,8 @@
 
 Export and import under a trusted AES KEK, a key as XOR components (created, then entered again
 from the custodians' forms), and a recipient's RSA public key: imported as trusted by the security
-officer (the demo keeps the SO PIN in its home, so no --so-pin-file), then an exportable key
-wrapped to it with RSA-OAEP and opened here with the recipient's private key.
+officer (the demo keeps both SO PIN halves in its home, so no --so-pin-halves-from), then an
+exportable key wrapped to it with RSA-OAEP and opened here with the recipient's private key.
 """
 
 from __future__ import annotations

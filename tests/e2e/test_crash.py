@@ -98,7 +98,7 @@ def child(token: SoftHsm, team: Team, **request: Any) -> subprocess.CompletedPro
         "module": token.module,
         "conf": str(token.conf),
         "token": token.label,
-        "pin": token.pin,
+        "halves": token.pairs,
         "db": str(team.ws.store.path),
         "clock": team.clock(),
         "seeds": {n: team.seeds[n] for n in ("alice", "bob")},

@@ -1,12 +1,15 @@
-"""After real work on a demo workstation, no PIN and no TOTP seed is left anywhere kmtui writes.
+"""After real work on a demo workstation, no PIN, no PIN half and no TOTP seed is left anywhere
+kmtui writes.
 
 A demo workstation is driven through key and operator operations by real `python -m kmtui`
-processes (including a wrong PIN, a refused approval and an internal error). Then the database,
+processes (including a wrong PIN half given with --pin-halves-from, a trusted KEK made by the
+security officer with the SO halves, a refused approval and an internal error). Then the database,
 its -wal and -shm files, the log files (crash.log), every other file kmtui keeps in the home and
-the captured stdout and stderr of every command are searched for the token PINs and for every
-operator seed as base32, as raw bytes, as hex and as base64. The demo's own stand-ins for a
-PIN pad and the operators' phones (demo-pin, demo-so-pin, demo-operators.json) are the only files
-allowed to hold them, and the otpauth URI may appear only in the enrolment's own stdout.
+the captured stdout and stderr of every command are searched for the token PINs, each half of
+them, and every operator seed as base32, as raw bytes, as hex and as base64. The demo's own
+stand-ins for the custodians and the operators' phones (demo-pin-halves, demo-so-pin-halves,
+demo-operators.json) are the only files allowed to hold them, and the otpauth URI may appear only
+in the enrolment's own stdout.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pathlib import Path
 import pyotp
 import pytest
 
+from kmtui.core.control.pin import PinHalves, parse_lines
+from kmtui.demo import HALVES_FILE, SO_HALVES_FILE
 from tests.e2e.helpers import AT_CONSOLE, Approvers, base_of, demo_seeds, kmtui
 
-DEMO_STAND_INS = ("demo-pin", "demo-so-pin", "demo-operators.json")
-WRONG_PIN = "wrong-pin-5f3a9c"
+DEMO_STAND_INS = (HALVES_FILE, SO_HALVES_FILE, "demo-operators.json")
+WRONG_HALF = "wrong-half-5f3a9c"
 
 
 def forms(seed_b32: str) -> dict[str, bytes]:
@@ -67,9 +72,13 @@ class Session:
 def session(demo_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     data = demo_home / "data"
     s = Session(demo_home)
-    s.secrets["token PIN"] = (data / "demo-pin").read_text(encoding="utf-8").strip().encode()
-    s.secrets["SO PIN"] = (data / "demo-so-pin").read_text(encoding="utf-8").strip().encode()
-    s.secrets["a wrong PIN typed"] = WRONG_PIN.encode()
+    for what, name in (("token PIN", HALVES_FILE), ("SO PIN", SO_HALVES_FILE)):
+        pairs = parse_lines((data / name).read_text(encoding="utf-8"))
+        s.secrets[what] = PinHalves.of(pairs).pin().encode()
+        for position, (holder, half) in zip(("first", "second"), pairs, strict=True):
+            s.secrets[f"the {what}'s {position} half ({holder})"] = half.encode()
+    s.secrets["a wrong half typed"] = WRONG_HALF.encode()
+    first_pair = parse_lines((data / HALVES_FILE).read_text(encoding="utf-8"))[0]
     for name, seed in demo_seeds(demo_home).items():
         s.secrets.update({f"{name}'s seed as {k}": v for k, v in forms(seed).items()})
 
@@ -97,9 +106,18 @@ def session(demo_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     s.run(
         "refused approval", "keys", "schedule-destroy", "scan-dek", "--approvals-from", str(wrong)
     )
-    pin_file = tmp / "wrong-pin"
-    pin_file.write_text(WRONG_PIN + "\n", encoding="utf-8")
-    s.run("wrong PIN", "--pin-file", str(pin_file), "keys", "check", "scan-dek")
+    halves_file = tmp / "wrong-half"
+    halves_file.write_text(f"{' '.join(first_pair)}\nbob {WRONG_HALF}\n", encoding="utf-8")
+    s.run("wrong half", "--pin-halves-from", str(halves_file), "keys", "check", "scan-dek")
+    trusted = ("keys", "create", "--label", "scan-kek", "--algorithm", "AES-256", "--trusted")
+    s.run(
+        "trusted KEK (SO halves)",
+        *trusted,
+        "--purpose",
+        "wrap",
+        "--approvals-from",
+        approvals("alice", "bob"),
+    )
     enroll = ("operators", "enroll", "dave", "--role", "custodian", "--json")
     s.run("operators enroll", *enroll, "--approvals-from", approvals("alice", "carol"))
     s.uri = json.loads(s.runs[-1][1].stdout)["otpauth_uri"]
@@ -132,7 +150,8 @@ def test_every_command_did_what_the_scan_assumes(session: Session) -> None:
         "keys rotate": 0,
         "keys check": 0,
         "refused approval": 1,
-        "wrong PIN": 1,
+        "wrong half": 1,
+        "trusted KEK (SO halves)": 0,
         "operators enroll": 0,
         "operators confirm": 0,
         "operators list": 0,
@@ -141,6 +160,8 @@ def test_every_command_did_what_the_scan_assumes(session: Session) -> None:
         "internal error": 1,
     }, {what: proc.stderr[-300:] for what, proc in session.runs if proc.returncode}
     assert session.uri.startswith("otpauth://totp/")
+    wrong = dict(session.runs)["wrong half"]
+    assert "PIN was not accepted" in wrong.stderr
     crashed = dict(session.runs)["internal error"]
     assert "internal error" in crashed.stderr and "Traceback" not in crashed.stderr
 
@@ -198,3 +219,16 @@ def test_the_otpauth_uri_appears_only_in_the_enroll_commands_stdout(session: Ses
         if p.is_file() and uri in p.read_bytes()
     ]
     assert places == ["operators enroll stdout"]
+
+
+def test_the_trail_names_who_entered_the_halves_and_never_a_half(session: Session) -> None:
+    db = sqlite3.connect(session.home / "data" / "kmtui.db")
+    rows = db.execute(
+        "SELECT action, outcome, params FROM audit_events WHERE actor IN ('cli', 'alice+bob')"
+    ).fetchall()
+    db.close()
+    logins = [(o, json.loads(p)) for a, o, p in rows if a == "token.login"]
+    assert ("failure", ["alice", "bob"]) in [(o, p.get("custodians")) for o, p in logins]
+    assert all(p["custodians"] == ["alice", "bob"] for o, p in logins if o == "success")
+    made = [json.loads(p) for a, o, p in rows if a == "key.create" and o == "success"]
+    assert [p["so_custodians"] for p in made if "so_custodians" in p] == [["carol", "bob"]]

@@ -12,6 +12,7 @@ from textual.widgets import Button, Input, Static
 
 from kmtui.config import Config
 from kmtui.core.control.operations import ApprovalInput
+from kmtui.core.control.pin import Credential
 from kmtui.paths import under
 from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
@@ -29,8 +30,11 @@ def text_of(widget: Static) -> str:
     return console.export_text()
 
 
-def app_for(ws: Workstation, tmp_path: Path, pin: str | None, config: Config | None = None):
-    return KmtuiApp(ws, config or Config(), paths=under(tmp_path / "home"), pin=pin)
+def app_for(
+    ws: Workstation, tmp_path: Path, login: Credential | None, config: Config | None = None
+) -> KmtuiApp:
+    """The app on `ws`, logged in with `login` at start (None: it shows the log-in screen)."""
+    return KmtuiApp(ws, config or Config(), paths=under(tmp_path / "home"), login=login)
 
 
 async def until(pilot: Pilot, condition: Callable[[], object], what: str = "") -> None:

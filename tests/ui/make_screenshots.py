@@ -10,6 +10,7 @@ from pathlib import Path
 from textual.pilot import Pilot
 
 from kmtui import config, demo, paths
+from kmtui.core.control.pin import PinHalves
 from kmtui.launch import open_workstation
 from kmtui.service import Workstation
 from kmtui.ui.app import KmtuiApp
@@ -81,15 +82,15 @@ def main(out: Path) -> None:
         ws: Workstation = open_workstation(p, cfg)
         try:
 
-            def app(pin: str | None) -> KmtuiApp:
-                return KmtuiApp(ws, cfg, paths=p, pin=pin)
+            def app(login: PinHalves | None) -> KmtuiApp:
+                return KmtuiApp(ws, cfg, paths=p, login=login)
 
-            pin = demo.pin_of(p)
+            halves = demo.halves_of(p)
             asyncio.run(_login(app(None), out))
-            asyncio.run(_panes(app(pin), out, SIZE))
-            asyncio.run(_panes(app(pin), out, SMALL, "-80x24"))
+            asyncio.run(_panes(app(halves), out, SIZE))
+            asyncio.run(_panes(app(halves), out, SMALL, "-80x24"))
             for theme in THEMES:
-                asyncio.run(_theme(app(pin), out, theme))
+                asyncio.run(_theme(app(halves), out, theme))
         finally:
             ws.close()
     print(f"screenshots written to {out}")

@@ -33,6 +33,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from kmtui.core.control.operations import OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.models import KeyState, iso, utcnow
 from kmtui.service import Workstation
 from kmtui.ui import themes
@@ -317,12 +318,12 @@ async def settle(pilot: Pilot[Any]) -> None:
 async def login_scenes(app: KmtuiApp, pilot: Pilot[Any], seen: Rendered) -> None:
     await until(
         pilot,
-        lambda: isinstance(app.screen, LoginScreen) and app.screen.query("#pin"),
+        lambda: isinstance(app.screen, LoginScreen) and app.screen.query("#half-2"),
         "the log-in screen",
     )
     await settle(pilot)
     seen.scenes["login"] = rendered(app, "login")
-    await pilot.press(*"1234")
+    await pilot.press(*"alice", "tab", *"1234")
     app.screen.query_one("#login-error", Static).update(plain("The PIN was not accepted.", "bold"))
     await settle(pilot)
     seen.scenes["login error"] = rendered(app, "login error")
@@ -371,7 +372,7 @@ async def main_scenes(app: KmtuiApp, pilot: Pilot[Any], seen: Rendered) -> None:
     seen.scenes["approval"] = rendered(app, "approval")
 
 
-async def render(theme: str, team: Team, pin: str, tmp_path: Path) -> Rendered:
+async def render(theme: str, team: Team, halves: PinHalves, tmp_path: Path) -> Rendered:
     """The theme on the log-in screen, then on the workstation with keys in every state."""
     keys_in_every_state(team)
     seen = Rendered()
@@ -379,7 +380,7 @@ async def render(theme: str, team: Team, pin: str, tmp_path: Path) -> Rendered:
     login.theme = theme
     async with login.run_test(size=SIZE) as pilot:
         await login_scenes(login, pilot, seen)
-    app = app_for(team.ws, tmp_path / "main", pin)
+    app = app_for(team.ws, tmp_path / "main", halves)
     app.theme = theme
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await main_scenes(app, pilot, seen)
@@ -425,7 +426,7 @@ def test_the_terminal_decides_how_many_colours_the_app_writes(
 async def test_every_screen_stays_legible_and_key_states_distinct_in_256_and_16_colours(
     theme: str, team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    seen = await render(theme, team, softhsm_token.pin, tmp_path)
+    seen = await render(theme, team, softhsm_token.halves, tmp_path)
     assert sorted(seen.states) == sorted(STATE_KEYS.values()), "every state is shown by its word"
     found = [
         line
@@ -464,7 +465,7 @@ async def test_a_colour_that_only_fails_in_16_colours_is_caught(
     bad = themes.parse(data | colours | {"name": "bad"})
     keys_in_every_state(team)
     seen = Rendered()
-    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    app = app_for(team.ws, tmp_path, softhsm_token.halves)
     app.register_theme(bad)
     app.theme = bad.name
     async with app.run_test(size=SIZE) as pilot:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from textual.widgets import Button, Input, Select, Static
 
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.keys import components
 from kmtui.core.models import Key
 from kmtui.ui.screens.distribution import (
@@ -20,11 +21,11 @@ from tests.conftest import SoftHsm, Team
 from tests.ui.helpers import SIZE, app_for, approve, keys_loaded, main_ready, until
 
 
-def _setup(team: Team, so_pin: str) -> tuple[Key, Key]:
+def _setup(team: Team, so_login: PinHalves) -> tuple[Key, Key]:
     prepared = team.ws.prepare_create(
         label="transport-kek", algorithm="AES-256", purpose="wrap", trusted=True
     )
-    team.ws.run(prepared, team.codes("alice", "bob"), officer_pin=so_pin)
+    team.ws.run(prepared, team.codes("alice", "bob"), so_login=so_login)
     kek = team.ws.get_key(prepared.operation.key_id)
     dek = team.ws.create_key(
         label="app-dek",
@@ -39,8 +40,8 @@ def _setup(team: Team, so_pin: str) -> tuple[Key, Key]:
 async def test_export_then_import_from_the_keys_pane(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    kek, dek = _setup(team, softhsm_token.so_pin)
-    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    kek, dek = _setup(team, softhsm_token.so_halves)
+    app = app_for(team.ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         table = await keys_loaded(pilot, 2)
@@ -79,7 +80,7 @@ async def test_export_then_import_from_the_keys_pane(
 async def test_components_are_revealed_one_custodian_at_a_time_and_entered_back(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    app = app_for(team.ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("g")
@@ -156,7 +157,7 @@ async def test_the_key_detail_copies_the_pkcs11_uri(
         label="named", algorithm="AES-128", approvals=team.codes("alice", "bob")
     )
     expected = team.ws.describe(key)["versions"][0]["pkcs11_uri"]
-    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    app = app_for(team.ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await keys_loaded(pilot, 1)

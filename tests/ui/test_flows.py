@@ -27,7 +27,7 @@ from tests.ui.helpers import SIZE, app_for, approve, keys_loaded, main_ready, te
 async def test_create_a_key_through_the_form_and_two_approvals(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    app = app_for(team.ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("n")
@@ -52,7 +52,7 @@ async def test_rotate_suspend_resume_revoke_and_schedule_then_cancel_destruction
 ) -> None:
     ws = team.ws
     key = ws.create_key(label="rotating", algorithm="AES-256", approvals=team.codes("alice", "bob"))
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await keys_loaded(pilot, 1)
@@ -93,7 +93,7 @@ async def test_wrong_codes_show_per_approver_results_and_change_nothing(
 ) -> None:
     ws = team.ws
     key = ws.create_key(label="kept", algorithm="AES-256", approvals=team.codes("alice", "bob"))
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await keys_loaded(pilot, 1)
@@ -122,7 +122,7 @@ async def test_destroy_waits_for_its_period_then_asks_for_the_label_to_be_typed(
     ws = team.ws
     key = ws.create_key(label="doomed", algorithm="AES-256", approvals=team.codes("alice", "bob"))
     ws.run(ws.prepare(OpKind.KEY_SCHEDULE_DESTROY, key.id), team.codes("alice", "bob"))
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     seen: list[str] = []
     notify = app.notify
     app.notify = lambda message, **kw: (seen.append(str(message)), notify(message, **kw))[1]
@@ -160,7 +160,7 @@ async def test_enrol_an_operator_shows_the_qr_code_and_confirms_the_first_code(
         return enrolled[-1]
 
     ws.operators.begin_enrollment = capture  # type: ignore[method-assign]
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("4")
@@ -192,7 +192,7 @@ async def test_audit_filter_narrows_the_trail_by_term_and_time_and_a_row_opens_i
 ) -> None:
     ws = team.ws
     key = ws.create_key(label="audited", algorithm="AES-256", approvals=team.codes("alice", "bob"))
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("3")
@@ -253,7 +253,7 @@ async def test_audit_filter_narrows_the_trail_by_term_and_time_and_a_row_opens_i
 async def test_verify_now_reports_an_intact_chain(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    app = app_for(team.ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("3")
@@ -263,11 +263,12 @@ async def test_verify_now_reports_an_intact_chain(
         await until(pilot, lambda: "chain intact" in str(chain.render()), "verification")
 
 
-async def test_idle_lock_hides_the_workstation_logs_out_and_the_pin_unlocks(
+async def test_idle_lock_hides_the_workstation_logs_out_and_two_custodians_halves_unlock(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     ws = team.ws
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
+    (alice, first), (bob, second) = softhsm_token.pairs
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         app.last_activity = time.monotonic() - app.idle_seconds - 1
@@ -275,19 +276,24 @@ async def test_idle_lock_hides_the_workstation_logs_out_and_the_pin_unlocks(
         await until(pilot, lambda: not ws.hsm.logged_in, "the token log-out")
         assert app.screen.locked
         assert not app.screen.query("#keys")  # nothing of the workstation is on the screen
-        app.screen.query_one("#pin", Input).value = softhsm_token.pin
+        seq = ws.audit.events(limit=1)[0].seq
+        app.screen.query_one("#holder-1", Input).focus()
+        await pilot.press(*alice, "tab", *first, "tab", *bob, "tab", *second)
+        assert app.screen.query_one("#half-2", Input).password
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, MainScreen), "the unlocked screen")
         assert ws.hsm.logged_in and not app.locked
     reasons = [e.params.get("reason") for e in ws.audit.events(action="token.logout")]
     assert "idle lock" in reasons
+    unlock = ws.audit.events(after_seq=seq, newest_first=False, action="token.login")[0]
+    assert (unlock.outcome, unlock.params["custodians"]) == ("success", [alice, bob])
 
 
 async def test_a_policy_change_shortens_the_idle_lock_and_the_status_line_names_who_approved(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     ws = team.ws
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=(140, 30)) as pilot:
         main = await main_ready(pilot)
         assert app.idle_seconds == 15 * 60 and app.idle_source == "configuration"
@@ -321,7 +327,7 @@ async def test_the_approval_dialog_of_a_policy_change_shows_each_touched_rule_ol
         ws.prepare_policy_change("default", {"quorum": {"key.revoke": 3}}),
         team.codes("alice", "bob"),
     )
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         main = await main_ready(pilot)
         await pilot.press("2")
@@ -355,7 +361,7 @@ async def test_a_policy_cannot_lengthen_the_configured_idle_lock(
     name = ws.store.policies.all()[0].name
     rules = {**ws.get_policy(name).rules, "idle_lock_minutes": 200}
     ws.run(ws.prepare_policy_change(name, rules), team.codes("alice", "bob"))
-    app = app_for(ws, tmp_path, softhsm_token.pin, Config(ui=UiConfig(idle_lock_minutes=5)))
+    app = app_for(ws, tmp_path, softhsm_token.halves, Config(ui=UiConfig(idle_lock_minutes=5)))
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         assert app.idle_seconds == 5 * 60 and app.idle_source == "configuration"
@@ -369,7 +375,7 @@ async def test_self_check_reports_each_check_for_a_secret_and_a_signing_key(
     signer = ws.create_key(
         label="b-signer", algorithm="EC-P256", purpose="sign", approvals=team.codes("alice", "bob")
     )
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         table = await keys_loaded(pilot, 2)

@@ -40,7 +40,7 @@ async def test_a_clean_registry_is_fully_checked_in_the_background(
     store = Store.open(tmp_path / "kmtui.db", integrity="quick")
     ws = Workstation.assemble(hsm, store, clock=clock)
     try:
-        app = app_for(ws, tmp_path, softhsm_token.pin)
+        app = app_for(ws, tmp_path, softhsm_token.halves)
         async with app.run_test(size=SIZE) as pilot:
             await main_ready(pilot)
             await until(pilot, lambda: store.checked == "full", "the full integrity check")
@@ -58,7 +58,7 @@ async def test_damage_the_quick_check_misses_is_reported_and_stops_every_write(
     store = Store.open(tmp_path / "kmtui.db", integrity="quick")
     ws = Workstation.assemble(hsm, store, clock=clock)
     try:
-        app = app_for(ws, tmp_path, softhsm_token.pin)
+        app = app_for(ws, tmp_path, softhsm_token.halves)
         async with app.run_test(size=SIZE) as pilot:
 
             def warned() -> list[str]:

@@ -37,7 +37,7 @@ async def test_a_hostile_label_is_literal_and_inert_in_every_pane_and_dialog(
     ws.audit.append(
         "key.note", actor="alice", outcome=Outcome.INFO, key_id=key.id, params={"label": HOSTILE}
     )
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=(140, 40)) as pilot:
         await main_ready(pilot)
         await keys_loaded(pilot, 1)
@@ -73,7 +73,7 @@ async def test_an_hsm_error_inside_a_worker_shows_a_message_and_the_app_stays_up
 
     monkeypatch.setattr(ws.hsm.objects, "scan", gone)
     monkeypatch.setattr(ws.hsm, "mechanisms", broken)
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     seen: list[str] = []
     notify = app.notify
     app.notify = lambda message, **kw: (seen.append(str(message)), notify(message, **kw))[1]
@@ -124,7 +124,7 @@ async def test_a_fault_in_a_worker_goes_to_crash_log_without_locals_and_the_app_
 
     monkeypatch.setattr(ws.hsm, "mechanisms", broken)  # the Token pane's worker: a bug
     monkeypatch.setattr(ws.hsm.objects, "scan", gone)  # reconciliation's worker: the token says no
-    app = app_for(ws, tmp_path, pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     crash_log = tmp_path / "home" / "log" / "crash.log"
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await until(pilot, lambda: isinstance(app.screen, MainScreen))

@@ -48,7 +48,7 @@ async def test_a_huge_registry_opens_filters_scrolls_and_shows_the_newest_events
 ) -> None:
     first_page = [k.label for k in big.store.keys.page(limit=PAGE)]
     matching = [k.label for k in big.store.keys.page(limit=PAGE, label_prefix="orders-0001")]
-    app = app_for(big, tmp_path, softhsm_token.pin)
+    app = app_for(big, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         table = app.screen.query_one("#keys", PagedTable)

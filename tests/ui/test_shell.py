@@ -10,6 +10,7 @@ from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, TabbedContent
 
 from kmtui.config import Config, UiConfig, remember_theme, remembered_theme
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.models import OperatorState
 from kmtui.paths import Paths, under
 from kmtui.service import Workstation
@@ -46,8 +47,10 @@ async def run_from_palette(pilot: Pilot[int], typed: str) -> None:
     await pilot.press("enter")
 
 
-def app_on(ws: Workstation, paths: Paths, pin: str, config: Config | None = None) -> KmtuiApp:
-    return KmtuiApp(ws, config or Config(), paths=paths, pin=pin)
+def app_on(
+    ws: Workstation, paths: Paths, login: PinHalves, config: Config | None = None
+) -> KmtuiApp:
+    return KmtuiApp(ws, config or Config(), paths=paths, login=login)
 
 
 async def test_broken_theme_files_are_reported_in_one_notice_and_the_default_is_used(
@@ -63,7 +66,7 @@ async def test_broken_theme_files_are_reported_in_one_notice_and_the_default_is_
         'name = "my-theme"\nprimary = "#2255aa"\nbackground = "#101010"\n', encoding="utf-8"
     )
     remember_theme(paths.state_dir, "gone-theme")  # chosen once, its file since removed
-    app = app_on(team.ws, paths, softhsm_token.pin)
+    app = app_on(team.ws, paths, softhsm_token.halves)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await main_ready(pilot)
         notices = [str(n.message) for n in app._notifications if "themes" in str(n.message)]
@@ -79,7 +82,7 @@ async def test_a_theme_chosen_in_the_palette_applies_now_and_at_the_next_start(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     paths = under(tmp_path / "home")
-    app = app_on(team.ws, paths, softhsm_token.pin)
+    app = app_on(team.ws, paths, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("ctrl+p")
@@ -90,7 +93,7 @@ async def test_a_theme_chosen_in_the_palette_applies_now_and_at_the_next_start(
         await pilot.press("enter")
         await until(pilot, lambda: app.theme == "kmtui-light", "the light theme")
     assert remembered_theme(paths.state_dir) == "kmtui-light"
-    again = app_on(team.ws, paths, softhsm_token.pin)
+    again = app_on(team.ws, paths, softhsm_token.halves)
     async with again.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         assert again.theme == "kmtui-light"
@@ -100,7 +103,7 @@ async def test_the_palette_runs_a_pane_action_by_its_category_name(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     team.ws.create_key(label="paletted", algorithm="AES-256", approvals=team.codes("alice", "bob"))
-    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.pin)
+    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await keys_loaded(pilot, 1)
@@ -119,7 +122,7 @@ async def test_panes_open_with_the_mouse_and_a_remapped_key_runs_its_action(
 ) -> None:
     team.ws.create_key(label="remapped", algorithm="AES-256", approvals=team.codes("alice", "bob"))
     config = Config(ui=UiConfig(bindings={"keys.rotate": "ctrl+o"}))
-    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.pin, config)
+    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.halves, config)
     async with app.run_test(size=SIZE) as pilot:
         main = await main_ready(pilot)
         await keys_loaded(pilot, 1)
@@ -139,7 +142,7 @@ async def test_an_operator_is_locked_and_unlocked_from_the_operators_pane(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     ws = team.ws
-    app = app_on(ws, under(tmp_path / "home"), softhsm_token.pin)
+    app = app_on(ws, under(tmp_path / "home"), softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         main = await main_ready(pilot)
         await pilot.press("4")
@@ -177,7 +180,7 @@ async def test_every_key_of_every_pane_is_in_the_palette_and_runs_the_same_actio
         "keys: generate as components…",
         "keys: enter from components…",
     } <= expected
-    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.pin)
+    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await pilot.press("ctrl+p")
@@ -192,7 +195,7 @@ async def test_every_key_of_every_pane_is_in_the_palette_and_runs_the_same_actio
 async def test_quit_from_the_palette_goes_through_the_transcript_like_q(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
-    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.pin)
+    app = app_on(team.ws, under(tmp_path / "home"), softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         await run_from_palette(pilot, "app: quit")

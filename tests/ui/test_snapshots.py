@@ -20,7 +20,6 @@ Regenerate after an intended change, then read the diff of the golden files befo
 
 from __future__ import annotations
 
-import ctypes
 import difflib
 import os
 import re
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import pkcs11
 import pytest
 from rich.color import Color
 from rich.style import Style
@@ -39,6 +37,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.errors import ApproversRefused
 from kmtui.core.models import Key, KeyState, iso, utcnow
 from kmtui.core.registry.db import Store
@@ -52,40 +51,19 @@ from kmtui.ui.screens.main import MainScreen
 from kmtui.ui.widgets import keys_pane
 from kmtui.ui.widgets.keys_pane import KeysPane
 from kmtui.ui.widgets.paged_table import PagedTable
-from tests.conftest import Clock, SoftHsm, Team, sealed_edit
+from tests.conftest import Clock, SoftHsm, Team, init_token_in_process, sealed_edit
 from tests.ui.helpers import app_for, main_ready, text_of, until
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE_ENV = "KMTUI_SNAPSHOT_UPDATE"
 UPDATE_COMMAND = f"{UPDATE_ENV}=1 .venv/bin/python -m pytest tests/ui/test_snapshots.py"
 WIDE, SMALL = (120, 36), (80, 24)
-PIN, SO_PIN = "snap-user-pin", "snap-so-pin"
+HALVES = PinHalves.of([("alice", "snap-half-one"), ("bob", "snap-half-two")])
+SO_PIN = "snap-so-pin"
 DIFF_LINES = 60
 PAGE = 100  # the panes' page size: the audit pane shows the first page until scrolled
 
 # -- a token of the test's own ------------------------------------------------------------------
-
-
-def _init_token(module: str, label: str) -> None:
-    """C_InitToken on the free slot through the already loaded module (on the PKCS#11 thread).
-
-    SoftHSM reads its token directory once, at C_Initialize: a token that a child process makes
-    later stays invisible to this process, so the token is made in-process instead.
-    """
-    lib = pkcs11.lib(module)
-    free = next(
-        slot.slot_id
-        for slot in lib.get_slots(token_present=True)
-        if not slot.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED
-    )
-    cdll = ctypes.CDLL(module)
-    cdll.C_InitToken.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    cdll.C_InitToken.restype = ctypes.c_ulong
-    so_pin = SO_PIN.encode()
-    rv = cdll.C_InitToken(free, so_pin, len(so_pin), label.encode().ljust(32, b" "))
-    assert rv == 0, f"C_InitToken returned CKR 0x{rv:x}"
-    with lib.get_token(token_label=label).open(rw=True, so_pin=SO_PIN) as session:
-        session.init_pin(PIN)
 
 
 # -- the fixed data set -------------------------------------------------------------------------
@@ -169,9 +147,9 @@ def build(ws: Workstation, team: Team) -> dict[str, Key]:
 def fixed(softhsm_token: SoftHsm, tmp_path: Path) -> Iterator[Fixed]:
     """The same workstation for every snapshot, on a fresh token (so reconciliation is clean)."""
     label = f"snap-{secrets.token_hex(4)}"  # labels pick the token: one of its own per test
-    on_hsm_thread(_init_token, softhsm_token.module, label)
+    on_hsm_thread(init_token_in_process, softhsm_token.module, label, SO_PIN, HALVES.pin())
     hsm = Hsm(softhsm_token.module, token_label=label, softhsm2_conf=str(softhsm_token.conf))
-    info = hsm.login(PIN)
+    info = hsm.login(HALVES.pin())
     store = Store.open(tmp_path / "kmtui.db")
     clock = Clock()
     day = datetime.now(UTC).date()
@@ -408,11 +386,11 @@ async def snapshot(
     tmp_path: Path,
     drive: Drive,
     size: tuple[int, int] = WIDE,
-    pin: str | None = PIN,
+    login: PinHalves | None = HALVES,
     dates: bool = True,
 ) -> str:
     """Run the app on the fixed workstation, drive it to a screen, return the masked render."""
-    app = app_for(fixed.ws, tmp_path, pin)
+    app = app_for(fixed.ws, tmp_path, login)
     async with app.run_test(size=size) as pilot:
         app.animation_level = "none"  # the tabs' underline slides otherwise
         await drive(pilot, fixed)
@@ -490,7 +468,7 @@ async def test_login_screen_matches_its_golden_snapshot(fixed: Fixed, tmp_path: 
         app = pilot.app
         await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
 
-    compare("login-120x36", await snapshot(fixed, tmp_path, drive, pin=None), tmp_path)
+    compare("login-120x36", await snapshot(fixed, tmp_path, drive, login=None), tmp_path)
 
 
 async def test_help_screen_matches_its_golden_snapshot(fixed: Fixed, tmp_path: Path) -> None:
@@ -514,7 +492,7 @@ async def test_a_changed_state_colour_or_label_fails_the_comparison_with_a_diff(
     """The keys pane drawn three times: as it is, with suspended in plain bold (the word
     still there, its colour gone), and with a label one letter off; each must not compare equal."""
     rules = masks(fixed)
-    app = app_for(fixed.ws, tmp_path, PIN)
+    app = app_for(fixed.ws, tmp_path, HALVES)
     async with app.run_test(size=WIDE) as pilot:
         app.animation_level = "none"
         keys = await select(pilot, fixed, "payments-kek")

@@ -16,7 +16,7 @@ async def test_quit_shows_the_transcript_and_saves_it_for_the_witnesses(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     ws = team.ws
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     async with app.run_test(size=SIZE) as pilot:
         await main_ready(pilot)
         key = ws.create_key(

@@ -18,6 +18,7 @@ from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors, Checkpoint, verify_database
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
 from kmtui.core.audit.seals import Seals
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
@@ -174,7 +175,8 @@ def test_a_restored_older_database_is_refused_at_login(
         (tmp_path / f"ws.db{suffix}").unlink(missing_ok=True)
     restored = Workstation.assemble(hsm, Store.open(tmp_path / "ws.db"), clock=clock)
     with pytest.raises(errors.AuditTampered) as info:
-        restored.login("unused: the process is already logged in")
+        # Any halves: this process is already logged in, so the token does not check them.
+        restored.login(PinHalves.of([("alice", "unused-1"), ("bob", "unused-2")]))
     assert info.value.exit_code == 3
     assert "cut off or an older copy was restored" in str(info.value)
     assert not hsm.logged_in  # nothing else runs
@@ -184,10 +186,10 @@ def test_a_restored_older_database_is_refused_at_login(
 # -- session ends: each one signed, or a finding -------------------------------------------------
 
 
-def sessions(ws: Workstation, pin: str, count: int) -> list[int]:
+def sessions(ws: Workstation, halves: PinHalves, count: int) -> list[int]:
     """`count` token sessions through the workstation's own log-in and log-out; their ends."""
     for n in range(count):
-        ws.login(pin)
+        ws.login(halves)
         ws.audit.append("test.event", actor="x", outcome="success", params={"n": n})
         ws.logout(reason="test")
     return sorted(e.seq for e in ws.audit.events(action="token.logout"))
@@ -201,7 +203,7 @@ def three_sessions(
     store = Store.open(tmp_path / "ws.db")
     ws = Workstation.assemble(hsm, store, clock=clock)
     pem = ws.anchors.public_key()[0]
-    ends = sessions(ws, softhsm_token.pin, 3)
+    ends = sessions(ws, softhsm_token.halves, 3)
     store.close()
     return tmp_path / "ws.db", pem, ends
 
@@ -241,7 +243,7 @@ def test_a_session_end_written_but_never_signed_is_a_finding(
     ws.anchors.sync()  # the token holds this registry's head, as after any log-in
     ws.audit.append("token.login", actor="x", outcome="success")
     cut = ws.audit.append("token.logout", actor="x", outcome="success", params={"reason": "x"})
-    sessions(ws, softhsm_token.pin, 1)  # a later session signs its own end, after `cut`
+    sessions(ws, softhsm_token.halves, 1)  # a later session signs its own end, after `cut`
     store.close()
     report = verify_database(tmp_path / "ws.db", pubkey_pem=pem)
     assert not report.ok and report.unsigned_session_ends == (cut.seq,)

@@ -306,6 +306,9 @@ def test_kmtui_itself_cannot_update_or_delete_audit_events(store: Store) -> None
         {"totp": "123456"},
         {"otpauth_uri": "otpauth://totp/x?secret=JBSWY3DP"},
         {"operator": {"name": "alice", "pin": "1234"}},
+        {"half": "first-half"},
+        {"pin_halves": ["a", "b"]},
+        {"soHalf": "x"},
         {"approvals": [{"operator": "bob", "code": "654321"}]},
     ],
 )

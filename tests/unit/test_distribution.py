@@ -11,16 +11,17 @@ from pkcs11 import ObjectClass
 
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.keys import components, keyfiles
 from kmtui.core.models import Key
 from tests.conftest import SoftHsm, Team
 
 
-def trusted_kek(team: Team, so_pin: str, label: str = "transport-kek") -> Key:
+def trusted_kek(team: Team, so_login: PinHalves, label: str = "transport-kek") -> Key:
     prepared = team.ws.prepare_create(
         label=label, algorithm="AES-256", purpose="wrap", trusted=True
     )
-    team.ws.run(prepared, team.codes("alice", "bob"), officer_pin=so_pin)
+    team.ws.run(prepared, team.codes("alice", "bob"), so_login=so_login)
     return team.ws.get_key(prepared.operation.key_id)
 
 
@@ -47,7 +48,7 @@ def do_import(team: Team, path: Path, kek: Key, label: str, kcv: str = "") -> Ke
 
 @pytest.fixture
 def kek(team: Team, softhsm_token: SoftHsm) -> Key:
-    return trusted_kek(team, softhsm_token.so_pin)
+    return trusted_kek(team, softhsm_token.so_halves)
 
 
 def test_a_trusted_kek_is_made_by_the_security_officer(team: Team, kek: Key) -> None:
@@ -58,14 +59,21 @@ def test_a_trusted_kek_is_made_by_the_security_officer(team: Team, kek: Key) -> 
         team.ws.prepare(OpKind.KEY_ROTATE, kek.id)
 
 
-def test_a_wrong_so_pin_creates_nothing(team: Team) -> None:
+def test_a_wrong_so_half_creates_nothing_and_the_trail_names_the_so_custodians(
+    team: Team, softhsm_token: SoftHsm
+) -> None:
     before = team.ws.store.keys.count()
     prepared = team.ws.prepare_create(
         label="nope", algorithm="AES-256", purpose="wrap", trusted=True
     )
+    (carol, first), (bob, _) = softhsm_token.so_pairs
+    wrong = PinHalves.of([(carol, first), (bob, "not-the-second-half")])
     with pytest.raises(errors.HsmError):
-        team.ws.run(prepared, team.codes("alice", "bob"), officer_pin="not-the-so-pin")
+        team.ws.run(prepared, team.codes("alice", "bob"), so_login=wrong)
     assert team.ws.store.keys.count() == before
+    failed = team.ws.audit.events(limit=1, action="key.create")[0]
+    assert failed.outcome == "failure" and failed.params["so_custodians"] == ["carol", "bob"]
+    assert all(half not in repr(failed.params) for _, half in softhsm_token.so_pairs)
     assert team.ws.hsm.objects.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
 
 

@@ -14,6 +14,7 @@ from pkcs11 import ObjectClass
 
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
+from kmtui.core.control.pin import PinHalves
 from kmtui.core.keys import components, keyfiles, reconcile
 from kmtui.core.models import Key
 from tests.conftest import SoftHsm, Team
@@ -32,12 +33,12 @@ def pem_of(public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, path: Path) -> 
 
 
 def import_public(
-    team: Team, path: Path, label: str, *, trusted: bool = False, so_pin: str = ""
+    team: Team, path: Path, label: str, *, trusted: bool = False, so_login: PinHalves | None = None
 ) -> Key:
     recipient = keyfiles.read_recipient_pem(path)
     prepared = team.ws.distribution.prepare_import_public(recipient, label=label, trusted=trusted)
     return team.ws.distribution.run_import_public(
-        prepared, recipient, team.codes("alice", "bob"), officer_pin=so_pin
+        prepared, recipient, team.codes("alice", "bob"), so_login=so_login
     )
 
 
@@ -52,7 +53,7 @@ def trusted_recipient(
     team: Team, softhsm_token: SoftHsm, recipient_private: rsa.RSAPrivateKey, tmp_path: Path
 ) -> Key:
     path = pem_of(recipient_private.public_key(), tmp_path / "partner.pem")
-    return import_public(team, path, "partner-bank", trusted=True, so_pin=softhsm_token.so_pin)
+    return import_public(team, path, "partner-bank", trusted=True, so_login=softhsm_token.so_halves)
 
 
 def test_a_trusted_recipient_is_imported_by_the_security_officer(
@@ -88,8 +89,8 @@ def test_an_untrusted_recipient_is_imported_by_the_user_session(team: Team, tmp_
         )
 
 
-def test_a_trusted_import_needs_the_so_pin_and_a_wrong_one_creates_nothing(
-    team: Team, tmp_path: Path
+def test_a_trusted_import_needs_the_so_halves_and_a_wrong_half_creates_nothing(
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     recipient = keyfiles.read_recipient_pem(pem_of(public, tmp_path / "r.pem"))
@@ -99,7 +100,10 @@ def test_a_trusted_import_needs_the_so_pin_and_a_wrong_one_creates_nothing(
         team.ws.distribution.run_import_public(prepared, recipient, team.codes("alice", "bob"))
     with pytest.raises(errors.HsmError):
         team.ws.distribution.run_import_public(
-            prepared, recipient, team.codes("alice", "bob"), officer_pin="wrong-pin"
+            prepared,
+            recipient,
+            team.codes("alice", "bob"),
+            so_login=PinHalves.of([softhsm_token.so_pairs[0], ("bob", "wrong-second-half")]),
         )
     assert team.ws.store.keys.count() == before
     assert team.ws.hsm.objects.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None

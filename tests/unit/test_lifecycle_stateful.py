@@ -32,7 +32,7 @@ from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
-from tests.conftest import Clock, SoftHsm, Team
+from tests.conftest import Clock, SoftHsm, Team, sealed_edit
 
 S = KeyState
 GONE = (S.DESTROYED, S.DESTROYED_COMPROMISED)
@@ -189,7 +189,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         """Destroy once the waiting period has passed (set in the past); refused before it."""
         m = self.model[key_id]
         if waited and m.state == S.DESTROY_SCHEDULED:
-            self.store.conn.execute(
+            sealed_edit(
+                self.ws,
+                f"key:{key_id}",
                 "UPDATE keys SET destroy_after = ? WHERE id = ?",
                 ("2000-01-01T00:00:00.000000Z", key_id),
             )

@@ -20,7 +20,7 @@ from kmtui.core.models import KeyState, OperatorState
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
-from tests.conftest import Clock, Team, sealed_edit, unpin
+from tests.conftest import Clock, SoftHsm, Team, sealed_edit, unpin
 
 
 def file_of(team: Team) -> Path:
@@ -225,14 +225,14 @@ def test_a_new_registry_is_sealed_once_at_its_first_use(
 
 
 def test_a_copy_of_the_database_put_back_with_a_new_registry_id_is_refused_at_log_in(
-    team: Team, softhsm_token: object, tmp_path: Path
+    team: Team, softhsm_token: SoftHsm, tmp_path: Path
 ) -> None:
     create(team, "before")
     copy = tmp_path / "older.db"
     team.ws.store.backup(copy)
     team.ws.logout()  # the session ends: the head on the token moves past the copy
-    pin = getattr(softhsm_token, "pin")  # noqa: B009 - the fixture's dataclass
-    team.ws.login(pin)
+    halves = softhsm_token.halves
+    team.ws.login(halves)
     conn = sqlite3.connect(copy, isolation_level=None)
     conn.execute("UPDATE meta SET value = 'aaaaaaaaaaaaaaaa' WHERE key = 'registry_id'")
     conn.close()
@@ -240,6 +240,6 @@ def test_a_copy_of_the_database_put_back_with_a_new_registry_id_is_refused_at_lo
     try:
         other = Workstation.assemble(team.ws.hsm, store)
         with pytest.raises(errors.AuditTampered, match=r"no head for its registry id|serves"):
-            other.login(pin)
+            other.login(halves)
     finally:
         store.close()

@@ -487,8 +487,8 @@ def test_a_log_in_the_trail_cannot_record_leaves_no_token_session_open(
     ws.logout(reason="test")
     ws.store.damage = errors.DatabaseCorrupt("damaged for the test", "restore a backup")
     with pytest.raises(errors.AuditError):
-        ws.login(softhsm_token.pin)
+        ws.login(softhsm_token.halves)
     assert not ws.hsm.logged_in  # nothing sits logged in behind a lock screen
     ws.store.damage = None
-    ws.login(softhsm_token.pin)
+    ws.login(softhsm_token.halves)
     assert ws.hsm.logged_in

@@ -62,6 +62,15 @@ def test_config_round_trips_and_rejects_slot_numbers(tmp_path: Path) -> None:
     assert loaded.token.module == "/x/lib.so"
     assert loaded.token.label == 'a "quoted" label'
     assert loaded.ui.idle_lock_minutes == config.DEFAULT_IDLE_LOCK_MINUTES
+    assert (loaded.token.login, loaded.token.pin_half_min_length) == ("split", 8)
+    config.write(
+        target,
+        config.TokenConfig(
+            module="/x.so", label="t", login="protected-path", pin_half_min_length=12
+        ),
+    )
+    loaded = config.load(target)
+    assert (loaded.token.login, loaded.token.pin_half_min_length) == ("protected-path", 12)
     target.write_text('[token]\nmodule = "/x.so"\nslot = 0\n')
     with pytest.raises(errors.ConfigError, match="label or serial"):
         config.load(target)
@@ -73,6 +82,9 @@ def test_config_round_trips_and_rejects_slot_numbers(tmp_path: Path) -> None:
         ("[token\nmodule=", "not valid TOML"),
         ("[ui]\nidle_lock_minutes = 0\n", "idle_lock_minutes"),
         ("[token]\nmodule = 3\n", "must be a string"),
+        ('[token]\nlogin = "pin"\n', "login must be one of 'split', 'protected-path'"),
+        ("[token]\npin_half_min_length = 7\n", "from 8 to 64"),
+        ('[token]\npin_half_min_length = "12"\n', "from 8 to 64"),
     ],
 )
 def test_broken_config_gives_a_clear_error(tmp_path: Path, text: str, message: str) -> None:

@@ -25,7 +25,20 @@ GENESIS_HASH = "0" * 64
 EVENT_NAMES = ("seq", "ts", "actor", "action", "key_id", "params", "outcome", "prev_hash", "hash")
 EVENT_COLUMNS = ", ".join(EVENT_NAMES)
 _SECRET_WORDS = frozenset(
-    {"pin", "password", "passwd", "passphrase", "seed", "secret", "code", "otp", "totp", "otpauth"}
+    {
+        "pin",
+        "half",
+        "halves",
+        "password",
+        "passwd",
+        "passphrase",
+        "seed",
+        "secret",
+        "code",
+        "otp",
+        "totp",
+        "otpauth",
+    }
 )
 
 

@@ -1,14 +1,17 @@
-"""The token session of the workstation: log-in (refusing a rolled-back trail) and log-out."""
+"""The token session of the workstation: log-in with two PIN halves or the token's protected
+path (refusing a rolled-back trail), log-out, and setting the user PIN from two halves."""
 
 from __future__ import annotations
 
 import threading
+from contextlib import suppress
 
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.audit.seals import Seals
 from kmtui.core.control.origin import session_context
+from kmtui.core.control.pin import Credential, PinHalves, ProtectedPath, audit_params
 from kmtui.core.models import Outcome, TokenInfo
 from kmtui.core.registry.seals import REGISTRY
 from kmtui.core.token.session import Hsm
@@ -24,30 +27,36 @@ class Session:
         self._seals = seals
         self._lock = threading.Lock()
 
-    def login(self, pin: str, actor: str = "console") -> TokenInfo:
-        """Log in, then refuse a rolled-back trail before anything else runs; all audited."""
+    def login(self, credential: Credential, actor: str = "console") -> TokenInfo:
+        """Log in, then refuse a rolled-back trail before anything else runs; all audited, with
+        the names of the two custodians who entered the halves."""
         with self._lock:
-            info = self._open(pin, actor)
+            info = self._open(credential, actor)
             try:
-                return self._after_login(info, actor)
+                return self._after_login(info, actor, audit_params(credential))
             except BaseException:  # refused (rolled-back trail, unwritable audit): no session
                 if self._hsm.logged_in:
                     self._hsm.logout()
                 raise
 
-    def _open(self, pin: str, actor: str) -> TokenInfo:
+    def _open(self, credential: Credential, actor: str) -> TokenInfo:
         try:
-            return self._hsm.login(pin)
+            if isinstance(credential, ProtectedPath):
+                return self._hsm.login_protected()
+            return self._hsm.login(credential.pin())
         except errors.HsmError as exc:
-            self._audit.append(
-                "token.login",
-                actor=actor,
-                outcome=Outcome.FAILURE,
-                params={**session_context(), "error": type(exc).__name__},
-            )
+            params: dict[str, object] = {
+                **session_context(),
+                **audit_params(credential),
+                "error": type(exc).__name__,
+            }
+            if isinstance(exc, errors.PinIncorrect):
+                with suppress(errors.HsmError):  # what the token's counter says, when it answers
+                    params["token_flags"] = list(self._hsm.pin_flags())
+            self._audit.append("token.login", actor=actor, outcome=Outcome.FAILURE, params=params)
             raise
 
-    def _after_login(self, info: TokenInfo, actor: str) -> TokenInfo:
+    def _after_login(self, info: TokenInfo, actor: str, who: dict[str, object]) -> TokenInfo:
         rollback = self._anchors.check_head()
         problem = rollback or self._pin_problem()
         if problem:
@@ -68,7 +77,7 @@ class Session:
             "token.login",
             actor=actor,
             outcome=Outcome.SUCCESS,
-            params={**session_context(), "token": info.label, "serial": info.serial},
+            params={**session_context(), **who, "token": info.label, "serial": info.serial},
         )
         self._anchors.public_key()
         self._seals.start(actor)
@@ -104,3 +113,25 @@ class Session:
                 self._anchors.sync()
             finally:  # a trail that cannot be written must not keep the token open
                 self._hsm.logout()
+
+    def set_user_pin(self, initial_pin: str, halves: PinHalves, actor: str = "init") -> None:
+        """Replace the PIN the token was initialised with by the two halves (C_SetPIN); the trail
+        records who hold the halves (names only), or the token's refusal."""
+        halves.for_new_pin()
+        with self._lock:
+            who = {**session_context(), **audit_params(halves)}
+            try:
+                self._hsm.set_user_pin(initial_pin, halves.pin())
+            except errors.KmtuiError as exc:
+                self._audit.append(
+                    "token.set-pin",
+                    actor=actor,
+                    outcome=Outcome.FAILURE,
+                    params={**who, "error": type(exc).__name__},
+                )
+                raise
+            self._audit.append("token.set-pin", actor=actor, outcome=Outcome.SUCCESS, params=who)
+
+    def user_pin_set(self) -> bool:
+        """Has this workstation set the token's user PIN from halves (the trail says so)?"""
+        return bool(self._audit.events(limit=1, action="token.set-pin", outcome=Outcome.SUCCESS))

@@ -20,6 +20,7 @@ from kmtui.core.control import lifecycle, policy
 from kmtui.core.control.gate import Apply, Executed, Gate, Prepared
 from kmtui.core.control.lifecycle import Use
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
+from kmtui.core.control.pin import Credential, audit_params, pin_or_protected
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.keyfiles import (
     FILE_FORMAT,
@@ -329,7 +330,7 @@ class Distribution:
         recipient: RecipientKey,
         approvals: Sequence[ApprovalInput],
         *,
-        officer_pin: str = "",
+        so_login: Credential | None = None,
         actor: str = "console",
     ) -> Key:
         """Create the PUBLIC_KEY object (by the security officer when trusted) and register it."""
@@ -338,10 +339,10 @@ class Distribution:
         if recipient.fingerprint != p["fingerprint"]:
             raise errors.UsageError("This is not the public key the operation was prepared for.")
         trusted = bool(p["trusted"])
-        if trusted and not officer_pin:
+        if trusted and so_login is None:
             raise errors.UsageError(
                 "A trusted recipient key is imported by the security officer.",
-                "The SO enters the SO PIN (--so-pin-file for scripts).",
+                "Two SO custodians enter their SO PIN halves (--so-pin-halves-from for scripts).",
             )
         template = templates.recipient(
             recipient.modulus,
@@ -353,8 +354,11 @@ class Distribution:
 
         def work(facts: dict[str, Any]) -> Apply:
             try:
-                if trusted:
-                    officer.create_trusted_recipient(self._hsm, officer_pin, template)
+                if so_login is not None and trusted:
+                    facts.update(audit_params(so_login, "so_"))
+                    officer.create_trusted_recipient(
+                        self._hsm, pin_or_protected(so_login), template
+                    )
                     made = self._hsm.keygen.adopt(template)
                 else:
                     made = self._hsm.keygen.create_public(template)

@@ -18,6 +18,7 @@ from kmtui.core.control import lifecycle, policy
 from kmtui.core.control.gate import Apply, Executed, Gate, Prepared, Work
 from kmtui.core.control.lifecycle import Use
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
+from kmtui.core.control.pin import Credential, audit_params, pin_or_protected
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
@@ -180,7 +181,7 @@ class KeyOperations:
         approvals: Sequence[ApprovalInput] = (),
         *,
         actor: str = "console",
-        officer_pin: str = "",
+        so_login: Credential | None = None,
     ) -> Executed:
         """Execute a prepared key operation (the approvals are checked against its digest)."""
         op = prepared.operation
@@ -191,12 +192,13 @@ class KeyOperations:
             OpKind.KEY_SELFCHECK: self._work_selfcheck,
         }
         if op.kind == OpKind.KEY_CREATE and op.params.get("trusted"):
-            if not officer_pin:
+            if so_login is None:
                 raise errors.UsageError(
                     "A trusted KEK is created by the security officer.",
-                    "The SO enters the SO PIN (--so-pin-file for scripts).",
+                    "Two SO custodians enter their SO PIN halves (--so-pin-halves-from for "
+                    "scripts).",
                 )
-            work = self._work_create(prepared, officer_pin)
+            work = self._work_create(prepared, so_login)
         else:
             work = handlers.get(op.kind, self._work_transition)(prepared)
         policy_name = (
@@ -239,7 +241,7 @@ class KeyOperations:
 
     # -- the work of each kind ---------------------------------------------------------------
 
-    def _work_create(self, prepared: Prepared, officer_pin: str = "") -> Work:
+    def _work_create(self, prepared: Prepared, so_login: Credential | None = None) -> Work:
         op = prepared.operation
         p = op.params
         template = templates.from_params(p)
@@ -248,8 +250,9 @@ class KeyOperations:
             serial = self._hsm.info().serial
             now = iso(utcnow())
             try:
-                if officer_pin:
-                    officer.create_trusted_kek(self._hsm, officer_pin, template)
+                if so_login is not None:
+                    facts.update(audit_params(so_login, "so_"))
+                    officer.create_trusted_kek(self._hsm, pin_or_protected(so_login), template)
                     generated = self._hsm.keygen.adopt(template)
                 else:
                     generated = self._hsm.keygen.generate(template)

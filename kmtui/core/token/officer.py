@@ -2,8 +2,10 @@
 recipient's RSA public key as trusted.
 
 CKA_TRUSTED can be set only in an SO session, and PKCS#11 login is per process (this process is
-logged in as the user), so the SO works in a child process. The SO PIN reaches it on stdin, never
-in argv or the environment; the child makes the object from kmtui's own template and exits.
+logged in as the user), so the SO works in a child process. The SO PIN (put together from its two
+halves by the caller) reaches it on stdin, never in argv or the environment; None means the
+token's protected authentication path (C_Login with a NULL PIN). The child makes the object from
+kmtui's own template and exits.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from kmtui.core.token.keygen import create_objects
 from kmtui.core.token.session import Hsm
 
 
-def create_trusted_kek(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -> None:
+def create_trusted_kek(hsm: Hsm, so_pin: str | None, template: templates.KeyTemplate) -> None:
     """Generate `template` (a trusted AES KEK) in an SO session of a child process."""
     _as_officer(
         hsm,
@@ -35,7 +37,7 @@ def create_trusted_kek(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -
     )
 
 
-def create_trusted_recipient(hsm: Hsm, so_pin: str, template: templates.KeyTemplate) -> None:
+def create_trusted_recipient(hsm: Hsm, so_pin: str | None, template: templates.KeyTemplate) -> None:
     """Create `template` (a recipient's RSA public key, trusted) in an SO session of a child
     process; the child rebuilds the template from the public numbers with `templates.recipient`."""
     public = template.public
@@ -52,7 +54,7 @@ def create_trusted_recipient(hsm: Hsm, so_pin: str, template: templates.KeyTempl
     )
 
 
-def _as_officer(hsm: Hsm, so_pin: str, request: dict[str, str]) -> None:
+def _as_officer(hsm: Hsm, so_pin: str | None, request: dict[str, str]) -> None:
     """The SO's request to the child: the token as `hsm` names it, the SO PIN on stdin."""
     env = dict(os.environ)
     if hsm.softhsm2_conf:
@@ -77,7 +79,7 @@ def _as_officer(hsm: Hsm, so_pin: str, request: dict[str, str]) -> None:
     if proc.returncode != 0:
         reason = proc.stdout.strip()[-300:] or "the security officer's session failed"
         raise (
-            errors.PinIncorrect(reason, "Check the SO PIN; nothing was created.")
+            errors.PinIncorrect(reason, "Check the SO PIN halves; nothing was created.")
             if ("PinIncorrect" in reason)
             else errors.HsmError(reason, "Nothing was created.")
         )
@@ -109,7 +111,10 @@ def _child() -> None:
         )
     try:
         token = lib.get_token(**query)
-        with token.open(rw=True, so_pin=request["so_pin"]) as session:
+        so_pin = request["so_pin"]
+        with token.open(
+            rw=True, so_pin=pkcs11.PROTECTED_AUTH if so_pin is None else so_pin
+        ) as session:
             create_objects(session, template)
     except p11.PKCS11Error as exc:
         print(f"The token refused the security officer's request ({type(exc).__name__}).")

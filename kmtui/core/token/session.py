@@ -303,7 +303,7 @@ class Hsm:
         token = self._token_or_open()
         if self._session is not None:
             return self._info()
-        if token.flags & TokenFlag.USER_PIN_LOCKED:
+        if TokenFlag.USER_PIN_LOCKED.name in self._pin_flags():
             raise translate(p11.PinLocked(), self.name) or errors.PinLocked("PIN locked.")
         # Open first, then C_Login on that session: python-pkcs11's open(user_pin=...) leaks the
         # session whose login failed, which would later block SO login. This one is closed.
@@ -312,16 +312,92 @@ class Hsm:
             self._c_login(session.handle, pin)
         except p11.PKCS11Error as exc:
             session.close()
-            mapped = translate(exc, self.name) or errors.HsmError(str(exc))
-            if isinstance(mapped, errors.PinIncorrect):
-                flags = token.flags
-                if flags & TokenFlag.USER_PIN_FINAL_TRY:
-                    mapped.hint = "One more failure will lock the PIN."
-                elif flags & TokenFlag.USER_PIN_COUNT_LOW:
-                    mapped.hint = "Several failures so far: the token may lock the PIN soon."
-            raise mapped from None
+            raise self._refused(exc) from None
         self._session = session
         return self._info()
+
+    def _refused(self, exc: p11.PKCS11Error) -> errors.KmtuiError:
+        """The failed log-in as a kmtui error, with what the token's own PIN counter says."""
+        mapped = translate(exc, self.name) or errors.HsmError(str(exc))
+        if isinstance(mapped, errors.PinIncorrect):
+            flags: tuple[str, ...] = ()
+            with suppress(p11.PKCS11Error):  # the refusal stands even if the token says no more
+                flags = self._pin_flags()
+            if TokenFlag.USER_PIN_FINAL_TRY.name in flags:
+                mapped.hint = "The token says one more failure will lock the PIN."
+            elif TokenFlag.USER_PIN_COUNT_LOW.name in flags:
+                mapped.hint = "The token counted the failure and may lock the PIN after more."
+        return mapped
+
+    def login_protected(self) -> TokenInfo:
+        """Log in through the token's protected authentication path (its PIN pad, PED or quorum
+        cards): C_Login with a NULL PIN, through python-pkcs11's function list."""
+        return self.run(self._login_protected)
+
+    def _login_protected(self) -> TokenInfo:
+        token = self._token_or_open()
+        if self._session is not None:
+            return self._info()
+        if not token.flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH:
+            raise errors.HsmError(
+                f"Token {self.name} has no protected authentication path (PIN pad, PED or "
+                "quorum log-in).",
+                'Set [token] login = "split" in config.toml: two custodians enter PIN halves.',
+            )
+        # python-pkcs11 gives no handle of a session whose protected log-in failed (a PED that
+        # timed out): that one session stays open until the process ends.
+        try:
+            self._session = token.open(
+                rw=True, user_pin=pkcs11.PROTECTED_AUTH, attribute_mapper=_LenientMapper()
+            )
+        except p11.PKCS11Error as exc:
+            raise self._refused(exc) from None
+        return self._info()
+
+    def pin_flags(self) -> tuple[str, ...]:
+        """The token's user PIN flags read now (COUNT_LOW, FINAL_TRY, LOCKED, TO_BE_CHANGED):
+        what the token's own counter says after a failed log-in."""
+        return self.run(self._pin_flags)
+
+    def _pin_flags(self) -> tuple[str, ...]:
+        flags = self._token_or_open().slot.get_token().flags
+        return tuple(
+            f.name
+            for f in (
+                TokenFlag.USER_PIN_COUNT_LOW,
+                TokenFlag.USER_PIN_FINAL_TRY,
+                TokenFlag.USER_PIN_LOCKED,
+                TokenFlag.USER_PIN_TO_BE_CHANGED,
+            )
+            if f in flags and f.name
+        )
+
+    def set_user_pin(self, old_pin: str, new_pin: str) -> None:
+        """C_SetPIN in a fresh read-write session that is not logged in (the token checks
+        `old_pin` as the user PIN), through python-pkcs11's function list."""
+        self.run(self._set_user_pin, old_pin, new_pin)
+
+    def _set_user_pin(self, old_pin: str, new_pin: str) -> None:
+        token = self._token_or_open()
+        if self._session is not None:
+            raise errors.UsageError(
+                "The user PIN is set before anyone logs in.", "Log out first; nothing changed."
+            )
+        session = token.open(rw=True)
+        try:
+            session.set_pin(old_pin, new_pin)
+        except (p11.PinLenRange, p11.PinInvalid):
+            raise errors.UsageError(
+                f"Token {self.name} does not accept a PIN of {len(new_pin)} characters made of "
+                "these halves.",
+                "Choose shorter halves (or see the token's PIN rules); the PIN was not changed.",
+            ) from None
+        except p11.PinIncorrect as exc:
+            error = self._refused(exc)
+            error.message = f"Token {self.name} did not accept the initial user PIN."
+            raise error from None
+        finally:
+            session.close()
 
     def _c_login(self, handle: int, pin: str) -> None:
         """C_Login(CKU_USER) through the same loaded module; already logged in counts as success."""
