@@ -373,6 +373,8 @@ class Reconciler:
         try:
             actual = self._hsm.objects.attributes(version.cka_id, cls)
             observed = self._observed(key.algorithm, version.cka_id)
+            kek = spec.symmetric and key.purpose == templates.Purpose.WRAP
+            clear = kek and not self._hsm.wrapping.refuses_clear_unwrap(version.cka_id)
         except errors.ObjectGone:
             report.findings.append(
                 Finding(
@@ -421,6 +423,14 @@ class Reconciler:
             for name in watched
             if name in expected and actual.get(name) != expected[name]
         ]
+        if clear:
+            drift.append(
+                "this key-encryption key hands a key it unwraps back in the clear (the token "
+                "holds it to no unwrap template: it was made before kmtui set one), so anyone "
+                "with the PIN, and for a trusted KEK anyone with a file exported under it and no "
+                "PIN, can read the keys wrapped under it. Nothing is exported under it any more: "
+                "make a new KEK, move what depends on this one, then retire it"
+            )
         if drift:
             report.findings.append(
                 Finding(

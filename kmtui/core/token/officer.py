@@ -16,7 +16,7 @@ import sys
 from pkcs11 import Attribute
 
 from kmtui.core import errors
-from kmtui.core.token import templates
+from kmtui.core.token import arrays, templates
 from kmtui.core.token.keygen import create_objects
 from kmtui.core.token.session import Hsm
 
@@ -86,6 +86,7 @@ def _as_officer(hsm: Hsm, so_pin: str, request: dict[str, str]) -> None:
 def _child() -> None:
     import pkcs11
     from pkcs11 import exceptions as p11
+    from pkcs11.attributes import AttributeMapper
 
     request = json.loads(sys.stdin.read())
     lib = pkcs11.lib(request["module"])
@@ -109,7 +110,8 @@ def _child() -> None:
         )
     try:
         token = lib.get_token(**query)
-        with token.open(rw=True, so_pin=request["so_pin"]) as session:
+        mapper = arrays.register(AttributeMapper())
+        with token.open(rw=True, so_pin=request["so_pin"], attribute_mapper=mapper) as session:
             create_objects(session, template)
     except p11.PKCS11Error as exc:
         print(f"The token refused the security officer's request ({type(exc).__name__}).")
