@@ -26,6 +26,7 @@ class SoftHsm:
     conf: Path
     label: str
     login_label: str
+    pristine_label: str
     pin: str
     so_pin: str
     serial: str
@@ -33,7 +34,9 @@ class SoftHsm:
 
 @pytest.fixture(scope="session")
 def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
-    """Two fresh tokens: one shared by the suite, one for login tests (login is per process)."""
+    """Three fresh tokens: one shared by the suite, one for login tests (login is per process),
+    and one no kmtui process has touched, for attacks planted before first use (SoftHSM sees only
+    the tokens that existed when the module was loaded)."""
     module = default_softhsm_module()
     if not Path(module).exists():
         pytest.fail(f"SoftHSM2 module not found at {module}: run `make test`, which installs it.")
@@ -42,8 +45,9 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
     serial = softhsm.init_token(module, conf, "kmtui-test", so_pin, pin)
     softhsm.init_token(module, conf, "kmtui-login", so_pin, pin)
+    softhsm.init_token(module, conf, "kmtui-pristine", so_pin, pin)
     os.environ["SOFTHSM2_CONF"] = str(conf)
-    return SoftHsm(module, conf, "kmtui-test", "kmtui-login", pin, so_pin, serial)
+    return SoftHsm(module, conf, "kmtui-test", "kmtui-login", "kmtui-pristine", pin, so_pin, serial)
 
 
 @pytest.fixture(scope="session")

@@ -92,8 +92,10 @@ class Anchors:
     # -- the signing key ----------------------------------------------------------------------
 
     def public_key(self) -> tuple[str, str]:
-        """(PEM, fingerprint) of the audit key, created on the token at first use."""
-        pem = self._hsm.signer.ensure_audit_key()
+        """(PEM, fingerprint) of the audit key, created on the token at first use; the keys
+        recorded here are offered in case the token's public half was removed or replaced."""
+        known = [str(r["pem"]) for r in self._store.rows("SELECT pem FROM audit_keys")]
+        pem = self._hsm.signer.ensure_audit_key(known)
         fingerprint = fingerprint_of(pem)
         with self._store.transaction() as conn:
             conn.execute(
