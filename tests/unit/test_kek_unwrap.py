@@ -254,3 +254,11 @@ def test_a_kek_that_reads_back_right_but_unwraps_in_the_clear_is_not_adopted(hsm
     with pytest.raises(errors.TemplateMismatch, match="UNWRAP_TEMPLATE"):
         hsm.keygen.adopt(template)
     hsm.objects.destroy(template.cka_id)
+
+
+def test_a_kek_entered_from_components_refuses_clear_unwraps_too(team: Team) -> None:
+    prepared = team.ws.components.prepare(
+        label="zmk", algorithm="AES-256", purpose="wrap", custodians=["alice", "bob", "carol"]
+    )
+    key, _ = team.ws.components.run(prepared, team.codes("alice", "bob"))
+    assert team.ws.hsm.wrapping.refuses_clear_unwrap(key.versions[0].cka_id)
