@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint screenshots softhsm venv clean
+.PHONY: demo test bench lint screenshots softhsm pkcs11-tool venv clean
 
 demo: softhsm $(STAMP)
 	$(BIN)/kmtui demo $(ARGS)
 
-test: softhsm $(STAMP)
+test: softhsm pkcs11-tool $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: softhsm $(STAMP)
@@ -41,6 +41,19 @@ softhsm:
 	echo "Installing softhsm2 from the distribution..."; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null \
 	  || { echo "apt-get could not install softhsm2; install it by hand and rerun make." >&2; exit 1; }
+
+# pkcs11-tool (OpenSC) plants objects on the test token as a user without the PIN would.
+pkcs11-tool:
+	@if command -v pkcs11-tool >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "The tests need pkcs11-tool (the 'opensc' package): install it, then rerun make." >&2; \
+	  exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "Installing opensc needs root: run 'apt-get install opensc' as root, then rerun make." >&2; exit 1; fi; \
+	echo "Installing opensc (pkcs11-tool) from the distribution..."; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq opensc >/dev/null \
+	  || { echo "apt-get could not install opensc; install it by hand and rerun make." >&2; exit 1; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

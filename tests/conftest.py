@@ -34,6 +34,7 @@ class SoftHsm:
     conf: Path
     label: str
     login_label: str
+    pristine_label: str
     pairs: Pairs
     """(holder, half) of the user PIN: alice holds the first half, bob the second."""
     so_pairs: Pairs
@@ -64,7 +65,9 @@ def new_pairs(first: str, second: str) -> Pairs:
 
 @pytest.fixture(scope="session")
 def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
-    """Two fresh tokens: one shared by the suite, one for login tests (login is per process)."""
+    """Three fresh tokens: one shared by the suite, one for login tests (login is per process),
+    and one no kmtui process has touched, for attacks planted before first use (SoftHSM sees only
+    the tokens that existed when the module was loaded)."""
     module = default_softhsm_module()
     if not Path(module).exists():
         pytest.fail(f"SoftHSM2 module not found at {module}: run `make test`, which installs it.")
@@ -74,8 +77,11 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     pin, so_pin = PinHalves.of(pairs).pin(), PinHalves.of(so_pairs).pin()
     serial = softhsm.init_token(module, conf, "kmtui-test", so_pin, pin)
     softhsm.init_token(module, conf, "kmtui-login", so_pin, pin)
+    softhsm.init_token(module, conf, "kmtui-pristine", so_pin, pin)
     os.environ["SOFTHSM2_CONF"] = str(conf)
-    return SoftHsm(module, conf, "kmtui-test", "kmtui-login", pairs, so_pairs, serial)
+    return SoftHsm(
+        module, conf, "kmtui-test", "kmtui-login", "kmtui-pristine", pairs, so_pairs, serial
+    )
 
 
 def init_token_in_process(module: str, label: str, so_pin: str, user_pin: str) -> None:

@@ -64,6 +64,10 @@ class ObjectGone(HsmError):
     pass
 
 
+class DuplicateObject(HsmError):
+    """Two objects kmtui would believe carry one CKA_ID: it never picks one silently."""
+
+
 class TemplateMismatch(HsmError):
     """A key read back from the token does not carry the attributes it was created with."""
 

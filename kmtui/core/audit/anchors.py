@@ -107,11 +107,12 @@ class Anchors:
 
     def public_key(self) -> tuple[str, str]:
         """(PEM, fingerprint) of the audit key, created on the token at first use and recorded
-        (sealed) in the registry the first time this registry sees it."""
-        pem = self._hsm.signer.ensure_audit_key()
+        (sealed) in the registry the first time this registry sees it; the keys recorded here
+        are offered in case the token's public half was removed or replaced."""
+        known = [str(r["pem"]) for r in self._store.rows("SELECT pem FROM audit_keys")]
+        pem = self._hsm.signer.ensure_audit_key(known)
         fingerprint = fingerprint_of(pem)
-        known = self._store.rows("SELECT 1 FROM audit_keys WHERE fingerprint = ?", (fingerprint,))
-        if not known:
+        if fingerprint not in {fingerprint_of(p) for p in known}:
             serial = self._hsm.info().serial
 
             def record() -> None:

@@ -43,6 +43,7 @@ from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
 from kmtui.core.token.session import Hsm
+from kmtui.core.token.wrapping import unwraps_in_clear
 
 
 class Distribution:
@@ -102,6 +103,8 @@ class Distribution:
                 "(`kmtui keys create --purpose wrap --trusted`).",
             )
         current, kek_version = _current(key), _current(kek)
+        if not recipient and not self._hsm.wrapping.refuses_clear_unwrap(kek_version.cka_id):
+            raise unwraps_in_clear(repr(clean(kek.label, 60)))
         params: dict[str, Any] = {
             "label": key.label,
             "version": current.version,

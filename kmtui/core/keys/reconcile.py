@@ -33,10 +33,15 @@ from kmtui.core.token import templates
 from kmtui.core.token.records import ObjectInfo
 from kmtui.core.token.sealing import SEAL_KEY_ID
 from kmtui.core.token.session import Hsm
-from kmtui.core.token.signer import HEAD_LABEL, PIN_LABEL
+from kmtui.core.token.signer import AUDIT_KEY_ID, HEAD_LABEL, PIN_LABEL
 
 GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
 SYSTEM_PREFIX = b"kmtui:sys-"
+SYSTEM_CLASSES: dict[bytes, frozenset[str]] = {
+    SEAL_KEY_ID: frozenset({"SECRET_KEY"}),
+    AUDIT_KEY_ID: frozenset({"PRIVATE_KEY", "PUBLIC_KEY"}),
+}
+"""The objects kmtui keeps under each of its own system ids (`kmtui:sys-*`)."""
 
 
 class FindingKind(StrEnum):
@@ -48,6 +53,8 @@ class FindingKind(StrEnum):
     INTERRUPTED = "interrupted-operation"  # intent without outcome; the token step did not run
     UNFINISHED = "unfinished-destroy"  # destroy died half-way: some objects remain
     REGISTRY = "registry-changed"  # a sealed registry row not as kmtui wrote it
+    IMPOSTOR = "impostor-object"  # under kmtui's name, but public or not an object kmtui made
+    DUPLICATE = "duplicate-object"  # two objects kmtui could believe under one CKA_ID
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Finding:
         where = self.cka_id or (
             "label-" + hashlib.sha256(self.label.encode()).hexdigest()[:12] + f"-{self.nth}"
         )
+        if self.cka_id and self.nth:  # several impostors under one CKA_ID
+            where += f"-{self.nth}"
         return f"{self.kind}:{self.key_id or '-'}:{self.version}:{where}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -179,11 +188,11 @@ class Reconciler:
         """Finish or close interrupted operations, then compare token and registry."""
         report = Report()
         serial = self._hsm.info().serial
-        objects = _by_id(self._hsm.objects.scan())
+        scanned = self._hsm.objects.scan()
         for intent in self._store.keys.open_intents():
-            self._settle(intent, objects, serial, report, actor)
-        objects = _by_id(self._hsm.objects.scan()) if report.completed else objects
-        self._compare(objects, serial, report)
+            self._settle(intent, _by_id(_own(scanned)), serial, report, actor)
+        scanned = self._hsm.objects.scan() if report.completed else scanned
+        self._compare(scanned, serial, report)
         acked = self._sealed_acks(report)
         report.acknowledged = [f for f in report.findings if f.ident in acked]
         report.findings = [f for f in report.findings if f.ident not in acked]
@@ -321,15 +330,39 @@ class Reconciler:
             return self._hsm.objects.kcv(cka_id)
         return self._hsm.objects.fingerprint(cka_id)
 
-    def _compare(self, objects: dict[bytes, list[ObjectInfo]], serial: str, report: Report) -> None:
+    def _compare(self, scanned: list[ObjectInfo], serial: str, report: Report) -> None:
         # Only this token's objects: versions registered on other tokens are not read at all.
         registered = {
             version.cka_id: (key, version) for key, version in self._store.keys.versions_on(serial)
         }
+        impostors = [o for o in scanned if _kmtui_named(o) and not o.believable]
+        for obj in impostors:
+            report.findings.append(
+                _impostor(
+                    obj,
+                    f"A public {obj.object_class or 'object'} that any token user can create "
+                    f"without the PIN carries kmtui's {'label' if not obj.cka_id else 'CKA_ID'}",
+                    _rank(obj, impostors),
+                )
+            )
+        objects = _by_id(_own(scanned))
 
         for cka_id, (key, version) in registered.items():
+            present = objects.get(cka_id, [])
+            strays = {id(o): why for o in present if (why := _stray(key, o))}
+            for obj in present:
+                if id(obj) in strays:
+                    report.findings.append(
+                        _impostor(
+                            obj,
+                            f"A {obj.object_class or 'object'} under this key's CKA_ID, "
+                            f"{strays[id(obj)]}",
+                            _rank(obj, [o for o in present if id(o) in strays]),
+                        )
+                    )
+            own = [o for o in present if id(o) not in strays]
             if version.state in GONE or key.state in GONE:
-                if cka_id in objects:
+                if own:
                     report.findings.append(
                         Finding(
                             FindingKind.UNKNOWN,
@@ -341,7 +374,7 @@ class Reconciler:
                         )
                     )
                 continue
-            if cka_id not in objects:
+            if not own:
                 report.findings.append(
                     Finding(
                         FindingKind.MISSING,
@@ -353,11 +386,16 @@ class Reconciler:
                     )
                 )
                 continue
+            if _duplicates(own, report):
+                continue
             report.matched += 1
             self._check_object(key, version, report)
 
         for cka_id, group in objects.items():
-            if cka_id in registered or cka_id == SEAL_KEY_ID or cka_id.startswith(SYSTEM_PREFIX):
+            if cka_id in registered:
+                continue
+            if cka_id.startswith(SYSTEM_PREFIX):
+                self._system(cka_id, group, report)
                 continue
             # Objects without a CKA_ID are unrelated to each other: one finding each.
             seen: dict[tuple[str, str], int] = {}
@@ -365,6 +403,31 @@ class Reconciler:
                 rank = seen.get((objs[0].object_class, objs[0].label), 0)
                 seen[(objs[0].object_class, objs[0].label)] = rank + 1
                 _unregistered(cka_id, objs, report, rank)
+
+    def _system(self, cka_id: bytes, group: list[ObjectInfo], report: Report) -> None:
+        """kmtui's own objects: only the classes it keeps there, one of each, and for the audit
+        key only the public key its private key proves."""
+        classes = SYSTEM_CLASSES.get(cka_id)
+        unproven = self._hsm.signer.impostors() if cka_id == AUDIT_KEY_ID else set()
+        strays = [
+            o
+            for o in group
+            if (classes is not None and o.object_class not in classes) or o.handle in unproven
+        ]
+        for obj in strays:
+            what = (
+                "that the audit private key does not prove"
+                if obj.handle in unproven
+                else "a kind of object kmtui does not keep there"
+            )
+            report.findings.append(
+                _impostor(
+                    obj,
+                    f"A {obj.object_class or 'object'} under kmtui's system CKA_ID, {what}",
+                    _rank(obj, strays),
+                )
+            )
+        _duplicates([o for o in group if o not in strays], report)
 
     def _check_object(self, key: Key, version: KeyVersion, report: Report) -> None:
         """Attributes still as created, and the same KCV or fingerprint as registered."""
@@ -388,6 +451,10 @@ class Reconciler:
         try:
             actual = self._hsm.objects.attributes(version.cka_id, cls)
             observed = self._observed(key.algorithm, version.cka_id)
+            kek = spec.symmetric and key.purpose == templates.Purpose.WRAP
+            clear = kek and not self._hsm.wrapping.refuses_clear_unwrap(version.cka_id)
+        except errors.DuplicateObject:
+            return  # reported above, as a duplicate or an impostor
         except errors.ObjectGone:
             report.findings.append(
                 Finding(
@@ -436,6 +503,14 @@ class Reconciler:
             for name in watched
             if name in expected and actual.get(name) != expected[name]
         ]
+        if clear:
+            drift.append(
+                "this key-encryption key hands a key it unwraps back in the clear (the token "
+                "holds it to no unwrap template: it was made before kmtui set one), so anyone "
+                "with the PIN, and for a trusted KEK anyone with a file exported under it and no "
+                "PIN, can read the keys wrapped under it. Nothing is exported under it any more: "
+                "make a new KEK, move what depends on this one, then retire it"
+            )
         if drift:
             report.findings.append(
                 Finding(
@@ -478,6 +553,78 @@ class Reconciler:
         row = subject("key", str(intent["key_id"]))
         event = self._close(intent, actor, Outcome.SUCCESS, subject=row, **params)
         self._seals.seal(self._store.conn, [row], event.seq)
+
+
+def _kmtui_named(obj: ObjectInfo) -> bool:
+    """Carries a name only kmtui gives: a `kmtui:` CKA_ID, an audit head's label or the pin's."""
+    if obj.cka_id.startswith(b"kmtui:"):
+        return True
+    label = obj.label
+    return obj.object_class == "DATA" and (label.startswith(HEAD_LABEL + ":") or label == PIN_LABEL)
+
+
+def _own(scanned: Iterable[ObjectInfo]) -> list[ObjectInfo]:
+    """Everything but impostors: kmtui-named objects only when believable, and foreign ones."""
+    return [o for o in scanned if o.believable or not _kmtui_named(o)]
+
+
+def _stray(key: Key, obj: ObjectInfo) -> str:
+    """Why an object under a registered key's CKA_ID is not part of that key ('' when it is)."""
+    if key.algorithm in templates.ALGORITHMS:
+        cls = templates.object_class(key.algorithm, key.tags)
+        classes = {cls.name} | ({"PUBLIC_KEY"} if cls == ObjectClass.PRIVATE_KEY else set())
+        if obj.object_class not in classes:
+            return "a kind of object the key does not have"
+    if "trusted" in key.tags and not obj.trusted:
+        return "not made by the security officer (the key is trusted, this object is not)"
+    return ""
+
+
+def _rank(obj: ObjectInfo, among: list[ObjectInfo]) -> int:
+    """Its place among the objects under the same name, so each gets its own finding."""
+    same = [o for o in among if (o.cka_id, o.label) == (obj.cka_id, obj.label)]
+    return next(i for i, o in enumerate(same) if o is obj)
+
+
+def _key_of(cka_id: bytes) -> tuple[str, int]:
+    """The registry key a kmtui CKA_ID names; none for kmtui's own system objects."""
+    parsed = None if cka_id.startswith(SYSTEM_PREFIX) else templates.parse_cka_id(cka_id)
+    return parsed or ("", 0)
+
+
+def _impostor(obj: ObjectInfo, what: str, rank: int) -> Finding:
+    return Finding(
+        FindingKind.IMPOSTOR,
+        obj.cka_id.hex(),
+        f"{what} (handle {obj.handle}): kmtui never uses it. Find out who made it and keep it "
+        "for that investigation; then remove it.",
+        *_key_of(obj.cka_id),
+        obj.label,
+        rank,
+    )
+
+
+def _duplicates(objs: list[ObjectInfo], report: Report) -> bool:
+    """A finding for each class with more than one object kmtui could believe."""
+    found = False
+    for cls in sorted({o.object_class for o in objs}):
+        same = [o for o in objs if o.object_class == cls]
+        if len(same) < 2:
+            continue
+        found = True
+        report.findings.append(
+            Finding(
+                FindingKind.DUPLICATE,
+                same[0].cka_id.hex(),
+                f"{len(same)} {cls} objects carry this CKA_ID (handles "
+                f"{', '.join(str(o.handle) for o in same)}): kmtui will not guess which is its "
+                "own and uses none of them. Someone made the extra one (with the PIN, unless it "
+                "is a public key): investigate before removing it.",
+                *_key_of(same[0].cka_id),
+                same[0].label,
+            )
+        )
+    return found
 
 
 def _by_id(objects: Iterable[ObjectInfo]) -> dict[bytes, list[ObjectInfo]]:

@@ -127,6 +127,15 @@ class Keygen:
             for attr, want in expected.items():
                 if actual.get(attr) != want:
                     differences[f"{cls.name}.{attr.name}"] = (want, actual.get(attr))
+            if cls == ObjectClass.SECRET_KEY and Attribute.UNWRAP_TEMPLATE in template.secret:
+                # An attribute array is never read back: its effect is observed instead.
+                if self._hsm.wrapping.refused_in_clear(obj):
+                    actual[Attribute.UNWRAP_TEMPLATE] = template.secret[Attribute.UNWRAP_TEMPLATE]
+                else:
+                    differences["SECRET_KEY.UNWRAP_TEMPLATE"] = (
+                        "enforced",
+                        "ignored: the token unwrapped a key in the clear",
+                    )
             if problems := violations(cls, actual):
                 differences[f"{cls.name}.invariants"] = ("none", "; ".join(problems))
         if differences:

@@ -32,6 +32,11 @@ PUBLIC_VALUE_ATTRS: dict[KeyType, list[Attribute]] = {
     KeyType.EC: [Attribute.EC_PARAMS, Attribute.EC_POINT],
 }
 """The attributes that hold a public key's value, by key type."""
+_NOUNS = {
+    ObjectClass.SECRET_KEY: "secret keys",
+    ObjectClass.PRIVATE_KEY: "private keys",
+    ObjectClass.PUBLIC_KEY: "public keys",
+}
 _CURVES: dict[bytes, ec.EllipticCurve] = {
     encode_named_curve_parameters("secp256r1"): ec.SECP256R1(),
     encode_named_curve_parameters("secp384r1"): ec.SECP384R1(),
@@ -133,18 +138,43 @@ class Objects:
     # -- for the token room, on the PKCS#11 thread ----------------------------------------------
 
     def lookup(self, cka_id: bytes, object_class: ObjectClass | None = None) -> Any:
-        """The object with this CKA_ID (and class) searched on the token, or None."""
-        query: dict[Attribute, Any] = {Attribute.ID: cka_id}
-        if object_class is not None:
-            query[Attribute.CLASS] = object_class
-        found = list(self._hsm.require_session().get_objects(query))
-        if not found:
-            return None
+        """The object kmtui believes for this CKA_ID (and class) on the token, or None.
+
+        Any token user can create public objects under any CKA_ID without the PIN, so a private
+        key is searched among private objects (a logged-in user made them), a secret key among
+        private and trusted ones (the security officer's KEK, public by necessity), a public key
+        among trusted ones, else among all. Two candidates are a refusal, never a silent first
+        pick. Without a class, the object that holds the secret comes first (a key pair shares
+        one CKA_ID).
+        """
         if object_class is None:
-            # A key pair shares one CKA_ID: prefer the object that holds the secret.
-            order = [ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]
-            found.sort(key=lambda o: order.index(o.object_class) if o.object_class in order else 9)
-        return found[0]
+            for cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                if (obj := self.lookup(cka_id, cls)) is not None:
+                    return obj
+            return None
+        session = self._hsm.require_session()
+
+        def search(only: dict[Attribute, bool]) -> list[Any]:
+            query = {Attribute.ID: cka_id, Attribute.CLASS: object_class, **only}
+            return list(session.get_objects(query))
+
+        if object_class == ObjectClass.PUBLIC_KEY:
+            found = search({Attribute.TRUSTED: True}) or search({})
+        elif object_class == ObjectClass.SECRET_KEY:
+            found = search({Attribute.PRIVATE: True}) + search(
+                {Attribute.PRIVATE: False, Attribute.TRUSTED: True}
+            )
+        else:
+            found = search({Attribute.PRIVATE: True})
+        if len(found) > 1:
+            raise errors.DuplicateObject(
+                f"{len(found)} {_NOUNS.get(object_class, 'objects')} carry CKA_ID {cka_id!r} on "
+                f"token {self._hsm.name}: kmtui will not guess which one is its own, so it uses "
+                "neither.",
+                "Run `kmtui reconcile` to see them. Someone made the extra one (with the PIN, "
+                "unless it is a public key): investigate before removing it.",
+            )
+        return found[0] if found else None
 
     def get(self, cka_id: bytes, object_class: ObjectClass) -> Any:
         """The object for (CKA_ID, class), from the handle cache when this session has seen it."""
@@ -222,7 +252,15 @@ class Objects:
 
     def _describe(self, obj: Any) -> ObjectInfo | None:
         raw = _raw_attributes(
-            obj, [Attribute.CLASS, Attribute.ID, Attribute.LABEL, Attribute.KEY_TYPE]
+            obj,
+            [
+                Attribute.CLASS,
+                Attribute.ID,
+                Attribute.LABEL,
+                Attribute.KEY_TYPE,
+                Attribute.PRIVATE,
+                Attribute.TRUSTED,
+            ],
         )
         try:
             label_bytes = raw.get(Attribute.LABEL, b"")
@@ -238,6 +276,8 @@ class Objects:
             label=label,
             label_is_utf8=utf8,
             key_type=_enum_name(KeyType, kt_raw) if kt_raw is not None else "",
+            private=raw.get(Attribute.PRIVATE) is True,
+            trusted=raw.get(Attribute.TRUSTED) is True,
         )
 
 

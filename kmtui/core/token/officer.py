@@ -18,7 +18,7 @@ import sys
 from pkcs11 import Attribute
 
 from kmtui.core import errors
-from kmtui.core.token import templates
+from kmtui.core.token import arrays, templates
 from kmtui.core.token.keygen import create_objects
 from kmtui.core.token.session import Hsm
 
@@ -88,6 +88,7 @@ def _as_officer(hsm: Hsm, so_pin: str | None, request: dict[str, str]) -> None:
 def _child() -> None:
     import pkcs11
     from pkcs11 import exceptions as p11
+    from pkcs11.attributes import AttributeMapper
 
     request = json.loads(sys.stdin.read())
     lib = pkcs11.lib(request["module"])
@@ -112,8 +113,11 @@ def _child() -> None:
     try:
         token = lib.get_token(**query)
         so_pin = request["so_pin"]
+        mapper = arrays.register(AttributeMapper())
         with token.open(
-            rw=True, so_pin=pkcs11.PROTECTED_AUTH if so_pin is None else so_pin
+            rw=True,
+            so_pin=pkcs11.PROTECTED_AUTH if so_pin is None else so_pin,
+            attribute_mapper=mapper,
         ) as session:
             create_objects(session, template)
     except p11.PKCS11Error as exc:

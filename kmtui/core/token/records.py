@@ -28,6 +28,15 @@ class ObjectInfo:
     label_is_utf8: bool
     key_type: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+    private: bool = False  # made in a logged-in session: no one without the PIN can create it
+    trusted: bool = False  # made by the security officer: no user can set CKA_TRUSTED
+
+    @property
+    def believable(self) -> bool:
+        """Whether kmtui may take this object for its own: anyone can create public objects
+        without the PIN, so only private or trusted ones, and public keys (public by nature,
+        each proved by its fingerprint or a signature)."""
+        return self.private or self.trusted or self.object_class == "PUBLIC_KEY"
 
 
 @dataclass(frozen=True)

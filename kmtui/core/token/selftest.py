@@ -64,6 +64,7 @@ class SelfTest:
                 check("encrypt-decrypt", round_trip)
             elif purpose == templates.Purpose.WRAP:
                 check("wrap-unwrap", lambda: self._hsm.wrapping.probe(session, key))
+                check("unwrap-in-clear-refused", lambda: self._hsm.wrapping.refused_in_clear(key))
             else:
 
                 def mac() -> bool:

@@ -25,6 +25,7 @@ from pkcs11.attributes import AttributeMapper
 
 from kmtui.core import errors
 from kmtui.core.models import TokenInfo
+from kmtui.core.token import arrays
 from kmtui.core.token.errors import CKR_ERRORS, CKR_OK, CKR_USER_ALREADY_LOGGED_IN, translate
 from kmtui.core.token.keygen import Keygen
 from kmtui.core.token.objects import Objects
@@ -59,10 +60,12 @@ def on_hsm_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 class _LenientMapper(AttributeMapper):
-    """Keeps non-UTF-8 labels as surrogate escapes: a foreign object must not stop a scan."""
+    """Keeps non-UTF-8 labels as surrogate escapes: a foreign object must not stop a scan; sends
+    the unwrap templates of key-encryption keys."""
 
     def __init__(self) -> None:
         super().__init__()
+        arrays.register(self)
         self.register_handler(
             Attribute.LABEL,
             lambda s: s.encode("utf-8", errors="surrogateescape"),

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
 
+from kmtui.core import errors
 from kmtui.core.token import templates
 from kmtui.core.token.errors import GONE
-from kmtui.core.token.objects import public_key
+from kmtui.core.token.objects import PUBLIC_VALUE_ATTRS, public_key
 
 if TYPE_CHECKING:
     from kmtui.core.token.session import Hsm
@@ -33,43 +37,89 @@ class AuditSigner:
     def __init__(self, hsm: Hsm) -> None:
         self._hsm = hsm
         self._heads: dict[str, Any] = {}
+        self._pem: str | None = None
 
     def forget(self) -> None:
-        """Drop the remembered head objects: their handles die with the session."""
+        """Drop the remembered head objects and public key: they are proved once per session."""
         self._heads.clear()
+        self._pem = None
 
-    def ensure_audit_key(self) -> str:
-        """Create the audit signing key pair on first use; returns its public key as PEM."""
+    def ensure_audit_key(self, known: Sequence[str] = ()) -> str:
+        """The audit key's public half as PEM, the pair created on first use.
+
+        Proved, never just looked up: any token user can plant or delete public objects without
+        the PIN, so the PEM returned is one that verifies a fresh signature by the private key:
+        a public key under the audit key's id on the token, else one of `known` (those kmtui
+        recorded earlier) when the token's was removed or replaced.
+        """
 
         def run() -> str:
-            objects = self._hsm.objects
-            if objects.lookup(AUDIT_KEY_ID, ObjectClass.PRIVATE_KEY) is None:
-                self._hsm.keygen.make(
-                    templates.build(
-                        "EC-P256", "sign", cka_id=AUDIT_KEY_ID, label="kmtui audit signing key"
+            if self._pem is None:
+                if self._hsm.objects.lookup(AUDIT_KEY_ID, ObjectClass.PRIVATE_KEY) is None:
+                    self._hsm.keygen.make(
+                        templates.build(
+                            "EC-P256", "sign", cka_id=AUDIT_KEY_ID, label="kmtui audit signing key"
+                        )
                     )
-                )
-            public = objects.get(AUDIT_KEY_ID, ObjectClass.PUBLIC_KEY)
-            attrs = objects.public_attributes(public, KeyType.EC)
-            pem: bytes = public_key(KeyType.EC, attrs).public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            return pem.decode("ascii")
+                proven = self._proven(known)
+                if proven is None:
+                    raise errors.HsmError(
+                        f"The audit key's public half is missing from token {self._hsm.name}, "
+                        "and no public key kmtui recorded matches its private key.",
+                        "Run `kmtui reconcile` and have the security officer find out who "
+                        "removed or replaced it; checkpoints cannot be proved until then.",
+                    )
+                self._pem = proven
+            return self._pem
+
+        return self._hsm.run(run)
+
+    def impostors(self) -> set[int]:
+        """Handles of the public keys under the audit key's id that its private key does not
+        prove (every one of them when there is no private key)."""
+
+        def run() -> set[int]:
+            check = self._challenge()
+            return {
+                int(obj.handle)
+                for obj in self._publics()
+                if check is None or not _proves(_pem_of(obj), *check)
+            }
 
         return self._hsm.run(run)
 
     def sign_audit(self, message: bytes) -> bytes:
         """ECDSA P-256 over SHA-256(message), DER; hashed here (SoftHSM lacks ECDSA_SHA256)."""
+        return self._hsm.run(self._sign, message)
 
-        def run() -> bytes:
-            private = self._hsm.objects.get(AUDIT_KEY_ID, ObjectClass.PRIVATE_KEY)
-            raw = bytes(private.sign(hashlib.sha256(message).digest(), mechanism=Mechanism.ECDSA))
-            half = len(raw) // 2
-            return encode_dss_signature(
-                int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+    def _sign(self, message: bytes) -> bytes:
+        private = self._hsm.objects.get(AUDIT_KEY_ID, ObjectClass.PRIVATE_KEY)
+        raw = bytes(private.sign(hashlib.sha256(message).digest(), mechanism=Mechanism.ECDSA))
+        half = len(raw) // 2
+        return encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+
+    def _challenge(self) -> tuple[bytes, bytes] | None:
+        """(message, signature) fresh from the private key, or None when there is none."""
+        if self._hsm.objects.lookup(AUDIT_KEY_ID, ObjectClass.PRIVATE_KEY) is None:
+            return None
+        message = bytes(self._hsm.require_session().generate_random(256))
+        return message, self._sign(message)
+
+    def _proven(self, known: Sequence[str]) -> str | None:
+        check = self._challenge()
+        if check is None:
+            return None
+        candidates = [_pem_of(obj) for obj in self._publics()] + list(known)
+        return next((pem for pem in candidates if _proves(pem, *check)), None)
+
+    def _publics(self) -> list[Any]:
+        return list(
+            self._hsm.require_session().get_objects(
+                {Attribute.ID: AUDIT_KEY_ID, Attribute.CLASS: ObjectClass.PUBLIC_KEY}
             )
-
-        return self._hsm.run(run)
+        )
 
     def read_head(self, registry: str) -> bytes | None:
         """The newest audit head kept on the token (several exist only after a crash mid-update)."""
@@ -140,9 +190,42 @@ class AuditSigner:
         self._hsm.run(run)
 
     def _head_objects(self, registry: str) -> Iterator[Any]:
+        """This registry's heads: private ones only, which no one makes without the PIN (any
+        token user can create a public object under the same label)."""
         yield from self._hsm.require_session().get_objects(
-            {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: f"{HEAD_LABEL}:{registry}"}
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.LABEL: f"{HEAD_LABEL}:{registry}",
+                Attribute.PRIVATE: True,
+            }
         )
+
+
+def _pem_of(public: Any) -> str:
+    """A public key object as PEM; '' for one that is not an EC key kmtui can read."""
+    try:
+        attrs = {
+            Attribute(a): v
+            for a, v in public.get_attributes(PUBLIC_VALUE_ATTRS[KeyType.EC]).items()
+        }
+        pem: bytes = public_key(KeyType.EC, attrs).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (p11.PKCS11Error, errors.HsmError, KeyError, ValueError, TypeError):
+        return ""
+    return pem.decode("ascii")
+
+
+def _proves(pem: str, message: bytes, signature: bytes) -> bool:
+    """Whether `pem` verifies the private key's signature; any failure is a failed check."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode("ascii"))
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            return False
+        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _head_seq(value: bytes) -> int:

@@ -94,6 +94,16 @@ _USAGE_FOR_PURPOSE: dict[Purpose, frozenset[Attribute]] = {
     Purpose.MAC: frozenset({Attribute.SIGN, Attribute.VERIFY}),
 }
 MAX_LABEL_BYTES = 128
+KEK_UNWRAP: dict[Attribute, bool] = {
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.PRIVATE: True,
+}
+"""The CKA_UNWRAP_TEMPLATE of every key-encryption key: a key it unwraps is sensitive, never
+extractable and private. Without it, anyone who can use the KEK could wrap a key under it and
+unwrap it back with SENSITIVE=false to read its value; PRIVATE also shuts out public sessions,
+which need no PIN and can use a trusted (so public) KEK. Never read back (see arrays.py): a
+KEK is proved by refusing a clear unwrap (`clear_unwrap`)."""
 
 
 @dataclass(frozen=True)
@@ -111,11 +121,14 @@ class KeyTemplate:
     private: dict[Attribute, Any] = field(default_factory=dict)
 
     def expected(self, object_class: ObjectClass) -> dict[Attribute, Any]:
-        """The attributes the created object must carry, including the token-derived ones."""
+        """The attributes the created object must carry and that can be read back, including
+        the token-derived ones (an unwrap template is proved by its effect instead)."""
         if object_class == ObjectClass.PUBLIC_KEY:
             return dict(self.public)
         base = self.secret if object_class == ObjectClass.SECRET_KEY else self.private
-        expected = dict(base)
+        expected: dict[Attribute, Any] = {
+            a: v for a, v in base.items() if a != Attribute.UNWRAP_TEMPLATE
+        }
         expected[Attribute.LOCAL] = True
         expected[Attribute.ALWAYS_SENSITIVE] = True
         expected[Attribute.NEVER_EXTRACTABLE] = not self.exportable
@@ -198,6 +211,8 @@ def build(
             Attribute.TRUSTED: trusted,
             Attribute.VALUE_LEN: spec.bits // 8,
         }
+        if chosen == Purpose.WRAP:
+            secret[Attribute.UNWRAP_TEMPLATE] = dict(KEK_UNWRAP)
         template = KeyTemplate(spec, chosen, exportable, mechanism, cka_id, label, secret=secret)
     else:
         public: dict[Attribute, Any] = {
@@ -319,6 +334,7 @@ def unwrap_target(template: KeyTemplate) -> dict[Attribute, Any]:
 def kcv_probe(template: KeyTemplate) -> dict[Attribute, Any]:
     """A session twin of an imported key that may encrypt, only to compute its KCV."""
     probe = unwrap_target(template)
+    probe.pop(Attribute.UNWRAP_TEMPLATE, None)
     probe.update(
         {
             Attribute.TOKEN: False,
@@ -369,6 +385,17 @@ def unwrapped_probe() -> dict[Attribute, Any]:
     return template
 
 
+def clear_unwrap() -> dict[Attribute, Any]:
+    """The attacker's template, asked of a key-encryption key in its self-check: the probe back
+    as a readable key. A KEK that obeys would hand any key it wraps back in the clear."""
+    return {
+        **unwrapped_probe(),
+        Attribute.SENSITIVE: False,
+        Attribute.EXTRACTABLE: True,
+        Attribute.LABEL: "kmtui clear-unwrap probe",
+    }
+
+
 def violations(cls: ObjectClass, attrs: Mapping[Attribute, Any]) -> list[str]:
     """The DESIGN.md section 4 invariants that these attributes break (empty when none)."""
     problems: list[str] = []
@@ -385,6 +412,13 @@ def violations(cls: ObjectClass, attrs: Mapping[Attribute, Any]) -> list[str]:
     crypts = attrs.get(Attribute.ENCRYPT) or attrs.get(Attribute.DECRYPT)
     if wraps and crypts:
         problems.append("both wraps and encrypts")
+    if cls == ObjectClass.SECRET_KEY and attrs.get(Attribute.WRAP) and attrs.get(Attribute.UNWRAP):
+        forced = attrs.get(Attribute.UNWRAP_TEMPLATE) or {}
+        if (
+            forced.get(Attribute.SENSITIVE) is not True
+            or forced.get(Attribute.EXTRACTABLE) is not False
+        ):
+            problems.append("wraps, and unwraps keys in the clear (no enforced unwrap template)")
     if (
         cls == ObjectClass.PRIVATE_KEY
         and attrs.get(Attribute.SIGN)

@@ -29,6 +29,8 @@ class Wrapping:
         def run() -> bytes:
             key = self._hsm.objects.get(target, ObjectClass.SECRET_KEY)
             kek = self._wrapping_key(wrapper)
+            if kek.object_class == ObjectClass.SECRET_KEY and not self.refused_in_clear(kek):
+                raise unwraps_in_clear(f"with CKA_ID {wrapper.decode('ascii', 'replace')!r}")
             try:
                 return bytes(kek.wrap_key(key, mechanism=mechanism, mechanism_param=param))
             except (p11.KeyUnextractable, p11.KeyNotWrappable):
@@ -67,6 +69,47 @@ class Wrapping:
                 probe.destroy()
 
         return self._hsm.run(run)
+
+    def refuses_clear_unwrap(self, wrapper: bytes) -> bool:
+        """Whether this key-encryption key refuses to hand a key it wrapped back in the clear."""
+        return self._hsm.run(
+            lambda: self.refused_in_clear(self._hsm.objects.get(wrapper, ObjectClass.SECRET_KEY))
+        )
+
+    def refused_in_clear(self, kek: Any) -> bool:
+        """Wrap a throw-away session key under the KEK and ask for it back as the attacker would
+        (`templates.clear_unwrap`): True when the token refuses, or the copy keeps its value
+        unreadable (on the PKCS#11 thread). A KEK that cannot unwrap refuses trivially."""
+        if not kek[Attribute.UNWRAP]:
+            return True
+        session = self._hsm.require_session()
+        probe = session.generate_key(
+            KeyType.AES, 128, capabilities=0, template=templates.session_probe()
+        )
+        try:
+            blob = kek.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)
+        except p11.PKCS11Error:
+            return False  # nothing to ask back: not proved
+        finally:
+            probe.destroy()
+        try:
+            copy = kek.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                KeyType.AES,
+                blob,
+                mechanism=Mechanism.AES_KEY_WRAP,
+                capabilities=0,
+                template=templates.clear_unwrap(),
+            )
+        except p11.PKCS11Error:
+            return True
+        try:
+            copy[Attribute.VALUE]
+        except p11.PKCS11Error:
+            return True
+        finally:
+            copy.destroy()
+        return False
 
     def probe(self, session: Any, kek: Any) -> bool:
         """Wrap a throw-away session key with the KEK, unwrap it, compare the two KCVs (on the
@@ -124,6 +167,19 @@ class Wrapping:
             )
         except p11.PKCS11Error:
             raise _bad_blob() from None
+
+
+def unwraps_in_clear(name: str) -> errors.KmtuiError:
+    """Why nothing is exported under a KEK that would unwrap keys in the clear."""
+    return errors.PolicyRefused(
+        f"The key-encryption key {name} would hand any key it wraps back in the clear: the token "
+        "does not hold it to an unwrap template (it was made before kmtui set one). Anyone with "
+        "the PIN, or, for a trusted KEK, which is a public object, anyone with the exported file "
+        "and no PIN, could unwrap the file with SENSITIVE=false and read the key.",
+        "Nothing was exported. The security officer makes a new trusted KEK (`kmtui keys create "
+        "--purpose wrap --trusted`); export under it, then retire this one. Files already "
+        "exported under this KEK can still be imported with it.",
+    )
 
 
 def _bad_blob() -> errors.KmtuiError:
