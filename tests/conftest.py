@@ -12,12 +12,14 @@ from pathlib import Path
 import pyotp
 import pytest
 
+from kmtui.core.control import origin
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
 from kmtui.core.token.session import Hsm, default_softhsm_module
 from kmtui.service import Workstation
+from tests import origin_tree
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,21 @@ class SoftHsm:
     pin: str
     so_pin: str
     serial: str
+
+
+@pytest.fixture(scope="session")
+def console_roots(tmp_path_factory: pytest.TempPathFactory) -> origin.Roots:
+    return origin_tree.console(tmp_path_factory.mktemp("console"), os.getpid())
+
+
+@pytest.fixture(autouse=True)
+def at_the_console(console_roots: origin.Roots, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kmtui in this process sits at a stand-in console, wherever the suite runs (over SSH it
+    would rightly refuse what the console alone may do); a test that sets SSH_CONNECTION or its
+    own roots is somewhere else."""
+    monkeypatch.setattr(origin, "ROOTS", console_roots)
+    for name in origin.SSH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

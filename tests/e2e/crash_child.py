@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kmtui.core.control.totp import current_code
-
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.control import origin
 from kmtui.core.control.gate import Gate
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.keygen import Keygen
@@ -185,6 +185,11 @@ class Child:
 
 def main() -> None:
     request = json.loads(sys.stdin.read())
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.origin_tree import console
+
+    # destroy is kept to the console: this child sits at the stand-in one, wherever the suite runs
+    origin.ROOTS = console(Path(request["db"]).parent / f"console-{os.getpid()}", os.getpid())
     child = Child(request)
     {"operate": child.operate, "reconcile": child.reconcile, "retry": child.retry}[
         request["mode"]
