@@ -80,7 +80,8 @@ def cmd_operators(args: argparse.Namespace) -> int:
                     ],
                 )
         return EXIT_OK
-    with common.workstation(args, login=True) as ws:
+    planned = common.plan(CHANGES[args.action]) if args.action in CHANGES else None
+    with common.workstation(args, login=True, planned=planned) as ws:
         if args.action == "confirm":
             ws.confirm_operator(args.name, _code(args))
             print(f"operator {args.name} is active")
@@ -150,7 +151,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     """The bootstrap ceremony: the first two operators enrol without approvals, then never again."""
     if not sys.stdin.isatty():
         raise errors.UsageError("`kmtui init` is a ceremony at the console: run it in a terminal.")
-    with common.workstation(args, login=True) as ws:
+    planned = common.plan(OpKind.OPERATOR_ENROLL)
+    with common.workstation(args, login=True, planned=planned) as ws:
         if not ws.bootstrap_open():
             raise errors.UsageError(
                 "This workstation already has its first two operators.",

@@ -18,7 +18,7 @@ from kmtui.core.audit.anchors import Anchors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.control import policy
 from kmtui.core.control.approvals import Approvals
-from kmtui.core.control.operations import ApprovalInput, Operation, Requirement
+from kmtui.core.control.operations import ApprovalInput, Operation, OpKind, Requirement
 from kmtui.core.control.origin import session_context
 from kmtui.core.models import Key, Outcome
 from kmtui.core.registry.db import Store
@@ -67,6 +67,48 @@ class Gate:
         self._audit = audit
         self._anchors = anchors
         self.approvals = approvals
+
+    def prepared(
+        self,
+        op: Operation,
+        summary: str,
+        rules: policy.Rules,
+        *,
+        key: Key | None = None,
+        quorum: int | None = None,
+    ) -> Prepared:
+        """An operation ready for approval. One the policy keeps to the console is refused here,
+        before anyone types a code; `execute` checks again."""
+        self.check_origin(rules, op.kind, op=op)
+        required = rules.requirement(op.kind).quorum if quorum is None else quorum
+        return Prepared(op, summary, key, required)
+
+    def check_origin(
+        self,
+        rules: policy.Rules,
+        kind: OpKind,
+        *,
+        actor: str = "console",
+        op: Operation | None = None,
+    ) -> None:
+        """Refuse, and audit, an operation kept to the console when the operator is not at it:
+        asked when the key is pressed, before any form, PIN half or code."""
+        if str(kind) not in rules.console_only:
+            return
+        context = session_context()
+        try:
+            policy.check_origin(rules, kind, context["via"])
+        except errors.PolicyRefused as exc:
+            if op is not None:
+                self._refused(op, actor, exc, context)
+            else:
+                self._audit.append(
+                    str(kind),
+                    actor=actor,
+                    outcome=Outcome.REFUSED,
+                    params={"error": type(exc).__name__, "message": exc.message, **context},
+                )
+            raise
 
     def execute(
         self,

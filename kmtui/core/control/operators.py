@@ -103,8 +103,8 @@ class Operators:
         op = Operation(kind, "", params)
         verb = str(kind).split(".")[-1]
         summary = f"{verb.capitalize()} operator {name!r}" + (f" as {role}" if role else "")
-        quorum = 0 if bootstrap else self._policies.rules("default").requirement(kind).quorum
-        return Prepared(op, summary, None, quorum)
+        rules = self._policies.rules("default")
+        return self._gate.prepared(op, summary, rules, quorum=0 if bootstrap else None)
 
     def run(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput] = (), *, actor: str = "console"

@@ -86,7 +86,7 @@ class PolicyBook:
             k for k in set(rules) | set(current.rules) if rules.get(k) != current.rules.get(k)
         )
         summary = f"Change policy {name!r}: {', '.join(changed) or 'no rule'} changed"
-        return Prepared(op, summary, None, self.rules(name).requirement(op.kind).quorum)
+        return self._gate.prepared(op, summary, self.rules(name))
 
     def run_change(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput], *, actor: str

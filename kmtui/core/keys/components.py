@@ -213,7 +213,7 @@ class ComponentKeys:
             f"{verb} {template.algorithm.name} key {clean(label, 60)!r} as {len(names)} "
             f"components held by {', '.join(names)}{warning}"
         )
-        return Prepared(op, summary, None, rules.requirement(kind).quorum)
+        return self._gate.prepared(op, summary, rules)
 
     def run(
         self,

@@ -115,9 +115,7 @@ class Distribution:
             under = f"{clean(kek.label, 60)!r} (KCV {kek_version.kcv})"
         op = Operation(OpKind.KEY_EXPORT, key.id, params)
         summary = f"Export key {clean(key.label, 60)!r} (KCV {current.kcv}) wrapped under {under}"
-        return Prepared(
-            op, summary, key, self._policies.rules(key.policy).requirement(op.kind).quorum
-        )
+        return self._gate.prepared(op, summary, self._policies.rules(key.policy), key=key)
 
     def run_export(
         self,
@@ -216,7 +214,7 @@ class Distribution:
             f"Import {template.algorithm.name} key as {clean(label, 60)!r} (expected KCV "
             f"{op.params['expected_kcv']}) unwrapped by {clean(kek.label, 60)!r}"
         )
-        return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+        return self._gate.prepared(op, summary, rules)
 
     def run_import(
         self,
@@ -316,7 +314,7 @@ class Distribution:
             f"{recipient.fingerprint})"
             + (" as TRUSTED (security officer): it may wrap exportable keys" if trusted else "")
         )
-        return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+        return self._gate.prepared(op, summary, rules)
 
     def run_import_public(
         self,

@@ -94,7 +94,7 @@ class KeyOperations:
             + (" (exportable)" if exportable else "")
             + (" as a TRUSTED key-encryption key (security officer)" if trusted else "")
         )
-        return Prepared(op, summary, None, rules.requirement(op.kind).quorum)
+        return self._gate.prepared(op, summary, rules)
 
     def prepare(self, kind: OpKind, ref: str, **params: Any) -> Prepared:
         """An operation on an existing key, checked against its state before anyone approves."""
@@ -147,7 +147,7 @@ class KeyOperations:
                 )
             base["new_version"] = key.current_version + 1
         summary = _summary(kind, key, base)
-        return Prepared(Operation(kind, key.id, base), summary, key, rules.requirement(kind).quorum)
+        return self._gate.prepared(Operation(kind, key.id, base), summary, rules, key=key)
 
     # -- running ----------------------------------------------------------------------------
 
