@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint screenshots softhsm pkcs11-tool venv clean
+.PHONY: demo test bench lint screenshots softhsm pkcs11-tool sshd venv clean
 
 demo: softhsm $(STAMP)
 	$(BIN)/kmtui demo $(ARGS)
 
-test: softhsm pkcs11-tool $(STAMP)
+test: softhsm pkcs11-tool sshd $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: softhsm $(STAMP)
@@ -54,6 +54,24 @@ pkcs11-tool:
 	echo "Installing opensc (pkcs11-tool) from the distribution..."; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq opensc >/dev/null \
 	  || { echo "apt-get could not install opensc; install it by hand and rerun make." >&2; exit 1; }
+
+# openssh-server: one test starts its own sshd on a localhost port to prove that an operation kept
+# to the console is refused over SSH. Installed when missing; the system service it brings is
+# switched off again, so `make test` leaves no SSH server listening.
+sshd:
+	@if [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "The SSH test needs openssh-server; without it that one test is skipped." >&2; exit 0; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "Installing openssh-server needs root; without it the SSH test is skipped." >&2; exit 0; fi; \
+	echo "Installing openssh-server from the distribution (for the SSH test)..."; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server >/dev/null \
+	  || { echo "apt-get could not install openssh-server; the SSH test will be skipped." >&2; exit 0; }; \
+	if [ -d /run/systemd/system ]; then \
+	  echo "Switching off the system sshd the package started (the test runs its own)."; \
+	  $$SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true; \
+	fi
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kmtui import __version__, config, crashlog, demo, paths
+from kmtui import __version__, config, crashlog, demo, paths, process
 from kmtui.commands import audit, common, keys, operators
 from kmtui.core import errors
 from kmtui.core.safetext import clean
@@ -183,6 +183,7 @@ def _home_in(argv: Sequence[str] | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        process.harden()
         args = _parser().parse_args(argv)
         if args.command is None:
             return cmd_tui(args, demo_mode=bool(args.demo))

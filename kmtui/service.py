@@ -134,6 +134,13 @@ class Workstation:
             return self.reconciler.run_acknowledge(prepared, approvals, actor=actor)
         return self.keys.run(prepared, approvals, actor=actor, so_login=so_login)
 
+    def check_origin(
+        self, kind: OpKind, policy_name: str = "default", *, actor: str = "console"
+    ) -> None:
+        """Refuse at once what the policy keeps to the console when the operator is not at it,
+        before any form, PIN half or code (the gate asks again when the operation runs)."""
+        self.gate.check_origin(self.rules(policy_name), kind, actor=actor)
+
     # -- keys -------------------------------------------------------------------------------
 
     def get_key(self, ref: str) -> Key:

@@ -16,6 +16,7 @@ import pyotp
 import pytest
 from pkcs11 import Attribute, ObjectClass
 
+from kmtui.core.control import origin
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.pin import PinHalves
 from kmtui.core.control.totp import current_code
@@ -24,6 +25,7 @@ from kmtui.core.token import softhsm
 from kmtui.core.token.session import Hsm, default_softhsm_module
 from kmtui.core.token.signer import PIN_LABEL
 from kmtui.service import Workstation
+from tests import origin_tree
 
 Pairs = tuple[tuple[str, str], tuple[str, str]]
 
@@ -61,6 +63,21 @@ class SoftHsm:
 
 def new_pairs(first: str, second: str) -> Pairs:
     return ((first, secrets.token_hex(6)), (second, secrets.token_hex(6)))
+
+
+@pytest.fixture(scope="session")
+def console_roots(tmp_path_factory: pytest.TempPathFactory) -> origin.Roots:
+    return origin_tree.console(tmp_path_factory.mktemp("console"), os.getpid())
+
+
+@pytest.fixture(autouse=True)
+def at_the_console(console_roots: origin.Roots, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kmtui in this process sits at a stand-in console, wherever the suite runs (over SSH it
+    would rightly refuse what the console alone may do); a test that sets SSH_CONNECTION or its
+    own roots is somewhere else."""
+    monkeypatch.setattr(origin, "ROOTS", console_roots)
+    for name in origin.SSH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from kmtui import config, demo, paths
 from kmtui.core import errors
-from kmtui.core.control.operations import ApprovalInput
+from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.pin import (
     POSITIONS,
     PROTECTED_PATH,
@@ -27,6 +27,14 @@ from kmtui.core.safetext import clean
 from kmtui.service import Prepared, Workstation
 
 MAX_APPROVAL_LINE = 200
+
+Planned = Callable[[Workstation], tuple[OpKind, str]]
+"""The operation a command is about to run and the policy it runs under, known before log-in."""
+
+
+def plan(kind: OpKind, policy: str = "default") -> Planned:
+    """A planned operation whose policy the command line names."""
+    return lambda ws: (kind, policy)
 
 
 def print_json(data: Any) -> None:
@@ -59,15 +67,22 @@ def context(args: argparse.Namespace) -> tuple[paths.Paths, config.Config]:
 
 @contextmanager
 def workstation(
-    args: argparse.Namespace, *, login: bool = False, integrity: str = "full"
+    args: argparse.Namespace,
+    *,
+    login: bool = False,
+    integrity: str = "full",
+    planned: Planned | None = None,
 ) -> Iterator[Workstation]:
-    """The workstation for one command; logged in to the token when the command needs it."""
+    """The workstation for one command; logged in to the token when the command needs it. A
+    `planned` operation the policy keeps to the console is refused here, before any PIN."""
     from kmtui.launch import open_workstation
 
     p, cfg = context(args)
     stdin_once(args)
     ws = open_workstation(p, cfg, integrity=integrity)
     try:
+        if planned is not None:
+            ws.check_origin(*planned(ws), actor="cli")
         if login:
             ws.login(credential(args, p, cfg, ws.hsm.name), actor="cli")
         yield ws

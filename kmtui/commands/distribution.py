@@ -11,6 +11,7 @@ from typing import Any
 
 from kmtui.commands import common
 from kmtui.core import errors
+from kmtui.core.control.operations import OpKind
 from kmtui.core.control.pin import Credential
 from kmtui.core.keys import components, keyfiles
 from kmtui.core.models import Key
@@ -116,8 +117,15 @@ def so_login(args: argparse.Namespace) -> Credential:
     return common.so_credential(args, p, cfg)
 
 
+def _planned(args: argparse.Namespace) -> common.Planned:
+    if args.action == "export":
+        return lambda ws: (OpKind.KEY_EXPORT, ws.get_key(args.key).policy)
+    kind = OpKind.KEY_CREATE if args.action == "components-create" else OpKind.KEY_IMPORT
+    return common.plan(kind, args.policy)
+
+
 def cmd(args: argparse.Namespace) -> int:
-    with common.workstation(args, login=True) as ws:
+    with common.workstation(args, login=True, planned=_planned(args)) as ws:
         if args.action == "export":
             prepared = ws.distribution.prepare_export(args.key, args.wrap_with)
             result = ws.distribution.run_export(

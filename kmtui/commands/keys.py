@@ -106,6 +106,13 @@ def add_parsers(
     rec.add_argument("--note", default="", help="why the finding is acknowledged")
 
 
+def _planned(args: argparse.Namespace) -> common.Planned:
+    if args.action == "create":
+        return common.plan(OpKind.KEY_CREATE, args.policy)
+    kind = TRANSITIONS[args.action]
+    return lambda ws: (kind, ws.get_key(args.key).policy)
+
+
 def _days(text: str) -> int:
     """A number of days from 0 to 36500 (argparse turns the ValueError into a usage error)."""
     value = int(text)
@@ -126,7 +133,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         "components-import",
     ):
         return distribution.cmd(args)
-    with common.workstation(args, login=True) as ws:
+    with common.workstation(args, login=True, planned=_planned(args)) as ws:
         so_login = None
         if args.action == "create":
             prepared = ws.prepare_create(
@@ -272,7 +279,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
             raise errors.UsageError(f"Cannot read rules from {args.rules_file}: {exc}.") from None
         if not isinstance(rules, dict):
             raise errors.UsageError("The rules file must hold one JSON object.")
-        with common.workstation(args, login=True) as ws:
+        planned = common.plan(OpKind.POLICY_CHANGE, args.name)
+        with common.workstation(args, login=True, planned=planned) as ws:
             prepared = ws.prepare_policy_change(args.name, rules)
             result = ws.run(prepared, common.approvals(args, prepared), actor="cli")
             print(f"policy {args.name!r} changed (audit event {result.audit_seq})")
@@ -316,7 +324,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    with common.workstation(args, login=True) as ws:
+    planned = common.plan(OpKind.RECONCILE_RESOLVE) if args.acknowledge else None
+    with common.workstation(args, login=True, planned=planned) as ws:
         if args.acknowledge:
             prepared = ws.prepare_acknowledge(args.acknowledge, args.note)
             result = ws.run(prepared, common.approvals(args, prepared), actor="cli")

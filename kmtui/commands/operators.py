@@ -88,7 +88,8 @@ def cmd_operators(args: argparse.Namespace) -> int:
                     ],
                 )
         return EXIT_OK
-    with common.workstation(args, login=True) as ws:
+    planned = common.plan(CHANGES[args.action]) if args.action in CHANGES else None
+    with common.workstation(args, login=True, planned=planned) as ws:
         if args.action == "confirm":
             ws.confirm_operator(args.name, _code(args))
             print(f"operator {args.name} is active")
@@ -160,7 +161,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if not sys.stdin.isatty():
         raise errors.UsageError("`kmtui init` is a ceremony at the console: run it in a terminal.")
     p, cfg = common.context(args)
-    with common.workstation(args) as ws:
+    planned = common.plan(OpKind.OPERATOR_ENROLL)
+    with common.workstation(args, planned=planned) as ws:
         if not ws.bootstrap_open():
             raise errors.UsageError(
                 "This workstation already has its first two operators.",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kmtui.core.audit.log import AuditLog
+from kmtui.core.control import origin
 from kmtui.core.control.gate import Gate
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.pin import PinHalves
@@ -185,6 +186,11 @@ class Child:
 
 def main() -> None:
     request = json.loads(sys.stdin.read())
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.origin_tree import console
+
+    # destroy is kept to the console: this child sits at the stand-in one, wherever the suite runs
+    origin.ROOTS = console(Path(request["db"]).parent / f"console-{os.getpid()}", os.getpid())
     child = Child(request)
     {"operate": child.operate, "reconcile": child.reconcile, "retry": child.retry}[
         request["mode"]

@@ -26,8 +26,11 @@ from kmtui.demo import HALVES_FILE
 
 STEP = 30
 MARGIN = 8.0  # a previous-step code is handed out only while it stays valid this much longer
-# Commands that need the local console (policy change, enrolment...) must not see an SSH session.
-AT_CONSOLE: dict[str, str | None] = {"SSH_CONNECTION": None, "SSH_TTY": None}
+# Commands that need the local console (policy change, enrolment...) must not see an SSH session:
+# they run at the stand-in console of tests/origin_tree.py (at_console.py), with no SSH variables.
+AT_CONSOLE: dict[str, str | None] = {"SSH_CONNECTION": None, "SSH_TTY": None, "SSH_CLIENT": None}
+AT_CONSOLE_MAIN = Path(__file__).with_name("at_console.py")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def kmtui(
@@ -36,15 +39,18 @@ def kmtui(
     stdin: str | None = None,
     env: Mapping[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m kmtui --home HOME ARGS...`; `env` adds variables (None removes one)."""
+    """`python -m kmtui --home HOME ARGS...`; `env` adds variables (None removes one). An `env`
+    that removes SSH_CONNECTION (AT_CONSOLE) runs kmtui at the stand-in console."""
     environ = {k: v for k, v in os.environ.items() if k not in ("KMTUI_HOME", "SOFTHSM2_CONF")}
     for name, value in (env or {}).items():
         if value is None:
             environ.pop(name, None)
         else:
             environ[name] = value
+    console = env is not None and "SSH_CONNECTION" in env and env["SSH_CONNECTION"] is None
+    program = [str(AT_CONSOLE_MAIN)] if console else ["-m", "kmtui"]
     return subprocess.run(
-        [sys.executable, "-m", "kmtui", "--home", str(home), *args],
+        [sys.executable, *program, "--home", str(home), *args],
         capture_output=True,
         text=True,
         env=environ,
@@ -55,8 +61,19 @@ def kmtui(
 
 
 def make_demo(base: Path) -> Path:
-    """A demo workstation made by the same code `kmtui demo` runs, in a separate process."""
-    code = "from kmtui import demo, paths; print(demo.ensure(paths.resolve()).home)"
+    """A demo workstation made by the same code `kmtui demo` runs, in a separate process (at the
+    stand-in console: the demo's set-up enrols its operators)."""
+    code = f"""
+import os, sys, tempfile
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from kmtui import demo, paths
+from kmtui.core.control import origin
+from tests.origin_tree import console
+with tempfile.TemporaryDirectory() as tmp:
+    origin.ROOTS = console(Path(tmp), os.getpid())
+    print(demo.ensure(paths.resolve()).home)
+"""
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

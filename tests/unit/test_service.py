@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from kmtui.core import errors
+from kmtui.core.control import origin
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.reconcile import FindingKind
@@ -20,6 +22,7 @@ from kmtui.core.token import templates
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm, Team, sealed_edit
+from tests.origin_tree import Tree
 
 
 def create(team: Team, label: str, algorithm: str = "AES-256", **kw: Any):
@@ -296,7 +299,69 @@ def test_console_only_operations_are_refused_over_ssh_and_audited(
         run(team, OpKind.KEY_DESTROY, key.id)
     last = team.ws.audit.events(limit=1)[0]
     assert (last.action, last.outcome, last.params["via"]) == ("key.destroy", "refused", "ssh")
+    assert "env=remote(SSH_CONNECTION)" in last.params["signals"]
     assert team.ws.hsm.objects.find(key.versions[0].cka_id) is not None
+
+
+def test_ssh_with_its_variables_removed_is_refused_and_recorded_as_ssh(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's attack: `env -u SSH_CONNECTION -u SSH_TTY -u SSH_CLIENT kmtui ...` over SSH.
+    No SSH variable is set; an sshd sits above this process."""
+    key = create(team, "remote-env")
+    run(team, OpKind.KEY_SCHEDULE_DESTROY, key.id)
+    _expire_wait(team.ws, key.id)
+    machine = Tree(tmp_path / "machine").process(1, "init", 0)
+    machine.process(700, "sshd", 1, exe="/usr/sbin/sshd").process(os.getpid(), "python3", 700)
+    monkeypatch.setattr(origin, "ROOTS", machine.roots)
+    with pytest.raises(errors.PolicyRefused, match="only at the workstation console"):
+        team.ws.prepare(OpKind.KEY_DESTROY, key.id)
+    last = team.ws.audit.events(limit=1)[0]
+    assert (last.action, last.outcome, last.params["via"]) == ("key.destroy", "refused", "ssh")
+    assert last.params["signals"].startswith("ancestry=remote(sshd 700) ")
+    assert team.ws.hsm.objects.find(key.versions[0].cka_id) is not None
+
+
+def test_a_console_only_operation_over_ssh_is_refused_before_anyone_gives_a_code(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSH_CONNECTION", "10.0.0.1 5555 10.0.0.2 22")
+    with pytest.raises(errors.PolicyRefused, match="only at the workstation console"):
+        team.ws.prepare_policy_change("default", {"rotation_days": 90})
+    with pytest.raises(errors.PolicyRefused, match="only at the workstation console"):
+        team.ws.check_origin(OpKind.KEY_EXPORT, "default", actor="cli")  # before a form or PIN
+    refused = team.ws.audit.events(limit=2)
+    assert [(e.action, e.outcome, e.actor) for e in refused] == [
+        ("key.export", "refused", "cli"),
+        ("policy.change", "refused", "console"),
+    ]
+    assert all(e.params["via"] == "ssh" and "approvers" not in e.params for e in refused)
+    assert team.ws.rules("default").rotation_days != 90
+
+
+def test_the_gate_still_refuses_what_was_prepared_at_the_console_and_run_over_ssh(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = create(team, "moved")
+    run(team, OpKind.KEY_SCHEDULE_DESTROY, key.id)
+    _expire_wait(team.ws, key.id)
+    prepared = team.ws.prepare(OpKind.KEY_DESTROY, key.id)
+    codes = team.codes("alice", "bob")
+    monkeypatch.setenv("SSH_TTY", "/dev/pts/3")
+    with pytest.raises(errors.PolicyRefused, match="only at the workstation console"):
+        team.ws.run(prepared, codes)
+    assert team.ws.hsm.objects.find(key.versions[0].cka_id) is not None
+    monkeypatch.delenv("SSH_TTY")
+    team.ws.run(prepared, codes)  # the refusal spent no code: back at the console they still count
+    assert team.ws.get_key(key.id).state == KeyState.DESTROYED
+
+
+def test_every_event_records_the_signals_it_was_decided_from(team: Team) -> None:
+    key = create(team, "recorded")
+    intent, outcome = team.ws.audit.events(limit=2)[::-1]
+    assert (intent.outcome, intent.key_id, outcome.key_id) == ("intent", key.id, key.id)
+    assert intent.params["via"] == "console"
+    assert intent.params["signals"] == "ancestry=none logind=none utmp=none env=none"
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,50 @@ class Gate:
         self.approvals = approvals
         self._seals = seals
 
+    def prepared(
+        self,
+        op: Operation,
+        summary: str,
+        rules: policy.Rules,
+        *,
+        key: Key | None = None,
+        quorum: int | None = None,
+        subject: str = "",
+        depends: tuple[str, ...] = (),
+    ) -> Prepared:
+        """An operation ready for approval. One the policy keeps to the console is refused here,
+        before anyone types a code; `execute` checks again."""
+        self.check_origin(rules, op.kind, op=op)
+        required = rules.requirement(op.kind).quorum if quorum is None else quorum
+        return Prepared(op, summary, key, required, subject, depends)
+
+    def check_origin(
+        self,
+        rules: policy.Rules,
+        kind: OpKind,
+        *,
+        actor: str = "console",
+        op: Operation | None = None,
+    ) -> None:
+        """Refuse, and audit, an operation kept to the console when the operator is not at it:
+        asked when the key is pressed, before any form, PIN half or code."""
+        if str(kind) not in rules.console_only:
+            return
+        context = session_context()
+        try:
+            policy.check_origin(rules, kind, context["via"])
+        except errors.PolicyRefused as exc:
+            if op is not None:
+                self._refused(op, actor, exc, context)
+            else:
+                self._audit.append(
+                    str(kind),
+                    actor=actor,
+                    outcome=Outcome.REFUSED,
+                    params={"error": type(exc).__name__, "message": exc.message, **context},
+                )
+            raise
+
     def execute(
         self,
         prepared: Prepared,

@@ -107,9 +107,16 @@ class Operators:
         op = Operation(kind, "", params)
         verb = str(kind).split(".")[-1]
         summary = f"{verb.capitalize()} operator {name!r}" + (f" as {role}" if role else "")
-        quorum = 0 if bootstrap else self._policies.rules("default").requirement(kind).quorum
+        rules = self._policies.rules("default")
         policy = () if bootstrap else (subject("policy", "default"),)
-        return Prepared(op, summary, None, quorum, subject("operator", name), policy)
+        return self._gate.prepared(
+            op,
+            summary,
+            rules,
+            quorum=0 if bootstrap else None,
+            subject=subject("operator", name),
+            depends=policy,
+        )
 
     def run(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput] = (), *, actor: str = "console"

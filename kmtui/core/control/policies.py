@@ -91,8 +91,7 @@ class PolicyBook:
             k for k in set(rules) | set(current.rules) if rules.get(k) != current.rules.get(k)
         )
         summary = f"Change policy {name!r}: {', '.join(touched) or 'no rule'} changed"
-        quorum = self.rules(name).requirement(op.kind).quorum
-        return Prepared(op, summary, None, quorum, subject=subject("policy", name))
+        return self._gate.prepared(op, summary, self.rules(name), subject=subject("policy", name))
 
     def run_change(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput], *, actor: str

@@ -214,9 +214,9 @@ class ComponentKeys:
             f"{verb} {template.algorithm.name} key {clean(label, 60)!r} as {len(names)} "
             f"components held by {', '.join(names)}{warning}"
         )
-        quorum = rules.requirement(kind).quorum
-        return Prepared(
-            op, summary, None, quorum, subject("key", key_id), (subject("policy", policy_name),)
+        depends = (subject("policy", policy_name),)
+        return self._gate.prepared(
+            op, summary, rules, subject=subject("key", key_id), depends=depends
         )
 
     def run(

@@ -120,9 +120,9 @@ class Distribution:
             under = f"{clean(kek.label, 60)!r} (KCV {kek_version.kcv})"
         op = Operation(OpKind.KEY_EXPORT, key.id, params)
         summary = f"Export key {clean(key.label, 60)!r} (KCV {current.kcv}) wrapped under {under}"
-        quorum = self._policies.rules(key.policy).requirement(op.kind).quorum
         depends = (subject("key", key.id), subject("key", kek.id), subject("policy", key.policy))
-        return Prepared(op, summary, key, quorum, depends=depends)
+        rules = self._policies.rules(key.policy)
+        return self._gate.prepared(op, summary, rules, key=key, depends=depends)
 
     def run_export(
         self,
@@ -222,8 +222,9 @@ class Distribution:
             f"{op.params['expected_kcv']}) unwrapped by {clean(kek.label, 60)!r}"
         )
         depends = (subject("key", kek.id), subject("policy", policy_name))
-        quorum = rules.requirement(op.kind).quorum
-        return Prepared(op, summary, None, quorum, subject("key", key_id), depends)
+        return self._gate.prepared(
+            op, summary, rules, subject=subject("key", key_id), depends=depends
+        )
 
     def run_import(
         self,
@@ -323,9 +324,10 @@ class Distribution:
             f"{recipient.fingerprint})"
             + (" as TRUSTED (security officer): it may wrap exportable keys" if trusted else "")
         )
-        quorum = rules.requirement(op.kind).quorum
         depends = (subject("policy", policy_name),)
-        return Prepared(op, summary, None, quorum, subject("key", key_id), depends)
+        return self._gate.prepared(
+            op, summary, rules, subject=subject("key", key_id), depends=depends
+        )
 
     def run_import_public(
         self,

@@ -108,9 +108,10 @@ class KeyOperations:
             + (" (exportable)" if exportable else "")
             + (" as a TRUSTED key-encryption key (security officer)" if trusted else "")
         )
-        quorum = rules.requirement(op.kind).quorum
         depends = (subject("policy", policy_name),)
-        return Prepared(op, summary, None, quorum, subject("key", key_id), depends)
+        return self._gate.prepared(
+            op, summary, rules, subject=subject("key", key_id), depends=depends
+        )
 
     def prepare(self, kind: OpKind, ref: str, **params: Any) -> Prepared:
         """An operation on an existing key, checked against its state before anyone approves."""
@@ -164,13 +165,13 @@ class KeyOperations:
             base["new_version"] = key.current_version + 1
         summary = _summary(kind, key, base)
         changes = kind != OpKind.KEY_SELFCHECK
-        return Prepared(
+        return self._gate.prepared(
             Operation(kind, key.id, base),
             summary,
-            key,
-            rules.requirement(kind).quorum,
-            subject("key", key.id) if changes else "",
-            (subject("key", key.id), subject("policy", key.policy)),
+            rules,
+            key=key,
+            subject=subject("key", key.id) if changes else "",
+            depends=(subject("key", key.id), subject("policy", key.policy)),
         )
 
     # -- running ----------------------------------------------------------------------------

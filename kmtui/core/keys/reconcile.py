@@ -165,9 +165,14 @@ class Reconciler:
             raise errors.UsageError("Say why the finding is acknowledged.", "Use --note TEXT.")
         op = Operation(OpKind.RECONCILE_RESOLVE, "", {"finding": finding, "note": note})
         summary = f"Acknowledge reconciliation finding {clean(finding, 80)}: {clean(note, 80)}"
-        quorum = self._policies.rules("default").requirement(op.kind).quorum
         policy = (subject("policy", "default"),)
-        return Prepared(op, summary, None, quorum, subject("ack", finding), policy)
+        return self._gate.prepared(
+            op,
+            summary,
+            self._policies.rules("default"),
+            subject=subject("ack", finding),
+            depends=policy,
+        )
 
     def run_acknowledge(
         self, prepared: Prepared, approvals: Sequence[ApprovalInput], *, actor: str

@@ -281,7 +281,8 @@ class KeysPane(Pane):
             self._simple(OpKind.KEY_CANCEL_DESTROY if scheduled else OpKind.KEY_SCHEDULE_DESTROY)
 
     def action_revoke(self) -> None:
-        if self.selected() is None:
+        key = self.selected()
+        if key is None or not self.allowed_here(OpKind.KEY_REVOKE, key.policy):
             return
 
         def chosen(reason: str | None) -> None:
@@ -295,7 +296,7 @@ class KeysPane(Pane):
 
     def action_export(self) -> None:
         key = self.selected()
-        if key is None:
+        if key is None or not self.allowed_here(OpKind.KEY_EXPORT, key.policy):
             return
         ws = self.workstation
 
@@ -317,6 +318,8 @@ class KeysPane(Pane):
         self.app.push_screen(ExportScreen(ws, key, out_dir), chosen)
 
     def action_import_key(self) -> None:
+        if not self.allowed_here(OpKind.KEY_IMPORT):
+            return
         ws = self.workstation
 
         def chosen(request: ImportRequest | None) -> None:
@@ -340,6 +343,8 @@ class KeysPane(Pane):
         self.app.push_screen(ImportScreen(ws), chosen)
 
     def action_components(self) -> None:
+        if not self.allowed_here(OpKind.KEY_CREATE):
+            return
         ws = self.workstation
 
         def reveal(made: tuple[Key, list[components.Component]]) -> None:
@@ -356,6 +361,8 @@ class KeysPane(Pane):
         self.app.push_screen(ComponentsScreen(generate=True), chosen)
 
     def action_enter_components(self) -> None:
+        if not self.allowed_here(OpKind.KEY_IMPORT):
+            return
         ws = self.workstation
 
         def chosen(request: ComponentsRequest | None) -> None:

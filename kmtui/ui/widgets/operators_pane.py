@@ -96,6 +96,9 @@ class OperatorsPane(Pane):
         self._change(OpKind.OPERATOR_REVOKE)
 
     def action_enroll(self) -> None:
+        if not self.allowed_here(OpKind.OPERATOR_ENROLL):
+            return
+
         def chosen(answer: tuple[str, str] | None) -> None:
             if answer is None:
                 return

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
+from kmtui.core.control.operations import OpKind
 from kmtui.core.errors import KmtuiError
 from kmtui.service import Executed, Prepared, Workstation
 from kmtui.ui.screens.approval import Runner
@@ -74,6 +75,16 @@ class Pane(Vertical):
 
     def reload(self) -> None:
         """Show fresh data (after an operation or a reconciliation; keys also on a new theme)."""
+
+    def allowed_here(self, kind: OpKind, policy_name: str = "default") -> bool:
+        """False, with the reason shown, for an operation the policy keeps to the console when
+        the operator is not at it: asked when the key is pressed, before any form opens."""
+        try:
+            self.workstation.check_origin(kind, policy_name)
+        except KmtuiError as exc:
+            self.notify(str(exc), severity="error", markup=False, timeout=8)
+            return False
+        return True
 
     def prepare(self, what: Callable[[], Prepared]) -> Prepared | None:
         """Prepare on the UI thread (registry reads only); a refusal becomes a notification."""

@@ -11,6 +11,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from kmtui.core.control import policy
+from kmtui.core.control.operations import OpKind
 from kmtui.core.errors import KmtuiError
 from kmtui.ui.screens.policy_edit import PolicyEditScreen
 from kmtui.ui.text import labelled, plain, when
@@ -82,7 +83,7 @@ class PoliciesPane(Pane):
 
     def action_edit(self) -> None:
         name = self._selected()
-        if name is None:
+        if name is None or not self.allowed_here(OpKind.POLICY_CHANGE, name):
             return
         current = self.workstation.get_policy(name)
 

@@ -12,6 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
+from kmtui.core.control.operations import OpKind
 from kmtui.core.keys.reconcile import Finding, Report
 from kmtui.core.models import TokenInfo
 from kmtui.ui.messages import Reconciled
@@ -163,6 +164,8 @@ class TokenPane(Pane):
         table = self.query_one("#findings", DataTable)
         if not table.row_count:
             self.notify("No finding to acknowledge.", severity="warning")
+            return
+        if not self.allowed_here(OpKind.RECONCILE_RESOLVE):
             return
         finding = self.findings[table.cursor_row]
 
