@@ -122,39 +122,55 @@ class AuditSigner:
         )
 
     def read_head(self, registry: str) -> bytes | None:
-        """The newest audit head kept on the token (several exist only after a crash mid-update)."""
+        """The newest audit head kept on the token (several exist only after a crash mid-update,
+        or beside one written by an older kmtui)."""
 
         def run() -> bytes | None:
-            values = [bytes(obj[Attribute.VALUE]) for obj in self._head_objects(registry)]
-            return max(values, key=_head_seq) if values else None
+            values = [_head_value(obj) for obj in self._head_objects(registry)]
+            found = [v for v in values if v is not None]
+            return max(found, key=_head_seq) if found else None
 
         return self._hsm.run(run)
 
     def write_head(self, registry: str, value: bytes) -> None:
-        """Create the new head object first, then destroy the older ones (a crash loses nothing).
+        """Move the head: its value is the label of one modifiable private data object, so a move
+        is one C_SetAttributeValue (about a hundredth of creating an object on SoftHSM2).
 
-        The object written last is remembered, so a session searches the token only once.
+        The object is remembered, so a session searches the token only once; the first move in
+        a session also retires heads an older kmtui kept as one object per value.
         """
+        label = f"{HEAD_LABEL}:{value.decode('ascii')}"
 
         def run() -> None:
             cached = self._heads.get(registry)
-            older = [cached] if cached is not None else list(self._head_objects(registry))
-            self._heads[registry] = self._hsm.require_session().create_object(
-                {
-                    Attribute.CLASS: ObjectClass.DATA,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.MODIFIABLE: False,
-                    Attribute.LABEL: f"{HEAD_LABEL}:{registry}",
-                    Attribute.APPLICATION: "kmtui",
-                    Attribute.VALUE: value,
-                }
-            )
-            for obj in older:
-                with suppress(*GONE):  # another process already replaced it
-                    obj.destroy()
+            if cached is not None:
+                with suppress(*GONE):  # else another process removed it: search again
+                    cached[Attribute.LABEL] = label
+                    return
+            found = list(self._head_objects(registry))
+            moving = [o for o in found if _moves(o, registry)]
+            head = moving[0] if moving else self._new_head(registry, label)
+            head[Attribute.LABEL] = label
+            self._heads[registry] = head
+            for obj in found:
+                if obj is not head:
+                    with suppress(*GONE):
+                        obj.destroy()
 
         self._hsm.run(run)
+
+    def _new_head(self, registry: str, label: str) -> Any:
+        return self._hsm.require_session().create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.MODIFIABLE: True,
+                Attribute.LABEL: label,
+                Attribute.APPLICATION: _head_application(registry),
+                Attribute.VALUE: b"kmtui audit head: the value is the label",
+            }
+        )
 
     def pinned(self) -> list[str]:
         """The registry ids this token is pinned to (one, unless someone planted more)."""
@@ -191,14 +207,37 @@ class AuditSigner:
 
     def _head_objects(self, registry: str) -> Iterator[Any]:
         """This registry's heads: private ones only, which no one makes without the PIN (any
-        token user can create a public object under the same label)."""
-        yield from self._hsm.require_session().get_objects(
-            {
-                Attribute.CLASS: ObjectClass.DATA,
-                Attribute.LABEL: f"{HEAD_LABEL}:{registry}",
-                Attribute.PRIVATE: True,
-            }
+        token user can create a public object under the same label): those an older kmtui made
+        (the value in CKA_VALUE, the label fixed) and the one moved by its label."""
+        session = self._hsm.require_session()
+        private = {Attribute.CLASS: ObjectClass.DATA, Attribute.PRIVATE: True}
+        yield from session.get_objects({**private, Attribute.LABEL: f"{HEAD_LABEL}:{registry}"})
+        yield from session.get_objects(
+            {**private, Attribute.APPLICATION: _head_application(registry)}
         )
+
+
+def _head_application(registry: str) -> str:
+    """CKA_APPLICATION of the head that moves by its label: fixed at creation, so it finds it."""
+    return f"{HEAD_LABEL}:{registry}"
+
+
+def _moves(obj: Any, registry: str) -> bool:
+    try:
+        return bool(obj[Attribute.APPLICATION] == _head_application(registry))
+    except (p11.PKCS11Error, UnicodeDecodeError):
+        return False
+
+
+def _head_value(obj: Any) -> bytes | None:
+    """A head's value: its label after the prefix (the moving head), else its CKA_VALUE."""
+    try:
+        label = str(obj[Attribute.LABEL])
+        if label.startswith(HEAD_LABEL + ":{"):
+            return label[len(HEAD_LABEL) + 1 :].encode("ascii", "replace")
+        return bytes(obj[Attribute.VALUE])
+    except (p11.PKCS11Error, UnicodeDecodeError):
+        return None
 
 
 def _pem_of(public: Any) -> str:
