@@ -12,7 +12,7 @@ from kmtui.core.control.operations import OpKind
 from kmtui.core.models import KeyState, iso, utcnow
 from kmtui.service import Workstation
 from kmtui.ui.screens.main import MainScreen
-from tests.conftest import SoftHsm, Team
+from tests.conftest import SoftHsm, Team, sealed_edit
 from tests.ui.helpers import SIZE, app_for, keys_loaded, main_ready, until
 
 OVER_SSH = "203.0.113.9 50000 192.0.2.1 22"
@@ -42,9 +42,10 @@ async def test_destroy_over_ssh_is_refused_on_the_key_press_without_an_approval_
     key = ws.create_key(label="far", algorithm="AES-256", approvals=team.codes("alice", "bob"))
     ws.run(ws.prepare(OpKind.KEY_SCHEDULE_DESTROY, key.id), team.codes("alice", "bob"))
     past = iso(utcnow() - timedelta(days=1))
-    ws.store.conn.execute("UPDATE keys SET destroy_after = ? WHERE id = ?", (past, key.id))
-    ws.store.conn.commit()
-    app = app_for(ws, tmp_path, softhsm_token.pin)
+    sealed_edit(
+        ws, f"key:{key.id}", "UPDATE keys SET destroy_after = ? WHERE id = ?", (past, key.id)
+    )
+    app = app_for(ws, tmp_path, softhsm_token.halves)
     seen = _watched(app)
     monkeypatch.setenv("SSH_CONNECTION", OVER_SSH)
     async with app.run_test(size=SIZE) as pilot:
@@ -61,7 +62,7 @@ async def test_destroy_over_ssh_is_refused_on_the_key_press_without_an_approval_
 async def test_enrolment_over_ssh_is_refused_before_its_form_opens(
     team: Team, softhsm_token: SoftHsm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = app_for(team.ws, tmp_path, softhsm_token.pin)
+    app = app_for(team.ws, tmp_path, softhsm_token.halves)
     seen = _watched(app)
     monkeypatch.setenv("SSH_CONNECTION", OVER_SSH)
     async with app.run_test(size=SIZE) as pilot:
