@@ -113,7 +113,7 @@ class Anchors:
         pem = self._hsm.signer.ensure_audit_key(known)
         fingerprint = fingerprint_of(pem)
         if fingerprint not in {fingerprint_of(p) for p in known}:
-            serial = self._hsm.info().serial
+            serial = self._hsm.serial
 
             def record() -> None:
                 self._store.conn.execute(
@@ -155,7 +155,7 @@ class Anchors:
         if existing is not None:
             return existing
         unsigned = Checkpoint(
-            seq, head_hash, iso(utcnow()), self._hsm.info().serial, fingerprint, reason, ""
+            seq, head_hash, iso(utcnow()), self._hsm.serial, fingerprint, reason, ""
         )
         signed = replace(unsigned, signature=self._hsm.signer.sign_audit(unsigned.message()).hex())
         with self._store.transaction() as conn:

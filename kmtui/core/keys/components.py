@@ -259,7 +259,7 @@ class ComponentKeys:
                     f"{p['expected_kcv'] or expected}: a component was mistyped.",
                     "Nothing was registered; enter the components again.",
                 )
-            return self._records.registered(op, self._hsm.info().serial, observed, "components")
+            return self._records.registered(op, self._hsm.serial, observed, "components")
 
         self._gate.execute(
             prepared, approvals, work, rules=self._policies.rules(str(p["policy"])), actor=actor

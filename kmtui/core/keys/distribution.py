@@ -259,7 +259,7 @@ class Distribution:
                 )
             self._hsm.wrapping.unwrap(_current(kek).cka_id, wrapped.blob, mechanism, template)
             return self._records.registered(
-                op, self._hsm.info().serial, observed, "imported", links=[(kek.id, "wrapped-by")]
+                op, self._hsm.serial, observed, "imported", links=[(kek.id, "wrapped-by")]
             )
 
         self._gate.execute(
@@ -383,7 +383,7 @@ class Distribution:
             more = ["trusted"] if trusted else []
             return self._records.registered(
                 op,
-                self._hsm.info().serial,
+                self._hsm.serial,
                 "",
                 "recipient",
                 fingerprint=made.fingerprint,

@@ -248,7 +248,7 @@ class KeyOperations:
         template = templates.from_params(p)
 
         def work(facts: dict[str, Any]) -> Apply:
-            serial = self._hsm.info().serial
+            serial = self._hsm.serial
             now = iso(utcnow())
             try:
                 if so_login is not None:
@@ -308,7 +308,7 @@ class KeyOperations:
         )
 
         def work(facts: dict[str, Any]) -> Apply:
-            serial = self._hsm.info().serial
+            serial = self._hsm.serial
             generated = self._hsm.keygen.generate(template)
             check = generated.kcv or generated.fingerprint
             apply, retired = self._records.rotation(key, version, check, serial)

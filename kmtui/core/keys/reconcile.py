@@ -192,7 +192,7 @@ class Reconciler:
     def run(self, *, actor: str = "reconcile") -> Report:
         """Finish or close interrupted operations, then compare token and registry."""
         report = Report()
-        serial = self._hsm.info().serial
+        serial = self._hsm.serial
         scanned = self._hsm.objects.scan()
         for intent in self._store.keys.open_intents():
             self._settle(intent, _by_id(_own(scanned)), serial, report, actor)

@@ -125,6 +125,7 @@ class Hsm:
         self.module = module
         self.token_label = token_label
         self.found_label = token_label
+        self.found_serial = token_serial
         self.token_serial = token_serial
         self.softhsm2_conf = softhsm2_conf
         self._lib: Any = None
@@ -208,6 +209,7 @@ class Hsm:
                 self.token_serial and serial == self.token_serial
             ):
                 self.found_label = label  # when configured by serial, the label is learnt here
+                self.found_serial = serial
                 return token
         seen = (
             ", ".join(f"{s.token_label!r} (serial {s.token_serial})" for s in self._slots())
@@ -234,6 +236,13 @@ class Hsm:
             flags=_flag_names(token.flags),
             logged_in=self._session is not None,
         )
+
+    @property
+    def serial(self) -> str:
+        """The chosen token's serial, read once when it is found (it never changes)."""
+        if self._token is None:
+            self.open()
+        return self.found_serial
 
     def info(self) -> TokenInfo:
         return self.run(self._open)
