@@ -95,9 +95,15 @@ class Gate:
         subject: str = "",
         depends: tuple[str, ...] = (),
     ) -> Prepared:
-        """An operation ready for approval. One the policy keeps to the console is refused here,
-        before anyone types a code; `execute` checks again."""
+        """An operation ready for approval. One the policy keeps to the console, or one that
+        relies on a registry row changed outside kmtui, is refused here, before anyone types a
+        code; `execute` checks both again."""
         self.check_origin(rules, op.kind, op=op)
+        try:
+            self._seals.require((*depends, subject))
+        except errors.RegistryChanged as exc:
+            self._refused(op, "console", exc, session_context())
+            raise
         required = rules.requirement(op.kind).quorum if quorum is None else quorum
         return Prepared(op, summary, key, required, subject, depends)
 
