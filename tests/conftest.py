@@ -6,7 +6,7 @@ import ctypes
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,29 @@ def team(workstation: Workstation, clock: Clock) -> Team:
     crew.enroll("bob", "custodian")
     crew.enroll("carol", "officer", ("alice", "bob"))
     return crew
+
+
+_SUMMARIES = pytest.StashKey[dict[str, list[str]]]()
+
+
+@pytest.fixture
+def summary(request: pytest.FixtureRequest) -> Callable[[str, list[str]], None]:
+    """Lines a test wants shown at the end of the run (coverage tables), under a title."""
+    store = request.config.stash.setdefault(_SUMMARIES, {})
+
+    def add(title: str, lines: list[str]) -> None:
+        store[title] = lines
+
+    return add
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    for title, lines in config.stash.get(_SUMMARIES, {}).items():
+        terminalreporter.write_sep("-", title)
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,8 +2,9 @@
 
 Run with `make bench` (never in CI). Each figure is compared with a plain-sqlite3 loop in the same
 run, on the same file, so the machine and the disk cancel out; rounds alternate and the best
-(verification) or the median (appends) of each is kept. KMTUI_BENCH_EVENTS shrinks the trail for
-a quick try.
+(verification) or the median (appends) of each is kept, and each ratio must stay within its
+bound: verification at GOAL of the raw loop's rate or better, an append at APPEND_BOUND of a raw
+insert and commit or less. KMTUI_BENCH_EVENTS shrinks the trail for a quick try.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ EVENTS = int(os.environ.get("KMTUI_BENCH_EVENTS", "1000000"))
 ROUNDS = 3
 APPENDS = 1000
 GOAL = 0.8
+# An append adds canonical JSON, one SHA-256 and the open-intents trigger to the same durable
+# commit as the raw insert: measured 1.17-1.22x (40-65 us over a ~300 us commit); 1.5 lets that
+# overhead grow to half a commit, no more.
+APPEND_BOUND = 1.5
 COLUMNS = "seq, ts, actor, action, key_id, params, outcome, prev_hash, hash"
 ACTIONS = ("key.create", "key.rotate", "key.activate", "token.login", "approval.granted")
 OUTCOMES = ("intent", "success", "failure", "refused")
@@ -292,8 +297,9 @@ def test_append_cost_with_synchronous_full_against_a_raw_insert_and_commit(
             "raw_insert_commit_p95_us": round(statistics.quantiles(raw_us, n=20)[-1], 1),
             "overhead_us": round(o - r, 1),
             "ratio": round(o / r, 3),
+            "bound": APPEND_BOUND,
             "appends_per_s": round(1e6 / o),
         }
     )
     assert len(ours_us) == len(raw_us) == APPENDS
-    assert o > 0 and r > 0
+    assert o / r <= APPEND_BOUND, f"append {o / r:.2f}x a raw insert and commit > {APPEND_BOUND}x"

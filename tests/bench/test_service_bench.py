@@ -3,14 +3,20 @@
 Run with `make bench` (never in CI).
 
 1. AES-256 generate through the gate (`Workstation.create_key`: policy check, intent event, token
-   call with kmtui's template and read-back, registry rows, outcome event) against a raw
-   python-pkcs11 AES-256 keygen on the same token. Approvals are left out: the key is made under a
-   bench-only policy whose quorum for key.create is 0. Rounds alternate raw/service so drift hits
-   both alike; medians are compared. Goal: at most 1.5x.
-2. `kmtui keys list --json` with 10,000 keys in the registry against `pkcs11-tool --list-objects`
-   on a token holding the same 10,000 key objects, each timed as a subprocess's wall time (median
-   of 3 runs, after one untimed run of each). Goal: kmtui under 0.5x, because the registry answers
-   without scanning the token.
+   call with kmtui's template and read-back, registry rows and their seals, outcome event, the
+   audit head moved on the token) with two operators' TOTP approvals, as every key creation has
+   them (no policy goes below two), against a raw python-pkcs11 AES-256 keygen on the same token.
+   Rounds alternate raw/service so drift hits both alike; medians are compared. Goal: at most 1.5x
+   (asserted).
+2. `kmtui keys list --json` with 10,000 keys in the registry, each command timed as a
+   subprocess's wall time (median of 3 runs, after one untimed run of each), against:
+   - the headline, `pkcs11-tool --list-objects` on a token holding the same 10,000 key objects.
+     Not like with like: kmtui reads its registry where the tool scans the token, which is the
+     point of the registry. Goal: kmtui under 0.5x (asserted).
+   - the same registry query run raw: a Python child with sqlite3 that runs the integrity check
+     kmtui runs on every command's open, the same SELECTs and prints the same JSON (checked equal).
+     That is the limit kmtui can reach; its ratio to it must stay within SQLITE_BOUND. The raw
+     query without the integrity check is timed too, to show what that check costs.
 
 The 10,000 objects go on a SoftHSM2 token of their own in a temp dir: SoftHSM reads SOFTHSM2_CONF
 at C_Initialize and this process has already loaded the suite's token, so the population and every
@@ -43,8 +49,8 @@ from kmtui.core.control import policy
 from kmtui.core.models import Policy, iso, new_key_id, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.token import softhsm
-from kmtui.core.token.session import Hsm, default_softhsm_module
-from kmtui.service import Workstation
+from kmtui.core.token.session import default_softhsm_module
+from tests.conftest import Team
 
 pytestmark = pytest.mark.bench
 
@@ -52,6 +58,14 @@ ROUNDS = 40
 KEYS = 10_000
 RUNS = 3
 BENCH_TOKEN = "kmtui-bench"
+# The gate's goal against a raw keygen (issue 3). Not met today: 1.9-2.0x measured, of which the
+# audit head written to the token after every operation is ~3 ms of a ~13 ms create.
+SERVICE_BOUND = 1.5
+TOKEN_SCAN_BOUND = 0.5  # keys list against a token scan: the registry answers without one
+# keys list against the raw sqlite3 child: kmtui also starts its CLI (its imports alone take
+# ~0.4 s, `kmtui --version`), opens the store through its migration and policy checks and builds
+# a Key per row; measured 1.7-1.8x on a shared two-core machine, bounded at 2.5x.
+SQLITE_BOUND = 2.5
 
 
 def _bench(row: dict[str, Any]) -> None:
@@ -67,12 +81,8 @@ def _timed_ms(fn: Callable[[], Any], samples: list[float]) -> None:
     samples.append((time.perf_counter() - start) * 1e3)
 
 
-def test_bench_service_aes256_generate_against_raw_python_pkcs11(hsm: Hsm, tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "kmtui.db")
-    ws = Workstation.assemble(hsm, store)
-    ws.store.policies.add(
-        Policy("bench", "bench only", {"quorum": {"key.create": 0}}, iso(utcnow()))
-    )
+def test_bench_service_aes256_generate_against_raw_python_pkcs11(team: Team) -> None:
+    ws, hsm = team.ws, team.ws.hsm
     # The process is logged in through `hsm`; this raw session shares that login. It is used only
     # while the PKCS#11 thread is idle, so calls never overlap.
     raw = pkcs11.lib(hsm.module).get_token(token_label=hsm.token_label).open(rw=True)
@@ -94,7 +104,7 @@ def test_bench_service_aes256_generate_against_raw_python_pkcs11(hsm: Hsm, tmp_p
             label=f"bench-{len(made)}",
             algorithm="AES-256",
             purpose="encrypt",
-            policy_name="bench",
+            approvals=team.codes("alice", "bob"),
             actor="bench",
         )
         made.append(key.id)
@@ -118,8 +128,8 @@ def test_bench_service_aes256_generate_against_raw_python_pkcs11(hsm: Hsm, tmp_p
             "raw_ms": round(r, 2),
             "service_ms": round(s, 2),
             "ratio": round(s / r, 3),
-            "goal": "<= 1.5",
-            "goal_met": s / r <= 1.5,
+            "bound": SERVICE_BOUND,
+            "within": s / r <= SERVICE_BOUND,
         }
     )
     # Every service call went the whole way: an active key, an intent and a success outcome.
@@ -128,7 +138,7 @@ def test_bench_service_aes256_generate_against_raw_python_pkcs11(hsm: Hsm, tmp_p
         assert str(ws.get_key(key_id).state) == "active"
         outcomes = [e.outcome for e in ws.audit.events(key_id=key_id, action="key.create")]
         assert sorted(outcomes) == ["intent", "success"]
-    store.close()
+    assert s / r <= SERVICE_BOUND, f"create_key {s / r:.2f}x raw keygen > {SERVICE_BOUND}x"
 
 
 # -- 2. `kmtui keys list --json` against `pkcs11-tool --list-objects`, 10,000 keys -------------
@@ -157,6 +167,59 @@ with token.open(rw=True, user_pin=req["pin"]) as session:
         attrs = obj.get_attributes([Attribute.ID, Attribute.CHECK_VALUE])
         key_id = bytes(attrs[Attribute.ID]).decode("ascii").split(":")[1]
         print(key_id, bytes(attrs[Attribute.CHECK_VALUE])[:3].hex().upper())
+"""
+
+
+_RAW_LIST = r"""
+import json, sqlite3, sys
+from urllib.parse import quote
+
+database, token, check = sys.argv[1], sys.argv[2], sys.argv[3] == "check"
+conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+if check:
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+versions = {}
+for row in conn.execute(
+    "SELECT key_id, version, state, cka_id, token_serial, kcv, fingerprint, created_at "
+    "FROM key_versions ORDER BY key_id, version"
+):
+    versions.setdefault(row[0], []).append(row[1:])
+listing = []
+for (key_id, label, state, algorithm, purpose, policy, exportable, current, created, activated,
+     due, destroy_after, reason, compromised, tags) in conn.execute(
+    "SELECT id, label, state, algorithm, purpose, policy, exportable, current_version, "
+    "created_at, activated_at, rotation_due_at, destroy_after, revocation_reason, "
+    "compromised_at, tags FROM keys ORDER BY label COLLATE NOCASE, id"
+):
+    if algorithm.startswith(("AES", "HMAC")):
+        kind = "secret-key"
+    else:
+        kind = "public" if "recipient" in json.loads(tags) else "private"
+    mine = versions.get(key_id, [])
+    listing.append({
+        "id": key_id, "label": label, "state": state, "algorithm": algorithm,
+        "purpose": purpose, "policy": policy or "", "exportable": bool(exportable),
+        "kcv": next((v[4] for v in mine if v[0] == current), ""),
+        "current_version": current, "created_at": created, "activated_at": activated or "",
+        "rotation_due_at": due or "", "destroy_after": destroy_after or "",
+        "revocation_reason": reason or "", "compromised_at": compromised or "",
+        "versions": [
+            {
+                "version": version, "state": v_state,
+                **({"kcv": kcv} if kcv else {"fingerprint": fingerprint}),
+                "pkcs11_uri": "pkcs11:" + ";".join((
+                    f"token={quote(token, safe='-._~')}",
+                    f"serial={quote(serial, safe='-._~')}",
+                    f"id={quote(bytes(cka_id), safe='-._~')}",
+                    f"object={quote(label, safe='-._~')}",
+                    f"type={kind}",
+                )),
+                "created_at": v_created,
+            }
+            for version, v_state, cka_id, serial, kcv, fingerprint, v_created in mine
+        ],
+    })
+print(json.dumps(listing, indent=2, sort_keys=True))
 """
 
 
@@ -215,7 +278,8 @@ def test_bench_keys_list_json_against_pkcs11_tool_list_objects_with_10000_keys(
     if tool is None:
         print(
             "BENCH pkcs11-tool is not installed and `apt-get install -y opensc` could not install "
-            "it (needs root and apt): only kmtui's half of this benchmark runs.",
+            "it (needs root and apt): the token-scan headline is left out, the sqlite3 "
+            "comparison runs.",
             flush=True,
         )
 
@@ -260,6 +324,9 @@ def test_bench_keys_list_json_against_pkcs11_tool_list_objects_with_10000_keys(
     scan = [tool or "pkcs11-tool", "--module", module, "--token-label", BENCH_TOKEN]
     scan += ["--login", "--pin", pin, "--list-objects"]
 
+    raw = [sys.executable, "-c", _RAW_LIST, str(p.database), BENCH_TOKEN]
+    runs: dict[str, Callable[[], float]] = {}
+
     def kmtui_run() -> float:
         elapsed, out = _wall(listing, env)
         keys = json.loads(out)
@@ -267,46 +334,69 @@ def test_bench_keys_list_json_against_pkcs11_tool_list_objects_with_10000_keys(
         assert {k["id"]: k["kcv"] for k in keys} == kcvs
         return elapsed
 
+    runs["kmtui"] = kmtui_run
+    same = json.loads(_wall(listing, env)[1])  # untimed: page cache and byte-code cache warmed
+
+    def raw_run(check: str) -> Callable[[], float]:
+        def run() -> float:
+            elapsed, out = _wall([*raw, check], env)
+            assert json.loads(out) == same  # the same query: the same JSON, key for key
+            return elapsed
+
+        return run
+
+    runs["sqlite3"] = raw_run("check")
+    runs["sqlite3_without_integrity_check"] = raw_run("no-check")
+
     def tool_run() -> float:
         elapsed, out = _wall(scan, env)
         listed = [line for line in out.splitlines() if line.startswith("Secret Key Object")]
         assert len(listed) == KEYS
         return elapsed
 
-    kmtui_run()  # untimed: the page cache and Python's byte-code cache, for both alike
     if tool:
-        tool_run()
-    kmtui_s: list[float] = []
-    tool_s: list[float] = []
-    for _ in range(RUNS):
-        kmtui_s.append(kmtui_run())
-        if tool:
-            tool_s.append(tool_run())
-    k = statistics.median(kmtui_s)
-    _bench(
+        runs["pkcs11_tool"] = tool_run
+    for run in runs.values():
+        run()  # untimed, for each alike
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(RUNS):  # round-robin, so drift hits every command alike
+        for name, run in runs.items():
+            times[name].append(run())
+    median = {name: statistics.median(seconds) for name, seconds in times.items()}
+    for name, seconds in times.items():
+        _bench(
+            {
+                "op": f"{name} ({KEYS} keys)",
+                "median_s": round(median[name], 3),
+                "runs_s": [round(x, 3) for x in seconds],
+            }
+        )
+    k = median["kmtui"]
+    rows = [
         {
-            "op": f"kmtui keys list --json ({KEYS} keys)",
-            "median_s": round(k, 3),
-            "runs_s": [round(x, 3) for x in kmtui_s],
-        }
-    )
-    if not tool:
-        return
-    t = statistics.median(tool_s)
-    _bench(
-        {
-            "op": f"pkcs11-tool --list-objects ({KEYS} objects)",
-            "median_s": round(t, 3),
-            "runs_s": [round(x, 3) for x in tool_s],
-        }
-    )
-    _bench(
-        {
-            "op": "keys list --json vs pkcs11-tool --list-objects",
+            "op": "keys list --json vs the same query on raw sqlite3 (like with like)",
             "kmtui_s": round(k, 3),
-            "pkcs11_tool_s": round(t, 3),
-            "ratio": round(k / t, 3),
-            "goal": "< 0.5",
-            "goal_met": k / t < 0.5,
+            "sqlite3_s": round(median["sqlite3"], 3),
+            "sqlite3_without_integrity_check_s": round(
+                median["sqlite3_without_integrity_check"], 3
+            ),
+            "ratio": round(k / median["sqlite3"], 3),
+            "bound": SQLITE_BOUND,
         }
-    )
+    ]
+    if tool:
+        t = median["pkcs11_tool"]
+        rows.append(
+            {
+                "op": "keys list --json (registry read) vs pkcs11-tool --list-objects (token scan)",
+                "kmtui_s": round(k, 3),
+                "pkcs11_tool_s": round(t, 3),
+                "ratio": round(k / t, 3),
+                "bound": TOKEN_SCAN_BOUND,
+            }
+        )
+    for row in rows:
+        row["within"] = row["ratio"] <= row["bound"]
+        _bench(row)
+    over = [f"{r['op']}: {r['ratio']}x > {r['bound']}x" for r in rows if not r["within"]]
+    assert not over, "; ".join(over)

@@ -2,7 +2,8 @@
 
 Run with `make bench` (never in CI). kmtui's figure includes everything it adds: the hop to the
 PKCS#11 thread, the duplicate-CKA_ID check, the explicit template and the read-back of every
-attribute. Rounds alternate raw/kmtui so drift hits both alike; medians are compared.
+attribute. Rounds alternate raw/kmtui so drift hits both alike; medians are compared, and each
+ratio must stay within its bound (the figures and their reasons are by the bounds below).
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ from kmtui.core.token.session import Hsm, on_hsm_thread
 
 pytestmark = pytest.mark.bench
 ROUNDS = 60
+# The project's goal for key generation: at most 1.2x raw python-pkcs11, everything kmtui adds
+# (explicit template, read-back of every attribute, the thread hop) included.
+KEYGEN_BOUND = 1.2
+# A KCV read measured ~1.6x: the attribute read is ~40 us, and the single PKCS#11 thread that
+# every call goes through (SoftHSM crashes when two threads call it) adds a hop of ~20 us to it.
+# 2.0 lets that hop cost as much as the read itself, no more.
+KCV_BOUND = 2.0
+# The hop on its own, against the cheapest real PKCS#11 call it wraps (one raw attribute read):
+# the bound KCV_BOUND rests on. Against an empty call the ratio means nothing (0.1 us vs ~20 us).
+HOP_BOUND = 1.0
 
 
 def _median_us(fn: Callable[[], Any], samples: list[float]) -> None:
@@ -32,7 +43,9 @@ def _median_us(fn: Callable[[], Any], samples: list[float]) -> None:
     samples.append((time.perf_counter() - start) * 1e6)
 
 
-def _compare(name: str, raw: Callable[[], Any], ours: Callable[[], Any]) -> dict[str, float]:
+def _compare(
+    name: str, raw: Callable[[], Any], ours: Callable[[], Any], bound: float
+) -> dict[str, Any]:
     raw_s: list[float] = []
     our_s: list[float] = []
     for _ in range(3):  # warm-up
@@ -42,7 +55,14 @@ def _compare(name: str, raw: Callable[[], Any], ours: Callable[[], Any]) -> dict
         _median_us(raw, raw_s)
         _median_us(ours, our_s)
     r, o = statistics.median(raw_s), statistics.median(our_s)
-    row = {"op": name, "raw_us": round(r, 1), "kmtui_us": round(o, 1), "ratio": round(o / r, 3)}
+    row = {
+        "op": name,
+        "raw_us": round(r, 1),
+        "kmtui_us": round(o, 1),
+        "ratio": round(o / r, 3),
+        "bound": bound,
+        "within": o / r <= bound,
+    }
     print("BENCH " + json.dumps(row))
     return row
 
@@ -100,11 +120,18 @@ def test_bench_token_layer_against_raw_python_pkcs11(hsm: Hsm) -> None:
         raw_key[Attribute.CHECK_VALUE]
 
     rows = [
-        _compare("AES-256 keygen", raw_aes, ours("AES-256", "encrypt")),
-        _compare("EC P-256 keygen", raw_ec, ours("EC-P256", "sign")),
-        _compare("KCV", raw_kcv, lambda: hsm.objects.kcv(fixed.cka_id)),
-        # What the one-PKCS#11-thread rule costs by itself: an empty call, direct vs via the thread.
-        _compare("thread hop (no-op)", lambda: None, lambda: on_hsm_thread(lambda: None)),
+        _compare("AES-256 keygen", raw_aes, ours("AES-256", "encrypt"), KEYGEN_BOUND),
+        _compare("EC P-256 keygen", raw_ec, ours("EC-P256", "sign"), KEYGEN_BOUND),
+        _compare("KCV", raw_kcv, lambda: hsm.objects.kcv(fixed.cka_id), KCV_BOUND),
+        # What the one-PKCS#11-thread rule costs by itself: an empty call sent through the thread,
+        # against one raw attribute read.
+        _compare(
+            "thread hop (no-op) vs a raw attribute read",
+            raw_kcv,
+            lambda: on_hsm_thread(lambda: None),
+            HOP_BOUND,
+        ),
     ]
     raw.close()
-    assert all(r["raw_us"] > 0 and r["kmtui_us"] > 0 for r in rows)
+    over = [f"{r['op']}: {r['ratio']}x > {r['bound']}x" for r in rows if not r["within"]]
+    assert not over, "; ".join(over)

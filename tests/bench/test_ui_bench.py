@@ -8,7 +8,7 @@ KMTUI_BENCH_KEYS and KMTUI_BENCH_EVENTS shrink it for a quick try.
 
 The store is opened as `kmtui` opens it for the TUI (quick_check, then the full integrity check
 in the background while the panes load and the keys are typed), and both checks are also timed
-on their own. Figures are reported, never asserted: benchmarks report, tests decide.
+on their own. Each figure in BOUNDS must stay within its bound (see there what each rests on).
 """
 
 from __future__ import annotations
@@ -37,9 +37,20 @@ KEYS = int(os.environ.get("KMTUI_BENCH_KEYS", "100000"))
 EVENTS = int(os.environ.get("KMTUI_BENCH_EVENTS", "1000000"))
 SIZE = (100, 30)
 BARE_ROUNDS = 3
+MEASURES = 3  # runs of the whole measurement, each in a fresh interpreter
 TYPED = ("orders-0001", "tag:rare", "alg:EC")
 PANES = ("keys", "policies", "audit", "operators", "token")
 GOAL_RATIO, GOAL_KEYSTROKE_MS, GOAL_PEAK_MB = 1.3, 50.0, 200.0
+# The panes do not meet GOAL_RATIO yet (1.6-2.8x the bare app measured, log-in left out): each
+# is fenced at the worst figure the project documents, the token object count's 3.7-3.9x.
+PANE_BOUND = 4.0
+BOUNDS = {
+    "first_frame_without_login_ratio": GOAL_RATIO,  # 0.98x (median of 3; single runs to 1.4x)
+    **{f"{pane}_first_page_without_login_ratio": PANE_BOUND for pane in PANES},
+    "token_objects_counted_without_login_ratio": PANE_BOUND,
+    "keystroke_ms_median": GOAL_KEYSTROKE_MS,  # measured 30-39 ms
+    "peak_mb": GOAL_PEAK_MB,  # measured 96 MB
+}
 
 
 def bench(row: dict[str, Any]) -> None:
@@ -90,6 +101,11 @@ async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]
     store_open = time.perf_counter() - began
     hsm = Hsm(token["module"], token_label=token["label"], softhsm2_conf=token["conf"])
     ws = Workstation.assemble(hsm, store)
+    # The copy's rows sealed as its first log-in seals them (once in a registry's life: the
+    # figures are of every later start).
+    hsm.login(PinHalves.of([tuple(pair) for pair in token["halves"]]).pin())
+    ws.seals.start("bench")
+    hsm.logout()
     figures: dict[str, Any] = {"bare_start_s": statistics.median(bare), "store_open_s": store_open}
     login = ws.login
 
@@ -206,6 +222,33 @@ async def measure(db: Path, home: Path, token: dict[str, str]) -> dict[str, Any]
     return figures
 
 
+def _measure_once(db: Path, home: Path, token: dict[str, str], softhsm: SoftHsm) -> dict[str, Any]:
+    """One run of `measure` in a fresh interpreter, with each time as a ratio to the bare app's."""
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.bench.test_ui_bench", str(db), str(home)],
+        input=json.dumps(token),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "SOFTHSM2_CONF": str(softhsm.conf)},
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    figures: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    bare = figures["bare_start_s"]
+    login = figures["token_login_s"]
+    for name in (
+        "first_frame",
+        *(f"{pane}_first_page" for pane in PANES),
+        "token_objects_counted",
+    ):
+        figures[f"{name}_ratio"] = figures[f"{name}_s"] / bare
+        # The token log-in (PKCS#11, audit head on the token) is work the bare app has no part of.
+        figures[f"{name}_without_login_ratio"] = (figures[f"{name}_s"] - login) / bare
+    return figures
+
+
 def test_ui_at_scale_against_a_bare_textual_app(softhsm_token: SoftHsm, tmp_path: Path) -> None:
     source, built = scale_data.cached(KEYS, EVENTS)
     if built:
@@ -224,44 +267,29 @@ def test_ui_at_scale_against_a_bare_textual_app(softhsm_token: SoftHsm, tmp_path
         "label": softhsm_token.label,
         "halves": softhsm_token.pairs,
     }
-    child = subprocess.run(
-        [sys.executable, "-m", "tests.bench.test_ui_bench", str(db), str(tmp_path / "home")],
-        input=json.dumps(token),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).parents[2],
-        env={**os.environ, "SOFTHSM2_CONF": str(softhsm_token.conf)},
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    figures = json.loads(child.stdout.strip().splitlines()[-1])
-    bare = figures["bare_start_s"]
-    login = figures["token_login_s"]
-    ratios: dict[str, float] = {}
-    for name in (
-        "first_frame",
-        *(f"{pane}_first_page" for pane in PANES),
-        "token_objects_counted",
-    ):
-        ratios[f"{name}_ratio"] = round(figures[f"{name}_s"] / bare, 2)
-        # The token log-in (PKCS#11, audit head on the token) is work the bare app has no part of.
-        ratios[f"{name}_without_login_ratio"] = round((figures[f"{name}_s"] - login) / bare, 2)
+    runs = [_measure_once(db, tmp_path / "home", token, softhsm_token) for _ in range(MEASURES)]
+    # The median of each figure over the runs: one run's pane times swing with the machine's load.
+    figures = {
+        name: statistics.median(r[name] for r in runs) if isinstance(value, float) else value
+        for name, value in runs[-1].items()
+    }
     row = {
         "bench": "ui.scale",
         "keys": KEYS,
         "events": EVENTS,
         **checks,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},
-        **ratios,
         "goals": {
             "ratio": GOAL_RATIO,
             "keystroke_ms": GOAL_KEYSTROKE_MS,
             "peak_mb": GOAL_PEAK_MB,
         },
+        "bounds": BOUNDS,
     }
     bench(row)
     assert figures["keys_rows_held"] <= 3 * 100 and figures["audit_rows_held"] <= 3 * 100
+    over = [f"{name} {row[name]:.2f} > {cap}" for name, cap in BOUNDS.items() if row[name] > cap]
+    assert not over, "; ".join(over)
 
 
 if __name__ == "__main__":
