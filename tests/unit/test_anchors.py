@@ -452,3 +452,22 @@ def test_every_mutation_is_detected(
     conn.close()
     report = verify_database(path, pubkey_pem=pem, token_head=head)
     assert not report.ok, (kind, events, report)
+
+
+def test_a_copy_verified_with_its_wal_file_beside_it_sees_what_the_wal_holds(
+    hsm: Hsm, tmp_path: Path
+) -> None:
+    """An event changed in the -wal file (not yet checkpointed) is what `audit export` shows:
+    verifying the copy without it said OK (the red team's finding)."""
+    store, anchors = trail(hsm, tmp_path / "t.db", 12)
+    pem = pem_of(anchors)
+    store.close()
+    holder = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    holder.execute("PRAGMA wal_autocheckpoint = 0")
+    for (name,) in holder.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        holder.execute(f'DROP TRIGGER "{name}"')
+    holder.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 5")
+    assert (tmp_path / "t.db-wal").stat().st_size > 0
+    report = verify_database(tmp_path / "t.db", pubkey_pem=pem)
+    holder.close()
+    assert not report.ok and report.first_bad_seq == 5

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kmtui.core import errors
+from kmtui.core.audit.log import AuditLog
 from kmtui.core.audit.seals import unbound
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.keys.reconcile import FindingKind
@@ -243,3 +244,48 @@ def test_a_copy_of_the_database_put_back_with_a_new_registry_id_is_refused_at_lo
             other.login(halves)
     finally:
         store.close()
+
+
+def test_an_intent_forged_into_the_file_is_never_finished_by_reconciliation(
+    team: Team, softhsm_token: SoftHsm
+) -> None:
+    """The red team's attack: the file's holder deletes a revoked key's rows and seal, then
+    appends a correctly chained `key.create` intent naming its token object; reconciliation
+    after the next log-in must not bring the key back (it did, active and sealed)."""
+    key_id = create(team, "revoked-one")
+    prepared = team.ws.prepare(OpKind.KEY_REVOKE, key_id, reason="key-compromise")
+    team.ws.run(prepared, team.codes("alice", "bob"))
+    key = team.ws.get_key(key_id)
+    team.ws.logout()  # the session ends: the token's head vouches for the trail as it is
+    edit(team, "DELETE FROM key_versions WHERE key_id = ?", (key_id,))
+    edit(team, "DELETE FROM keys WHERE id = ?", (key_id,))
+    edit(team, "DELETE FROM seals WHERE subject = ?", (f"key:{key_id}",))
+    forger = Store.open(file_of(team))  # kmtui's own chaining code stands in for the forger's
+    try:
+        AuditLog(forger).append(
+            "key.create",
+            actor="alice+bob",
+            outcome="intent",
+            key_id=key_id,
+            params={
+                "label": key.label,
+                "algorithm": key.algorithm,
+                "purpose": key.purpose,
+                "policy": key.policy,
+                "exportable": False,
+                "trusted": False,
+                "cka_id": key.versions[0].cka_id.hex(),
+                "digest": "0" * 64,
+                "approvers": ["alice", "bob"],
+            },
+        )
+    finally:
+        forger.close()
+    team.ws.login(softhsm_token.halves)
+    report = team.ws.reconciler.run()
+    assert not [c for c in report.completed if c["key_id"] == key_id]
+    assert [f.kind for f in report.findings if f.key_id == key_id] == [FindingKind.UNANCHORED]
+    assert team.ws.store.keys.get(key_id) is None  # not back, and certainly not active
+    assert f"key:{key_id}" in {p.subject for p in team.ws.seals.check_all()}  # still missed
+    closing = team.ws.audit.events(action="key.create", key_id=key_id, limit=1)[0]
+    assert closing.outcome == "failure" and closing.params["error"] == "Unanchored"

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kmtui.core import errors
 from kmtui.core.audit.log import EVENT_COLUMNS, AuditLog, VerifyResult, canonical_json, verify_rows
 from kmtui.core.audit.seals import Seals
-from kmtui.core.models import iso, utcnow
+from kmtui.core.models import Outcome, iso, utcnow
 from kmtui.core.registry.db import Store, integrity_problem
 from kmtui.core.registry.seals import subject
 from kmtui.core.token.session import Hsm
@@ -102,6 +102,8 @@ class Anchors:
         self._store, self._hsm, self._audit, self.every = store, hsm, audit, every
         self._seals = seals
         self._checked = False  # the head is followed only once this database was checked
+        self.unanchored: tuple[int, int] | None = None
+        """Events after the token's head when it was checked: (first, last), or None."""
 
     # -- the signing key ----------------------------------------------------------------------
 
@@ -236,7 +238,40 @@ class Anchors:
                 self._head()[0],
             )
         self._checked = not problem
+        if not problem:
+            anchored = int(json.loads(raw)["seq"]) if raw is not None else 0
+            db_head = self._head()[0]
+            self.unanchored = (anchored + 1, db_head) if db_head > anchored else None
         return problem
+
+    def mark_unanchored(self, actor: str) -> None:
+        """Say in the trail which events the token's head did not vouch for when it was checked
+        (written after the last head: a crash's last events, or events forged into the file).
+        Reconciliation never acts on an intent among them."""
+        if self.unanchored is None:
+            return
+        first, last = self.unanchored
+        self._audit.append(
+            "audit.unanchored",
+            actor=actor,
+            outcome=Outcome.INFO,
+            params={"first": first, "last": last},
+        )
+        self.unanchored = None
+
+    def unanchored_ranges(self) -> list[tuple[int, int]]:
+        """Every stretch of the trail found written after the token's head (see above)."""
+        rows = self._store.rows(
+            "SELECT params FROM audit_events WHERE action = 'audit.unanchored' ORDER BY seq"
+        )
+        out = []
+        for row in rows:
+            try:
+                params = json.loads(row["params"])
+                out.append((int(params["first"]), int(params["last"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
 
 def head_problem(rows: list[dict[str, Any]], seq: int, head_hash: str, db_head: int) -> str:
@@ -300,10 +335,14 @@ class TrailReport:
 
 def connect_readonly(path: Path, *, copy: bool) -> sqlite3.Connection:
     """Never written: an auditor's copy opens immutable (no -wal/-shm created); the live
-    database read-only, so committed events still in its WAL are seen."""
+    database read-only, so committed events still in its WAL are seen. A copy with a -wal file
+    beside it is read with it too: what `audit export` shows is what is verified."""
     if not path.is_file():
         raise errors.UsageError(f"No database at {path}.", "Give the path of a kmtui.db copy.")
-    mode = "mode=ro&immutable=1" if copy else "mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    mode = (
+        "mode=ro&immutable=1" if copy and not (wal.is_file() and wal.stat().st_size) else "mode=ro"
+    )
     return sqlite3.connect(f"file:{path}?{mode}", uri=True)
 
 

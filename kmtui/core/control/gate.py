@@ -203,6 +203,10 @@ class Gate:
         except errors.ApprovalRefused as exc:  # spent or expired: rolled back, so audit it now
             self._refused(op, actor, exc, context)
             raise
+        # The intent is on the token before the token is touched: after a crash, reconciliation
+        # finishes only operations whose intent the token's head vouches for (a forged intent
+        # appended to the file is not one of them).
+        self._anchors.sync()
         facts: dict[str, Any] = {"intent": intent.seq}
         try:
             apply = work(facts)

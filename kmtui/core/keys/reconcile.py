@@ -53,6 +53,7 @@ class FindingKind(StrEnum):
     INTERRUPTED = "interrupted-operation"  # intent without outcome; the token step did not run
     UNFINISHED = "unfinished-destroy"  # destroy died half-way: some objects remain
     REGISTRY = "registry-changed"  # a sealed registry row not as kmtui wrote it
+    UNANCHORED = "unanchored-intent"  # an intent the token's head never vouched for
     IMPOSTOR = "impostor-object"  # under kmtui's name, but public or not an object kmtui made
     DUPLICATE = "duplicate-object"  # two objects kmtui could believe under one CKA_ID
 
@@ -129,6 +130,7 @@ class Reconciler:
         seals: Seals,
     ) -> None:
         self._seals = seals
+        self._unanchored: list[tuple[int, int]] = []
         self._store = store
         self._hsm = hsm
         self._audit = audit
@@ -194,6 +196,7 @@ class Reconciler:
         report = Report()
         serial = self._hsm.serial
         scanned = self._hsm.objects.scan()
+        self._unanchored = self._anchors.unanchored_ranges()
         for intent in self._store.keys.open_intents():
             self._settle(intent, _by_id(_own(scanned)), serial, report, actor)
         scanned = self._hsm.objects.scan() if report.completed else scanned
@@ -227,10 +230,14 @@ class Reconciler:
         """Finish an operation whose token step happened; close it as interrupted otherwise."""
         action, key_id = str(intent["action"]), str(intent["key_id"])
         params = json.loads(intent["params"])
+        if any(first <= int(intent["seq"]) <= last for first, last in self._unanchored):
+            self._untrusted(intent, params, report, actor)
+            return
         key = self._store.keys.get(key_id) if key_id else None
         if (
             action == OpKind.KEY_CREATE
-            and bytes.fromhex(params["cka_id"]) in objects
+            and bytes.fromhex(params["cka_id"]) == templates.cka_id(key_id, 1)
+            and _holds_key(objects, bytes.fromhex(params["cka_id"]), str(params["algorithm"]))
             and key is None
         ):
             cka_id = bytes.fromhex(params["cka_id"])
@@ -270,7 +277,7 @@ class Reconciler:
             number = int(params["new_version"])
             cka_id = templates.cka_id(key_id, number)
             registered = any(v.version == number for v in key.versions)
-            if cka_id in objects and not registered:
+            if _holds_key(objects, cka_id, key.algorithm, key.tags) and not registered:
                 check = self._observed(key.algorithm, cka_id)
                 apply, _ = self._records.rotation(key, number, check, serial)
                 with self._store.transaction():
@@ -552,12 +559,48 @@ class Reconciler:
             params={"intent": intent["seq"], **params},
         )
 
+    def _untrusted(
+        self, intent: dict[str, Any], params: dict[str, Any], report: Report, actor: str
+    ) -> None:
+        """An intent the token's head never vouched for: closed, never acted on."""
+        self._close(
+            intent,
+            actor,
+            Outcome.FAILURE,
+            error="Unanchored",
+            message="written after the token's last head: not trusted, nothing was done",
+        )
+        report.findings.append(
+            Finding(
+                FindingKind.UNANCHORED,
+                str(params.get("cka_id", "")),
+                f"{intent['action']} (audit event {intent['seq']}) was found after the token's "
+                "last head: forged into the file, or cut off by a crash before the token was "
+                "touched. Nothing was done; run the operation again if it was yours.",
+                str(intent["key_id"]),
+                0,
+                str(params.get("label", "")),
+            )
+        )
+
     def _settled(self, intent: dict[str, Any], actor: str, **params: Any) -> None:
         """Close a finished operation whose registry writes the caller's transaction holds, and
         seal the key it wrote."""
         row = subject("key", str(intent["key_id"]))
         event = self._close(intent, actor, Outcome.SUCCESS, subject=row, **params)
         self._seals.seal(self._store.conn, [row], event.seq)
+
+
+def _holds_key(
+    objects: dict[bytes, list[ObjectInfo]],
+    cka_id: bytes,
+    algorithm: str,
+    tags: Sequence[str] = (),
+) -> bool:
+    """The token holds the object that is the key (a secret or private key, which no one plants
+    without the PIN), not just some object under its CKA_ID."""
+    wanted = templates.object_class(algorithm, tags).name
+    return any(o.object_class == wanted for o in objects.get(cka_id, []))
 
 
 def _kmtui_named(obj: ObjectInfo) -> bool:
