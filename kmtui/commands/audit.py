@@ -15,7 +15,7 @@ from typing import Any
 from kmtui import demo
 from kmtui.commands import common
 from kmtui.core import errors
-from kmtui.core.audit import anchors, export, forward, seals, transcript
+from kmtui.core.audit import anchors, export, forward, seals, transcript, verify
 from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.safetext import clean
@@ -237,7 +237,7 @@ def _verify(args: argparse.Namespace) -> int:
     # quick_check and runs the full one in the background; this is the auditor's own run).
     registry: Registry
     if args.db:  # an offline copy: never touches this machine's token
-        report = anchors.verify_database(args.db, pubkey_pem=pem, progress=progress, integrity=True)
+        report = verify.verify_database(args.db, pubkey_pem=pem, progress=progress, integrity=True)
         path = args.db
         registry = _registry_offline(path, copy=True)
     else:
@@ -246,7 +246,7 @@ def _verify(args: argparse.Namespace) -> int:
         if not path.exists():
             raise errors.UsageError(f"No database at {path}.", "Check --home / KMTUI_HOME.")
         if args.no_token or not (args.pin_halves_from or demo.is_demo(p)):
-            report = anchors.verify_database(
+            report = verify.verify_database(
                 path, pubkey_pem=pem, progress=progress, copy=False, integrity=True
             )
             registry = _registry_offline(path, copy=False)
@@ -259,7 +259,7 @@ def _verify(args: argparse.Namespace) -> int:
             with common.workstation(args, login=True, integrity="quick") as ws:
                 raw = ws.hsm.signer.read_head(ws.anchors.registry_id())
                 head = None if raw is None else _parse_head(raw)
-                report = anchors.verify_database(
+                report = verify.verify_database(
                     path,
                     pubkey_pem=pem,
                     token_pubkey_pem=ws.hsm.signer.ensure_audit_key(),
@@ -289,7 +289,7 @@ def _verify(args: argparse.Namespace) -> int:
             f"{clean(report.integrity)}"
         )
         print(registry.summary())
-        if report.scope == anchors.CHAIN_ONLY:
+        if report.scope == verify.CHAIN_ONLY:
             print(
                 "NOT CHECKED: signed checkpoints and session ends. Give the audit public key "
                 "printed at init (--pubkey audit.pem) to prove the trail was not rewritten.",
@@ -334,7 +334,7 @@ class Registry:
 
 
 def _registry_offline(path: Path, *, copy: bool) -> Registry:
-    conn = anchors.connect_readonly(path, copy=copy)
+    conn = verify.connect_readonly(path, copy=copy)
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'seals'").fetchone():
             return Registry("trail", 0, [])

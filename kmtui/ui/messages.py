@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from kmtui.core.keys.reconcile import Report
+from kmtui.core.keys.findings import Report
 from kmtui.core.models import TokenInfo
 
 

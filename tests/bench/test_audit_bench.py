@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from kmtui.core.audit.anchors import verify_database
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
+from kmtui.core.audit.verify import verify_database
 from kmtui.core.models import iso
 from kmtui.core.registry.db import Store
 
@@ -221,7 +221,7 @@ def verify_memory_mib(path: Path) -> dict[str, float]:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from kmtui.core.audit.anchors import verify_database\n"
+        "from kmtui.core.audit.verify import verify_database\n"
         "def kib(name):\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(name + ':'):\n"

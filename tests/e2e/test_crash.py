@@ -25,7 +25,7 @@ import pytest
 
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
-from kmtui.core.keys.reconcile import FindingKind
+from kmtui.core.keys.findings import FindingKind
 from kmtui.core.models import AuditEvent, KeyState
 from kmtui.core.token import templates
 from kmtui.core.token.session import Hsm

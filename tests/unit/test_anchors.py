@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmtui.core import errors
-from kmtui.core.audit.anchors import Anchors, Checkpoint, verify_database
+from kmtui.core.audit.anchors import Anchors, Checkpoint
 from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
 from kmtui.core.audit.seals import Seals
+from kmtui.core.audit.verify import verify_database
 from kmtui.core.control.pin import PinHalves
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm

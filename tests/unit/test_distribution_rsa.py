@@ -15,7 +15,7 @@ from pkcs11 import ObjectClass
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
 from kmtui.core.control.pin import PinHalves
-from kmtui.core.keys import components, keyfiles, reconcile
+from kmtui.core.keys import components, findings, keyfiles
 from kmtui.core.models import Key
 from tests.conftest import SoftHsm, Team
 from tests.unit.test_distribution import exportable
@@ -211,4 +211,4 @@ def test_reconcile_is_clean_for_recipient_keys_and_sees_a_missing_one(
     team.ws.hsm.objects.destroy(trusted_recipient.versions[0].cka_id)
     report = team.ws.reconciler.run()
     kinds = {f.kind for f in report.findings if f.key_id == trusted_recipient.id}
-    assert kinds == {reconcile.FindingKind.MISSING}
+    assert kinds == {findings.FindingKind.MISSING}

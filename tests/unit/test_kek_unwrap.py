@@ -24,7 +24,7 @@ from pkcs11 import exceptions as p11
 
 from kmtui.core import errors
 from kmtui.core.control.operations import OpKind
-from kmtui.core.keys.reconcile import FindingKind
+from kmtui.core.keys.findings import FindingKind
 from kmtui.core.models import Key, new_key_id
 from kmtui.core.token import templates
 from kmtui.core.token.session import Hsm

@@ -33,7 +33,7 @@ from pkcs11 import Attribute, ObjectClass
 from kmtui.core import errors
 from kmtui.core.control import lifecycle, policy
 from kmtui.core.control.operations import OpKind
-from kmtui.core.keys import reconcile
+from kmtui.core.keys import findings
 from kmtui.core.models import Key, KeyState
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
@@ -489,7 +489,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.reconcile_finds_nothing_and_every_intent_has_an_outcome()
         self.audit_chain_verifies()
 
-    def _mine(self, finding: reconcile.Finding) -> bool:
+    def _mine(self, finding: findings.Finding) -> bool:
         if finding.key_id in self.model:
             return True
         parsed = templates.parse_cka_id(bytes.fromhex(finding.cka_id)) if finding.cka_id else None

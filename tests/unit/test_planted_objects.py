@@ -29,7 +29,7 @@ from kmtui.core.control import totp
 from kmtui.core.control.operations import OpKind
 from kmtui.core.control.pin import PinHalves
 from kmtui.core.keys import components
-from kmtui.core.keys.reconcile import Finding, FindingKind
+from kmtui.core.keys.findings import Finding, FindingKind
 from kmtui.core.registry.db import Store
 from kmtui.core.token.sealing import SEAL_KEY_ID
 from kmtui.core.token.session import Hsm

@@ -16,7 +16,7 @@ from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.audit.seals import unbound
 from kmtui.core.control.operations import ApprovalInput, OpKind
-from kmtui.core.keys.reconcile import FindingKind
+from kmtui.core.keys.findings import FindingKind
 from kmtui.core.models import KeyState, OperatorState
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm

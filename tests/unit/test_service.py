@@ -14,8 +14,8 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from kmtui.core import errors
 from kmtui.core.control import origin
 from kmtui.core.control.operations import ApprovalInput, OpKind
+from kmtui.core.keys.findings import FindingKind
 from kmtui.core.keys.queries import KeyQueries
-from kmtui.core.keys.reconcile import FindingKind
 from kmtui.core.models import KeyState, Policy, iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates

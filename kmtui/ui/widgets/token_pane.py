@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
 from kmtui.core.control.operations import OpKind
-from kmtui.core.keys.reconcile import Finding, Report
+from kmtui.core.keys.findings import Finding, Report
 from kmtui.core.models import TokenInfo
 from kmtui.ui.messages import Reconciled
 from kmtui.ui.screens.forms import TextScreen
