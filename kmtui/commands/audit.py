@@ -268,8 +268,8 @@ def _verify(args: argparse.Namespace) -> int:
                     copy=False,
                     integrity=True,
                 )
-                registry = Registry("token", len(seals.every_row(ws.store.conn)), [])
-                registry.problems.extend(ws.seals.check_all())
+                problems = ws.seals.check_all()
+                registry = Registry("token", ws.seals.rows, problems)
     if progress:
         print(file=sys.stderr)
     ok = report.ok and not registry.problems
@@ -338,7 +338,7 @@ def _registry_offline(path: Path, *, copy: bool) -> Registry:
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'seals'").fetchone():
             return Registry("trail", 0, [])
-        return Registry("trail", len(seals.every_row(conn)), seals.unbound(conn))
+        return Registry("trail", *seals.unbound(conn))
     except sqlite3.DatabaseError:
         return Registry("trail", 0, [])
     finally:

@@ -44,6 +44,10 @@ class KeyState(StrEnum):
     QUARANTINED = "quarantined"
 
 
+GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
+"""The states of a key whose token objects are destroyed: a tombstone in the registry."""
+
+
 class OperatorState(StrEnum):
     PENDING = "pending"
     ACTIVE = "active"

@@ -183,7 +183,7 @@ class Anchors:
     # -- the head on the token ----------------------------------------------------------------
 
     def registry_id(self) -> str:
-        return str(self._store.rows("SELECT value FROM meta WHERE key = 'registry_id'")[0]["value"])
+        return self._store.seals.registry_id(self._store.conn)
 
     def sync(self) -> None:
         """Mirror the committed head on the token; sign a checkpoint every `every` events.

@@ -66,6 +66,8 @@ class Seals:
         self._audit = audit
         self.changed: list[Problem] = []
         """What the last check found changed outside kmtui (the status line shows it)."""
+        self.rows = 0
+        """How many rows the last full check covered."""
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -74,7 +76,7 @@ class Seals:
         wanted = sorted(set(names))
         if not wanted:
             return
-        registry = self._registry_id(conn)
+        registry = self._records.registry_id(conn)
         contents = {n: self._records.content(conn, n) for n in wanted}
         self._seal_contents(conn, registry, contents, seq)
 
@@ -113,11 +115,6 @@ class Seals:
             self.seal(conn, [name], event.seq)
         return event
 
-    @staticmethod
-    def _registry_id(conn: sqlite3.Connection) -> str:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
-        return str(row[0]) if row else ""
-
     def start(self, actor: str) -> int:
         """The first seal of a registry: everything it holds now, in one audited step.
 
@@ -134,7 +131,7 @@ class Seals:
                 outcome=Outcome.SUCCESS,
                 params={"subject": REGISTRY, "rows": len(contents)},
             )
-            self._seal_contents(conn, self._registry_id(conn), contents, event.seq)
+            self._seal_contents(conn, self._records.registry_id(conn), contents, event.seq)
         return len(contents)
 
     # -- checking -----------------------------------------------------------------------------
@@ -156,7 +153,7 @@ class Seals:
         """What is wrong with each named row (checked on the token in one PKCS#11 hop)."""
         conn = self._store.conn
         with _snapshot(conn):  # rows, seals and trail read together
-            registry = self._registry_id(conn)
+            registry = self._records.registry_id(conn)
             started = self._records.last_change(conn, REGISTRY)
             contents = {n: self._records.content(conn, n) for n in names}
             judged = {
@@ -176,9 +173,10 @@ class Seals:
         pass per table and checked on the token in one PKCS#11 hop."""
         conn = self._store.conn
         with _snapshot(conn):
-            registry = self._registry_id(conn)
+            registry = self._records.registry_id(conn)
             contents = self._records.every_content(conn)
-            judged = _judge_all(conn, contents)
+            judged = judge_all(conn, contents)
+        self.rows = len(judged)
         self.changed = self._verified(registry, judged, contents)
         return self.changed
 
@@ -268,7 +266,7 @@ def _judge(
         return seal[0], b""
 
 
-def _judge_all(
+def judge_all(
     conn: sqlite3.Connection, contents: dict[str, Any]
 ) -> dict[str, Problem | tuple[int, bytes] | None]:
     records = SealRecords
@@ -281,21 +279,15 @@ def _judge_all(
     }
 
 
-def every_row(conn: sqlite3.Connection) -> list[str]:
-    """Every row sealed, present, or said by the trail to have changed."""
-    records = SealRecords
-    names = set(records.present(conn)) | set(records.sealed(conn))
-    return sorted(names | set(records.changed_in_trail(conn)))
-
-
-def unbound(conn: sqlite3.Connection) -> list[Problem]:
-    """What a copy of the database shows without the token: rows whose seal is missing, or not
-    bound to the event that last changed them (an older copy of one row). An edit of a row's
-    content shows only on the token, which checks each seal's HMAC."""
+def unbound(conn: sqlite3.Connection) -> tuple[int, list[Problem]]:
+    """What a copy of the database shows without the token: how many rows it holds, and those
+    whose seal is missing or not bound to the event that last changed them (an older copy of one
+    row). An edit of a row's content shows only on the token, which checks each seal's HMAC."""
+    contents = SealRecords.every_content(conn)
     if not SealRecords.last_change(conn, REGISTRY):
-        return []  # never sealed yet: the first log-in seals it as it is
-    judged = _judge_all(conn, SealRecords.every_content(conn))
-    return [j for j in judged.values() if isinstance(j, Problem)]
+        return len(contents), []  # never sealed yet: the first log-in seals it as it is
+    judged = judge_all(conn, contents)
+    return len(judged), [j for j in judged.values() if isinstance(j, Problem)]
 
 
 def _as_shipped(content: object, shipped: Policy) -> bool:

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 from pkcs11 import ObjectClass
 
 from kmtui.core import errors
-from kmtui.core.keys.findings import GONE, Finding, FindingKind, Report
-from kmtui.core.models import Key, KeyVersion
+from kmtui.core.keys.findings import Finding, FindingKind, Report
+from kmtui.core.models import GONE, Key, KeyVersion
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.records import ObjectInfo

@@ -37,7 +37,7 @@ from kmtui.core.keys.keyfiles import (
 )
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
-from kmtui.core.models import Key, KeyState, KeyVersion, iso, new_key_id, utcnow
+from kmtui.core.models import GONE, Key, KeyState, KeyVersion, iso, new_key_id, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
@@ -298,7 +298,7 @@ class Distribution:
         )
         rules = self._policies.rules(policy_name)
         for other in self._store.keys.with_fingerprint(recipient.fingerprint):
-            if other.state not in (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED):
+            if other.state not in GONE:
                 raise errors.UsageError(
                     f"This public key is already registered as {clean(other.label, 60)!r} "
                     f"({other.id}).",

@@ -7,10 +7,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from kmtui.core.models import KeyState
-
-GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
-
 
 class FindingKind(StrEnum):
     FOREIGN = "foreign-object"  # on the token, not created by kmtui

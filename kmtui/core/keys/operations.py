@@ -23,6 +23,7 @@ from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.queries import KeyQueries
 from kmtui.core.keys.records import KeyRecords
 from kmtui.core.models import (
+    GONE,
     Key,
     KeyState,
     KeyVersion,
@@ -370,7 +371,7 @@ class KeyOperations:
         def work(facts: dict[str, Any]) -> Apply:
             destroyed = 0
             for version in key.versions:
-                if version.state not in (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED):
+                if version.state not in GONE:
                     destroyed += self._hsm.objects.destroy(version.cka_id)
             facts.update(
                 objects_destroyed=destroyed,

@@ -14,6 +14,7 @@ from kmtui.core.control import policy
 from kmtui.core.control.operations import OpKind
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.models import (
+    GONE,
     AuditEvent,
     Key,
     KeyState,
@@ -34,7 +35,6 @@ URI_TYPES = {  # RFC 7512 `type=` of the object that is the key
     ObjectClass.PUBLIC_KEY: "public",
     ObjectClass.PRIVATE_KEY: "private",
 }
-GONE = (KeyState.DESTROYED, KeyState.DESTROYED_COMPROMISED)
 HISTORY = 50
 """Events of one key's history the detail view reads (newest first)."""
 

@@ -20,9 +20,9 @@ from kmtui.core.control.gate import Apply, Executed, Gate, Prepared
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.compare import TokenComparison, believed, by_id, holds_key
-from kmtui.core.keys.findings import GONE, Finding, FindingKind, Report
+from kmtui.core.keys.findings import Finding, FindingKind, Report
 from kmtui.core.keys.records import KeyRecords
-from kmtui.core.models import AuditEvent, KeyState, KeyVersion, Outcome, iso, utcnow
+from kmtui.core.models import GONE, AuditEvent, KeyState, KeyVersion, Outcome, iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean

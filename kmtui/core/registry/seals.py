@@ -37,11 +37,17 @@ class SealRecords:
     (the store's, inside its transaction, or a read-only one on an auditor's copy)."""
 
     @staticmethod
+    def registry_id(conn: sqlite3.Connection) -> str:
+        """The registry's id ('' before migration 4 made one)."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
+        return str(row[0]) if row else ""
+
+    @staticmethod
     def content(conn: sqlite3.Connection, name: str) -> Any:
         """What the seal of `name` covers, as plain JSON values; None for an absent row."""
         if name == REGISTRY:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
-            return {"registry_id": row[0]} if row else None
+            registry = SealRecords.registry_id(conn)
+            return {"registry_id": registry} if registry else None
         kind, _, key = name.partition(":")
         table, column = _TABLES[kind]
         found = SealRecords._rows(conn, f"SELECT * FROM {table} WHERE {column} = ?", key)  # noqa: S608
@@ -59,9 +65,9 @@ class SealRecords:
         """The content of every sealable row held now, in one pass per table (as `content`
         reads them one by one)."""
         out: dict[str, Any] = {}
-        row = conn.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()
-        if row:
-            out[REGISTRY] = {"registry_id": row[0]}
+        registry = SealRecords.registry_id(conn)
+        if registry:
+            out[REGISTRY] = {"registry_id": registry}
         for kind, (table, column) in _TABLES.items():
             cursor = conn.execute(f"SELECT * FROM {table}")  # noqa: S608 - constant names
             names = [d[0] for d in cursor.description]
@@ -99,28 +105,10 @@ class SealRecords:
         return (int(row[0]), str(row[1])) if row else None
 
     @staticmethod
-    def put(conn: sqlite3.Connection, name: str, seq: int, mac: str) -> None:
-        conn.execute(
-            "INSERT INTO seals (subject, seq, mac) VALUES (?, ?, ?) "
-            "ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
-            (name, seq, mac),
-        )
-
-    @staticmethod
     def last_change(conn: sqlite3.Connection, name: str) -> int:
         """The newest event of the trail that says it changed `name` (0: none ever did)."""
         sql = f"SELECT max(seq) FROM audit_events WHERE ({SUBJECT}) = ?"  # noqa: S608
         return int(conn.execute(sql, (name,)).fetchone()[0] or 0)
-
-    @staticmethod
-    def present(conn: sqlite3.Connection) -> list[str]:
-        """Every sealable row the registry holds now."""
-        held = conn.execute("SELECT 1 FROM meta WHERE key = 'registry_id'").fetchone()
-        names = [REGISTRY] if held else []
-        for kind, (table, column) in _TABLES.items():
-            sql = f"SELECT {column} FROM {table} ORDER BY {column}"  # noqa: S608
-            names.extend(subject(kind, str(r[0])) for r in conn.execute(sql))
-        return names
 
     @staticmethod
     def sealed(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
