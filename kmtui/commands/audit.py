@@ -254,7 +254,7 @@ def _verify(args: argparse.Namespace) -> int:
             # With the token at hand its own audit key is the trusted one (a --pubkey given too
             # must be the same key), and the database's record of it is compared with it.
             # Read the token's head and verify inside one session, so the session's own
-            # log-out event (written after) is not mistaken for an unanchored one.
+            # log-out event (written after) is not mistaken for one past the head.
             # quick_check at open: verify_database runs the full integrity_check just after.
             with common.workstation(args, login=True, integrity="quick") as ws:
                 raw = ws.hsm.signer.read_head(ws.anchors.registry_id())

@@ -284,8 +284,94 @@ def test_an_intent_forged_into_the_file_is_never_finished_by_reconciliation(
     team.ws.login(softhsm_token.halves)
     report = team.ws.reconciler.run()
     assert not [c for c in report.completed if c["key_id"] == key_id]
-    assert [f.kind for f in report.findings if f.key_id == key_id] == [FindingKind.UNANCHORED]
+    assert [f.kind for f in report.findings if f.key_id == key_id] == [FindingKind.UNSEALED]
     assert team.ws.store.keys.get(key_id) is None  # not back, and certainly not active
     assert f"key:{key_id}" in {p.subject for p in team.ws.seals.check_all()}  # still missed
     closing = team.ws.audit.events(action="key.create", key_id=key_id, limit=1)[0]
-    assert closing.outcome == "failure" and closing.params["error"] == "Unanchored"
+    assert closing.outcome == "failure" and closing.params["error"] == "Unsealed"
+
+
+def forge_intent(team: Team, key_id: str, **params: object) -> int:
+    """A correctly chained `key.create` intent appended by the file's holder."""
+    key = team.ws.get_key(key_id)
+    forger = Store.open(file_of(team))  # kmtui's own chaining code stands in for the forger's
+    try:
+        event = AuditLog(forger).append(
+            "key.create",
+            actor="alice+bob",
+            outcome="intent",
+            key_id=key_id,
+            params={
+                "label": key.label,
+                "algorithm": key.algorithm,
+                "purpose": key.purpose,
+                "policy": key.policy,
+                "exportable": False,
+                "trusted": False,
+                "cka_id": key.versions[0].cka_id.hex(),
+                **params,
+            },
+        )
+    finally:
+        forger.close()
+    return event.seq
+
+
+def revoked_key(team: Team) -> str:
+    key_id = create(team, "revoked-two")
+    prepared = team.ws.prepare(OpKind.KEY_REVOKE, key_id, reason="key-compromise")
+    team.ws.run(prepared, team.codes("alice", "bob"))
+    return key_id
+
+
+def delete_key_rows(team: Team, key_id: str) -> None:
+    edit(team, "DELETE FROM key_versions WHERE key_id = ?", (key_id,))
+    edit(team, "DELETE FROM keys WHERE id = ?", (key_id,))
+
+
+def test_an_intent_forged_during_a_live_session_is_anchored_yet_never_finished(
+    team: Team,
+) -> None:
+    """Round two of the red team: an intent appended while kmtui runs is mirrored on the token
+    by the session's next sync, so being anchored proves nothing; only kmtui's own intent seal
+    does."""
+    key_id = revoked_key(team)
+    forged = forge_intent(team, key_id)
+    team.ws.anchors.sync()  # what the session's next operation or log-out does
+    delete_key_rows(team, key_id)
+    report = team.ws.reconciler.run()
+    assert not [c for c in report.completed if c["key_id"] == key_id]
+    assert team.ws.store.keys.get(key_id) is None
+    unsealed = [f for f in report.findings if f.kind == FindingKind.UNSEALED]
+    assert [f.key_id for f in unsealed] == [key_id]
+    assert (
+        team.ws.audit.events(action="key.create", key_id=key_id, limit=1)[0].params["intent"]
+        == forged
+    )
+
+
+def test_a_finished_intent_listed_again_as_open_is_not_finished_twice(team: Team) -> None:
+    """Round two: a genuine (sealed) create intent put back into the kept table of open intents,
+    the key's rows deleted: reconciliation reads the trail, sees it closed, and does nothing."""
+    key_id = revoked_key(team)
+    intent = team.ws.audit.events(action="key.create", key_id=key_id, limit=2)[-1]
+    assert intent.outcome == "intent"
+    delete_key_rows(team, key_id)
+    edit(team, "INSERT INTO audit_open_intents (seq) VALUES (?)", (intent.seq,))
+    report = team.ws.reconciler.run()
+    assert not [c for c in report.completed if c["key_id"] == key_id]
+    assert team.ws.store.keys.get(key_id) is None
+    assert f"intent:{intent.seq}" in {f.label for f in report.findings}
+
+
+def test_a_trigger_planted_in_the_file_stops_kmtui_from_opening_it(team: Team) -> None:
+    """Round two: a trigger that silently drops some of kmtui's audit events (RAISE(IGNORE))."""
+    edit(
+        team,
+        "CREATE TRIGGER zz_quiet BEFORE INSERT ON audit_events WHEN NEW.action = 'x' "
+        "BEGIN SELECT RAISE(IGNORE); END",
+    )
+    with pytest.raises(errors.DatabaseCorrupt, match="triggers kmtui did not write: zz_quiet"):
+        Store.open(file_of(team)).close()
+    with pytest.raises(errors.DatabaseCorrupt, match="zz_quiet"):
+        team.ws.store.check(full=True)  # the TUI's background check of an open store

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog, canonical_json
 from kmtui.core.audit.seals import Seals
-from kmtui.core.models import Outcome, iso, utcnow
+from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.registry.seals import subject
 from kmtui.core.token.session import Hsm
@@ -98,8 +98,6 @@ class Anchors:
         self._store, self._hsm, self._audit, self.every = store, hsm, audit, every
         self._seals = seals
         self._checked = False  # the head is followed only once this database was checked
-        self.unanchored: tuple[int, int] | None = None
-        """Events after the token's head when it was checked: (first, last), or None."""
 
     # -- the signing key ----------------------------------------------------------------------
 
@@ -234,40 +232,7 @@ class Anchors:
                 self._head()[0],
             )
         self._checked = not problem
-        if not problem:
-            anchored = int(json.loads(raw)["seq"]) if raw is not None else 0
-            db_head = self._head()[0]
-            self.unanchored = (anchored + 1, db_head) if db_head > anchored else None
         return problem
-
-    def mark_unanchored(self, actor: str) -> None:
-        """Say in the trail which events the token's head did not vouch for when it was checked
-        (written after the last head: a crash's last events, or events forged into the file).
-        Reconciliation never acts on an intent among them."""
-        if self.unanchored is None:
-            return
-        first, last = self.unanchored
-        self._audit.append(
-            "audit.unanchored",
-            actor=actor,
-            outcome=Outcome.INFO,
-            params={"first": first, "last": last},
-        )
-        self.unanchored = None
-
-    def unanchored_ranges(self) -> list[tuple[int, int]]:
-        """Every stretch of the trail found written after the token's head (see above)."""
-        rows = self._store.rows(
-            "SELECT params FROM audit_events WHERE action = 'audit.unanchored' ORDER BY seq"
-        )
-        out = []
-        for row in rows:
-            try:
-                params = json.loads(row["params"])
-                out.append((int(params["first"]), int(params["last"])))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return out
 
 
 def head_problem(rows: list[dict[str, Any]], seq: int, head_hash: str, db_head: int) -> str:

@@ -31,6 +31,7 @@ from kmtui.core.safetext import clean
 from kmtui.core.token.session import Hsm
 
 SEAL_TYPE = "kmtui.registry.seal.v1"
+INTENT_TYPE = "kmtui.intent.seal.v1"
 _SHOWN = 5  # problems named in one refusal
 
 
@@ -89,6 +90,24 @@ class Seals:
         self._records.put_many(
             conn, [(n, seq, mac.hex()) for n, mac in zip(names, macs, strict=True)]
         )
+
+    def seal_intent(self, conn: sqlite3.Connection, seq: int, event_hash: str) -> None:
+        """The token's HMAC over an intent the gate just wrote (in its transaction): what
+        reconciliation asks before it finishes the operation after a crash."""
+        message = _intent_message(self._records.registry_id(conn), seq, event_hash)
+        self._records.put_intent(conn, seq, self._hsm.sealing.macs([message])[0].hex())
+
+    def intent_sealed(self, seq: int, event_hash: str) -> bool:
+        """Whether kmtui's gate wrote this intent (its seal verifies on the token)."""
+        conn = self._store.conn
+        try:
+            tag = bytes.fromhex(self._records.intent_mac(conn, seq))
+        except ValueError:
+            return False
+        if not tag:
+            return False
+        message = _intent_message(self._records.registry_id(conn), seq, event_hash)
+        return self._hsm.sealing.macs_ok([(message, tag)])[0]
 
     def write(
         self,
@@ -223,6 +242,12 @@ class Seals:
             self.seal(conn, adoptable[:1], event.seq)
         if len(adoptable) > 1:
             self._adopt(adoptable[1:], actor)
+
+
+def _intent_message(registry: str, seq: int, event_hash: str) -> bytes:
+    return canonical_json(
+        {"type": INTENT_TYPE, "registry": registry, "seq": seq, "hash": event_hash}
+    ).encode("utf-8")
 
 
 def message(registry: str, name: str, seq: int, content: Any) -> bytes:

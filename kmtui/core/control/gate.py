@@ -191,7 +191,7 @@ class Gate:
         actor = "+".join(approvers) or actor
         params = {**op.params, **context, "digest": op.digest, "approvers": approvers}
         try:
-            with self._store.transaction():
+            with self._store.transaction() as conn:
                 self.approvals.consume(granted, op)
                 intent = self._audit.append(
                     str(op.kind),
@@ -200,13 +200,10 @@ class Gate:
                     key_id=op.key_id,
                     params=params,
                 )
+                self._seals.seal_intent(conn, intent.seq, intent.hash)
         except errors.ApprovalRefused as exc:  # spent or expired: rolled back, so audit it now
             self._refused(op, actor, exc, context)
             raise
-        # The intent is on the token before the token is touched: after a crash, reconciliation
-        # finishes only operations whose intent the token's head vouches for (a forged intent
-        # appended to the file is not one of them).
-        self._anchors.sync()
         facts: dict[str, Any] = {"intent": intent.seq}
         try:
             apply = work(facts)

@@ -79,7 +79,6 @@ class Session:
             outcome=Outcome.SUCCESS,
             params={**session_context(), **who, "token": info.label, "serial": info.serial},
         )
-        self._anchors.mark_unanchored(actor)
         self._anchors.public_key()
         self._seals.start(actor)
         self._seals.require([REGISTRY], actor=actor)

@@ -17,7 +17,7 @@ class FindingKind(StrEnum):
     INTERRUPTED = "interrupted-operation"  # intent without outcome; the token step did not run
     UNFINISHED = "unfinished-destroy"  # destroy died half-way: some objects remain
     REGISTRY = "registry-changed"  # a sealed registry row not as kmtui wrote it
-    UNANCHORED = "unanchored-intent"  # an intent the token's head never vouched for
+    UNSEALED = "unsealed-intent"  # an intent kmtui's gate did not write (no intent seal)
     IMPOSTOR = "impostor-object"  # under kmtui's name, but public or not an object kmtui made
     DUPLICATE = "duplicate-object"  # two objects kmtui could believe under one CKA_ID
 

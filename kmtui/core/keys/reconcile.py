@@ -47,7 +47,6 @@ class Reconciler:
     ) -> None:
         self._seals = seals
         self._comparison = TokenComparison(store, hsm)
-        self._unanchored: list[tuple[int, int]] = []
         self._store = store
         self._hsm = hsm
         self._audit = audit
@@ -113,7 +112,6 @@ class Reconciler:
         report = Report()
         serial = self._hsm.serial
         scanned = self._hsm.objects.scan()
-        self._unanchored = self._anchors.unanchored_ranges()
         for intent in self._store.keys.open_intents():
             self._settle(intent, by_id(believed(scanned)), serial, report, actor)
         scanned = self._hsm.objects.scan() if report.completed else scanned
@@ -147,12 +145,28 @@ class Reconciler:
         """Finish an operation whose token step happened; close it as interrupted otherwise."""
         action, key_id = str(intent["action"]), str(intent["key_id"])
         params = json.loads(intent["params"])
-        if any(first <= int(intent["seq"]) <= last for first, last in self._unanchored):
+        closed = self._store.keys.closed(intent)
+        if closed:  # the kept table lists an intent the trail closed: edited by hand
+            report.findings.append(
+                Finding(
+                    FindingKind.REGISTRY,
+                    "",
+                    f"REGISTRY CHANGED OUTSIDE KMTUI: the table of open intents lists event "
+                    f"{intent['seq']}, which event {closed} closed. Nothing was done.",
+                    key_id,
+                    label=f"intent:{intent['seq']}",
+                )
+            )
+            return
+        if not self._seals.intent_sealed(int(intent["seq"]), str(intent["hash"])):
             self._untrusted(intent, params, report, actor)
             return
         key = self._store.keys.get(key_id) if key_id else None
+        if key is not None and not self._intact(key_id, report):
+            return
         if (
             action == OpKind.KEY_CREATE
+            and self._never_written(key_id)
             and bytes.fromhex(params["cka_id"]) == templates.cka_id(key_id, 1)
             and holds_key(objects, bytes.fromhex(params["cka_id"]), str(params["algorithm"]))
             and key is None
@@ -265,24 +279,47 @@ class Reconciler:
             params={"intent": intent["seq"], **params},
         )
 
+    def _intact(self, key_id: str, report: Report) -> bool:
+        """The key's row is as kmtui sealed it; else a finding, and nothing is finished on it."""
+        problems = self._seals.problems([subject("key", key_id)])
+        for problem in problems:
+            report.findings.append(
+                Finding(
+                    FindingKind.REGISTRY,
+                    "",
+                    f"REGISTRY CHANGED OUTSIDE KMTUI: {problem}.",
+                    key_id,
+                    label=problem.subject,
+                )
+            )
+        return not problems
+
+    def _never_written(self, key_id: str) -> bool:
+        """No seal and no event of the trail ever named this key: a create that never finished,
+        not a key whose rows were deleted."""
+        conn, name = self._store.conn, subject("key", key_id)
+        records = self._store.seals
+        return records.seal_of(conn, name) is None and not records.last_change(conn, name)
+
     def _untrusted(
         self, intent: dict[str, Any], params: dict[str, Any], report: Report, actor: str
     ) -> None:
-        """An intent the token's head never vouched for: closed, never acted on."""
+        """An intent kmtui's gate did not write (no intent seal from the token): closed, never
+        acted on."""
         self._close(
             intent,
             actor,
             Outcome.FAILURE,
-            error="Unanchored",
-            message="written after the token's last head: not trusted, nothing was done",
+            error="Unsealed",
+            message="not written by kmtui's gate (no intent seal): not trusted, nothing was done",
         )
         report.findings.append(
             Finding(
-                FindingKind.UNANCHORED,
+                FindingKind.UNSEALED,
                 str(params.get("cka_id", "")),
-                f"{intent['action']} (audit event {intent['seq']}) was found after the token's "
-                "last head: forged into the file, or cut off by a crash before the token was "
-                "touched. Nothing was done; run the operation again if it was yours.",
+                f"{intent['action']} (audit event {intent['seq']}) carries no seal from the "
+                "token: forged into the file, or written by a kmtui that did not seal intents. "
+                "Nothing was done; run the operation again if it was yours.",
                 str(intent["key_id"]),
                 0,
                 str(params.get("label", "")),

@@ -139,11 +139,13 @@ makes the store refuse every later write.
 
 
 def integrity_problem(conn: sqlite3.Connection, *, full: bool = True) -> str:
-    """The first line integrity_check (or quick_check) reports, or '' when the file is sound."""
+    """The first line integrity_check (or quick_check) reports, or '' when the file is sound;
+    a trigger kmtui did not write fails it too (it would run inside kmtui's own writes)."""
     rows = conn.execute("PRAGMA integrity_check" if full else "PRAGMA quick_check").fetchmany(8)
     lines = [line for (text,) in rows for line in str(text).splitlines()]
     if lines == ["ok"]:
-        return ""
+        foreign = schema.foreign_triggers(conn)
+        return f"triggers kmtui did not write: {', '.join(foreign)}" if foreign else ""
     return next((ln for ln in lines if not ln.startswith("***")), lines[0] if lines else "?")
 
 
@@ -195,9 +197,9 @@ class Store:
         self.operators = OperatorRecords(self)
         """Operators and approvals: what dual control reads and writes."""
         self.reads = Reads(self)
+        """The reads the UI names instead of holding SQL."""
         self.seals = SealRecords()
         """Seals of the rows that decide who may do what, and the content they cover."""
-        """The reads the UI names instead of holding SQL."""
 
     @classmethod
     def open(

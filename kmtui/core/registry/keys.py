@@ -315,11 +315,22 @@ class Keys:
             )
 
     def open_intents(self) -> list[dict[str, Any]]:
-        """Intent events no outcome refers to, oldest first (seq, action, key_id, params)."""
+        """Intent events no outcome refers to, oldest first (seq, action, key_id, params, hash),
+        as the kept table lists them (`closed` tells whether the trail agrees)."""
         return self._store.rows(
-            "SELECT e.seq, e.action, e.key_id, e.params FROM audit_open_intents AS x "
+            "SELECT e.seq, e.action, e.key_id, e.params, e.hash FROM audit_open_intents AS x "
             "JOIN audit_events AS e ON e.seq = x.seq WHERE e.outcome = 'intent' ORDER BY x.seq"
         )
+
+    def closed(self, intent: dict[str, Any]) -> int:
+        """The outcome event that closed this intent, read from the trail itself (0: none)."""
+        rows = self._store.rows(
+            "SELECT seq FROM audit_events WHERE key_id = ? AND seq > ? AND action = ? "
+            "AND outcome != 'intent' AND json_valid(params) "
+            "AND json_extract(params, '$.intent') = ? ORDER BY seq LIMIT 1",
+            (intent["key_id"], intent["seq"], intent["action"], intent["seq"]),
+        )
+        return int(rows[0]["seq"]) if rows else 0
 
     def open_intents_by_scan(self) -> list[int]:
         """The seqs of the open intents found by a scan of the whole trail (for checks)."""

@@ -22,6 +22,13 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_GUARD_TRIGGERS = {
+    "audit_events_no_update": """CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+    "audit_events_no_delete": """CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+}
+
 _SCHEMA_1 = (
     """CREATE TABLE policies (
         name TEXT PRIMARY KEY,
@@ -89,11 +96,9 @@ _SCHEMA_1 = (
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL
     )""",
-    # Guards kmtui's own code; someone with the file can drop them, which the chain then detects.
-    """CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
-        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
-    """CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
-        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+    # Guards kmtui's own code; someone with the file can drop them, which the chain then detects
+    # (and the next open puts them back).
+    *_GUARD_TRIGGERS.values(),
     "CREATE INDEX keys_by_state ON keys (state, label COLLATE NOCASE, id)",
     "CREATE INDEX keys_by_label ON keys (label COLLATE NOCASE, id)",
     "CREATE INDEX keys_by_policy ON keys (policy)",
@@ -287,6 +292,14 @@ def _migration_8(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX IF NOT EXISTS audit_by_subject ON audit_events (({SUBJECT}), seq)")
 
 
+def _migration_9(conn: sqlite3.Connection) -> None:
+    """Intent seals: the HMAC the token made over each intent event as the gate wrote it, so
+    reconciliation finishes only operations kmtui itself began (never one forged into the file)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS intent_seals (seq INTEGER PRIMARY KEY, mac TEXT NOT NULL)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
@@ -296,6 +309,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 ]
 
 
@@ -329,13 +343,30 @@ def migrate(store: Store) -> None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
 
 
+def foreign_triggers(conn: sqlite3.Connection) -> list[str]:
+    """Triggers kmtui did not write, or its own with other SQL: a trigger runs inside every write
+    kmtui makes, and one planted with the file can drop or rewrite what kmtui writes unseen."""
+    known = {**_GUARD_TRIGGERS, **_INTENT_TRIGGERS, **_KEY_TAG_TRIGGERS}
+    return sorted(
+        str(name)
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        if " ".join(str(sql).split()) != " ".join(known.get(str(name), "").split())
+    )
+
+
 def ensure_derived(store: Store) -> None:
-    """Rebuild a derived table whose triggers are gone (dropped by hand)."""
+    """Rebuild a derived table whose triggers are gone (dropped by hand); put the append-only
+    guards back."""
     with store.sqlite_errors():
         names = {
             r[0]
             for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
+    missing = [sql for name, sql in _GUARD_TRIGGERS.items() if name not in names]
+    if missing:
+        with store.transaction() as conn:
+            for sql in missing:
+                conn.execute(sql)
     for triggers, rebuild in (
         (_INTENT_TRIGGERS, _rebuild_open_intents),
         (_KEY_TAG_TRIGGERS, _rebuild_key_tags),

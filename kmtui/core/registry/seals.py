@@ -100,6 +100,15 @@ class SealRecords:
         return [_plain(row, names) for row in cursor.fetchall()]
 
     @staticmethod
+    def put_intent(conn: sqlite3.Connection, seq: int, mac: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO intent_seals (seq, mac) VALUES (?, ?)", (seq, mac))
+
+    @staticmethod
+    def intent_mac(conn: sqlite3.Connection, seq: int) -> str:
+        row = conn.execute("SELECT mac FROM intent_seals WHERE seq = ?", (seq,)).fetchone()
+        return str(row[0]) if row else ""
+
+    @staticmethod
     def seal_of(conn: sqlite3.Connection, name: str) -> tuple[int, str] | None:
         row = conn.execute("SELECT seq, mac FROM seals WHERE subject = ?", (name,)).fetchone()
         return (int(row[0]), str(row[1])) if row else None
