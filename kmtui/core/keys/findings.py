@@ -69,6 +69,28 @@ class Report:
     def clean(self) -> bool:
         return not self.findings
 
+    def finished(self, intent: dict[str, Any]) -> None:
+        """An interrupted operation reconciliation finished."""
+        self.completed.append(
+            {
+                "intent": intent["seq"],
+                "action": str(intent["action"]),
+                "key_id": str(intent["key_id"]),
+            }
+        )
+
+    def changed_outside(self, what: str, key_id: str = "", *, label: str) -> None:
+        """A registry row, or a table kmtui keeps, not as kmtui wrote it."""
+        self.findings.append(
+            Finding(
+                FindingKind.REGISTRY,
+                "",
+                f"REGISTRY CHANGED OUTSIDE KMTUI: {what}",
+                key_id,
+                label=label,
+            )
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "clean": self.clean,

@@ -61,14 +61,7 @@ class Reconciler:
         acked = self._store.keys.acknowledged_findings()
         bad = {p.subject: p for p in self._seals.problems([subject("ack", a) for a in acked])}
         for name, problem in sorted(bad.items()):
-            report.findings.append(
-                Finding(
-                    FindingKind.REGISTRY,
-                    "",
-                    f"REGISTRY CHANGED OUTSIDE KMTUI: {problem}.",
-                    label=name,
-                )
-            )
+            report.changed_outside(f"{problem}.", label=name)
         return {a for a in acked if subject("ack", a) not in bad}
 
     def open_intents(self) -> list[dict[str, Any]]:
@@ -147,15 +140,11 @@ class Reconciler:
         params = json.loads(intent["params"])
         closed = self._store.keys.closed(intent)
         if closed:  # the kept table lists an intent the trail closed: edited by hand
-            report.findings.append(
-                Finding(
-                    FindingKind.REGISTRY,
-                    "",
-                    f"REGISTRY CHANGED OUTSIDE KMTUI: the table of open intents lists event "
-                    f"{intent['seq']}, which event {closed} closed. Nothing was done.",
-                    key_id,
-                    label=f"intent:{intent['seq']}",
-                )
+            report.changed_outside(
+                f"the table of open intents lists event {intent['seq']}, which event {closed} "
+                "closed. Nothing was done.",
+                key_id,
+                label=f"intent:{intent['seq']}",
             )
             return
         if not self._seals.intent_sealed(int(intent["seq"]), str(intent["hash"])):
@@ -164,31 +153,9 @@ class Reconciler:
         key = self._store.keys.get(key_id) if key_id else None
         if key is not None and not self._intact(key_id, report):
             return
-        if (
-            action == OpKind.KEY_CREATE
-            and self._never_written(key_id)
-            and bytes.fromhex(params["cka_id"]) == templates.cka_id(key_id, 1)
-            and holds_key(objects, bytes.fromhex(params["cka_id"]), str(params["algorithm"]))
-            and key is None
-        ):
-            cka_id = bytes.fromhex(params["cka_id"])
-            check = self._comparison.observed(str(params["algorithm"]), cka_id)
-            symmetric = templates.ALGORITHMS[str(params["algorithm"])].symmetric
-            version = KeyVersion(
-                key_id,
-                1,
-                KeyState.ACTIVE,
-                cka_id,
-                serial,
-                iso(utcnow()),
-                kcv=check if symmetric else "",
-                fingerprint="" if symmetric else check,
-            )
-            created = self._records.created(key_id, params, version)
-            with self._store.transaction():
-                self._store.keys.add(created)
-                self._settled(intent, actor, recovered=True, version=1, check=check)
-            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+        created = action == OpKind.KEY_CREATE and key is None
+        if created and self._recover_create(intent, params, objects, serial, actor):
+            report.finished(intent)
             return
         if action == OpKind.KEY_CREATE and key is not None and key.state == KeyState.QUARANTINED:
             # The token made the key, it read back wrong, and it was registered as quarantined
@@ -202,7 +169,7 @@ class Reconciler:
                 quarantined=True,
                 message="the key was made with attributes other than asked; it stays quarantined",
             )
-            report.completed.append({"intent": intent["seq"], "action": action, "key_id": key_id})
+            report.finished(intent)
             return
         if action == OpKind.KEY_ROTATE and key is not None:
             number = int(params["new_version"])
@@ -214,9 +181,7 @@ class Reconciler:
                 with self._store.transaction():
                     apply()
                     self._settled(intent, actor, recovered=True, version=number, check=check)
-                report.completed.append(
-                    {"intent": intent["seq"], "action": action, "key_id": key_id}
-                )
+                report.finished(intent)
                 return
         if action == OpKind.KEY_DESTROY and key is not None and key.state not in GONE:
             remaining = [v for v in key.versions if v.cka_id in objects]
@@ -225,19 +190,13 @@ class Reconciler:
                 with self._store.transaction():
                     self._records.destruction(key, target)()
                     self._settled(intent, actor, recovered=True, state=str(target))
-                report.completed.append(
-                    {"intent": intent["seq"], "action": action, "key_id": key_id}
-                )
+                report.finished(intent)
                 return
             if len(remaining) < len(key.versions):
-                self._close(
+                self._abandon(
                     intent,
                     actor,
-                    Outcome.FAILURE,
-                    error="Interrupted",
-                    message=f"{len(remaining)} of {len(key.versions)} versions remain",
-                )
-                report.findings.append(
+                    report,
                     Finding(
                         FindingKind.UNFINISHED,
                         remaining[0].cka_id.hex(),
@@ -246,17 +205,15 @@ class Reconciler:
                         key_id,
                         remaining[0].version,
                         key.label,
-                    )
+                    ),
+                    error="Interrupted",
+                    message=f"{len(remaining)} of {len(key.versions)} versions remain",
                 )
                 return
-        self._close(
+        self._abandon(
             intent,
             actor,
-            Outcome.FAILURE,
-            error="Interrupted",
-            message="the operation stopped before it changed anything; run it again",
-        )
-        report.findings.append(
+            report,
             Finding(
                 FindingKind.INTERRUPTED,
                 str(params.get("cka_id", "")),
@@ -265,7 +222,9 @@ class Reconciler:
                 key_id,
                 0,
                 str(params.get("label", "")),
-            )
+            ),
+            error="Interrupted",
+            message="the operation stopped before it changed anything; run it again",
         )
 
     def _close(
@@ -279,19 +238,54 @@ class Reconciler:
             params={"intent": intent["seq"], **params},
         )
 
+    def _recover_create(
+        self,
+        intent: dict[str, Any],
+        params: dict[str, Any],
+        objects: dict[bytes, list[ObjectInfo]],
+        serial: str,
+        actor: str,
+    ) -> bool:
+        """Register a key the token made before the process stopped: only the object of this
+        intent's key id, version 1, of the asked algorithm, for a key the registry never held."""
+        key_id, algorithm = str(intent["key_id"]), str(params["algorithm"])
+        cka_id = templates.cka_id(key_id, 1)
+        if not (
+            bytes.fromhex(params["cka_id"]) == cka_id
+            and holds_key(objects, cka_id, algorithm)
+            and self._never_written(key_id)
+        ):
+            return False
+        check = self._comparison.observed(algorithm, cka_id)
+        symmetric = templates.ALGORITHMS[algorithm].symmetric
+        version = KeyVersion(
+            key_id,
+            1,
+            KeyState.ACTIVE,
+            cka_id,
+            serial,
+            iso(utcnow()),
+            kcv=check if symmetric else "",
+            fingerprint="" if symmetric else check,
+        )
+        created = self._records.created(key_id, params, version)
+        with self._store.transaction():
+            self._store.keys.add(created)
+            self._settled(intent, actor, recovered=True, version=1, check=check)
+        return True
+
+    def _abandon(
+        self, intent: dict[str, Any], actor: str, report: Report, finding: Finding, **close: Any
+    ) -> None:
+        """Close an intent as failed (nothing more is done for it) and say why in a finding."""
+        self._close(intent, actor, Outcome.FAILURE, **close)
+        report.findings.append(finding)
+
     def _intact(self, key_id: str, report: Report) -> bool:
         """The key's row is as kmtui sealed it; else a finding, and nothing is finished on it."""
         problems = self._seals.problems([subject("key", key_id)])
         for problem in problems:
-            report.findings.append(
-                Finding(
-                    FindingKind.REGISTRY,
-                    "",
-                    f"REGISTRY CHANGED OUTSIDE KMTUI: {problem}.",
-                    key_id,
-                    label=problem.subject,
-                )
-            )
+            report.changed_outside(f"{problem}.", key_id, label=problem.subject)
         return not problems
 
     def _never_written(self, key_id: str) -> bool:
@@ -306,14 +300,10 @@ class Reconciler:
     ) -> None:
         """An intent kmtui's gate did not write (no intent seal from the token): closed, never
         acted on."""
-        self._close(
+        self._abandon(
             intent,
             actor,
-            Outcome.FAILURE,
-            error="Unsealed",
-            message="not written by kmtui's gate (no intent seal): not trusted, nothing was done",
-        )
-        report.findings.append(
+            report,
             Finding(
                 FindingKind.UNSEALED,
                 str(params.get("cka_id", "")),
@@ -323,7 +313,9 @@ class Reconciler:
                 str(intent["key_id"]),
                 0,
                 str(params.get("label", "")),
-            )
+            ),
+            error="Unsealed",
+            message="not written by kmtui's gate (no intent seal): not trusted, nothing was done",
         )
 
     def _settled(self, intent: dict[str, Any], actor: str, **params: Any) -> None:
