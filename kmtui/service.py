@@ -76,6 +76,7 @@ class Workstation:
         policies = PolicyBook(store, gate)
         queries = KeyQueries(store, hsm, audit, policies)
         records = KeyRecords(store, policies)
+        parts = (gate, store, hsm, policies, queries, records, seals)
         ws = cls(
             hsm=hsm,
             store=store,
@@ -86,11 +87,11 @@ class Workstation:
             gate=gate,
             policies=policies,
             operators=Operators(store, hsm, audit, codes, gate, policies, seals),
-            keys=KeyOperations(gate, store, hsm, policies, queries, records, seals),
+            keys=KeyOperations(*parts),
             queries=queries,
             records=records,
-            distribution=Distribution(gate, store, hsm, policies, queries, records),
-            components=ComponentKeys(gate, hsm, policies, queries, records),
+            distribution=Distribution(*parts),
+            components=ComponentKeys(*parts),
             reconciler=Reconciler(store, hsm, audit, anchors, records, gate, policies, seals),
             demo=demo,
         )

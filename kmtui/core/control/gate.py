@@ -238,30 +238,25 @@ class Gate:
     def _refused(
         self, op: Operation, actor: str, exc: errors.KmtuiError, context: dict[str, str]
     ) -> None:
-        self._audit.append(
-            str(op.kind),
-            actor=actor,
-            outcome=Outcome.REFUSED,
-            key_id=op.key_id,
-            params={
-                "digest": op.digest,
-                "error": type(exc).__name__,
-                "message": exc.message,
-                **context,
-            },
-        )
+        self._refusal(str(op.kind), exc, actor, op.key_id, {"digest": op.digest, **context})
 
     def refused_early(self, action: str, exc: errors.KmtuiError, actor: str, **params: Any) -> None:
         """A refusal before the gate (a bad file, a mistyped component) is audited too: what was
         refused and why, never a value."""
+        self._refusal(action, exc, actor, "", {**params, **session_context()})
+
+    def _refusal(
+        self,
+        action: str,
+        exc: errors.KmtuiError,
+        actor: str,
+        key_id: str,
+        params: dict[str, Any],
+    ) -> None:
         self._audit.append(
             action,
             actor=actor,
             outcome=Outcome.REFUSED,
-            params={
-                **params,
-                "error": type(exc).__name__,
-                "message": exc.message,
-                **session_context(),
-            },
+            key_id=key_id,
+            params={**params, "error": type(exc).__name__, "message": exc.message},
         )

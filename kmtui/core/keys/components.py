@@ -16,17 +16,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from kmtui.core import errors
 from kmtui.core.control import policy
-from kmtui.core.control.gate import Apply, Gate, Prepared
+from kmtui.core.control.gate import Apply, Prepared
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
-from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.keyfiles import write_new
-from kmtui.core.keys.queries import KeyQueries
-from kmtui.core.keys.records import KeyRecords
+from kmtui.core.keys.work import KeyWork
 from kmtui.core.models import Key, new_key_id
 from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import templates
-from kmtui.core.token.session import Hsm
 
 MAX_COMPONENTS = 9
 
@@ -121,23 +118,9 @@ def check_component(value: bytes, typed_kcv: str, entered: Sequence[bytes], numb
     return kcv
 
 
-class ComponentKeys:
+class ComponentKeys(KeyWork):
     """Keys generated as, or entered from, components: prepared for approval, run through the
     gate."""
-
-    def __init__(
-        self,
-        gate: Gate,
-        hsm: Hsm,
-        policies: PolicyBook,
-        queries: KeyQueries,
-        records: KeyRecords,
-    ) -> None:
-        self._gate = gate
-        self._hsm = hsm
-        self._policies = policies
-        self._queries = queries
-        self._records = records
 
     def enter(
         self,

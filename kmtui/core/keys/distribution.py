@@ -17,11 +17,10 @@ from typing import Any
 
 from kmtui.core import errors
 from kmtui.core.control import lifecycle, policy
-from kmtui.core.control.gate import Apply, Executed, Gate, Prepared
+from kmtui.core.control.gate import Apply, Executed, Prepared
 from kmtui.core.control.lifecycle import Use
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.control.pin import Credential, audit_params, pin_or_protected
-from kmtui.core.control.policies import PolicyBook
 from kmtui.core.keys.keyfiles import (
     FILE_FORMAT,
     MECHANISMS,
@@ -35,35 +34,16 @@ from kmtui.core.keys.keyfiles import (
     read_wrapped,
     write_new,
 )
-from kmtui.core.keys.queries import KeyQueries
-from kmtui.core.keys.records import KeyRecords
+from kmtui.core.keys.work import KeyWork
 from kmtui.core.models import GONE, Key, KeyState, KeyVersion, iso, new_key_id, utcnow
-from kmtui.core.registry.db import Store
 from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
-from kmtui.core.token.session import Hsm
 from kmtui.core.token.wrapping import unwraps_in_clear
 
 
-class Distribution:
+class Distribution(KeyWork):
     """Export, import, recipients and components: prepared for approval, run through the gate."""
-
-    def __init__(
-        self,
-        gate: Gate,
-        store: Store,
-        hsm: Hsm,
-        policies: PolicyBook,
-        queries: KeyQueries,
-        records: KeyRecords,
-    ) -> None:
-        self._gate = gate
-        self._store = store
-        self._hsm = hsm
-        self._policies = policies
-        self._queries = queries
-        self._records = records
 
     def _kek(self, ref: str) -> Key:
         kek = self._queries.get(ref)

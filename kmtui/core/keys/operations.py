@@ -13,15 +13,12 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from kmtui.core import errors
-from kmtui.core.audit.seals import Seals
 from kmtui.core.control import lifecycle, policy
-from kmtui.core.control.gate import Apply, Executed, Gate, Prepared, Work
+from kmtui.core.control.gate import Apply, Executed, Prepared, Work
 from kmtui.core.control.lifecycle import Use
 from kmtui.core.control.operations import ApprovalInput, Operation, OpKind
 from kmtui.core.control.pin import Credential, audit_params, pin_or_protected
-from kmtui.core.control.policies import PolicyBook
-from kmtui.core.keys.queries import KeyQueries
-from kmtui.core.keys.records import KeyRecords
+from kmtui.core.keys.work import KeyWork
 from kmtui.core.models import (
     GONE,
     Key,
@@ -33,35 +30,15 @@ from kmtui.core.models import (
     parse_iso,
     utcnow,
 )
-from kmtui.core.registry.db import Store
 from kmtui.core.registry.seals import subject
 from kmtui.core.safetext import clean
 from kmtui.core.token import officer, templates
-from kmtui.core.token.session import Hsm
 
 T = TypeVar("T")
 
 
-class KeyOperations:
+class KeyOperations(KeyWork):
     """Create, rotate, change state, self-check and destroy keys; every run passes the gate."""
-
-    def __init__(
-        self,
-        gate: Gate,
-        store: Store,
-        hsm: Hsm,
-        policies: PolicyBook,
-        queries: KeyQueries,
-        records: KeyRecords,
-        seals: Seals,
-    ) -> None:
-        self._seals = seals
-        self._gate = gate
-        self._store = store
-        self._hsm = hsm
-        self._policies = policies
-        self._queries = queries
-        self._records = records
 
     # -- preparing (what the approvers see) -------------------------------------------------
 
