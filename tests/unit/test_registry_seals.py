@@ -17,7 +17,7 @@ from kmtui.core.audit.log import AuditLog
 from kmtui.core.audit.seals import unbound
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.keys.findings import FindingKind
-from kmtui.core.models import KeyState, OperatorState
+from kmtui.core.models import Key, KeyState, OperatorState
 from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
@@ -260,27 +260,7 @@ def test_an_intent_forged_into_the_file_is_never_finished_by_reconciliation(
     edit(team, "DELETE FROM key_versions WHERE key_id = ?", (key_id,))
     edit(team, "DELETE FROM keys WHERE id = ?", (key_id,))
     edit(team, "DELETE FROM seals WHERE subject = ?", (f"key:{key_id}",))
-    forger = Store.open(file_of(team))  # kmtui's own chaining code stands in for the forger's
-    try:
-        AuditLog(forger).append(
-            "key.create",
-            actor="alice+bob",
-            outcome="intent",
-            key_id=key_id,
-            params={
-                "label": key.label,
-                "algorithm": key.algorithm,
-                "purpose": key.purpose,
-                "policy": key.policy,
-                "exportable": False,
-                "trusted": False,
-                "cka_id": key.versions[0].cka_id.hex(),
-                "digest": "0" * 64,
-                "approvers": ["alice", "bob"],
-            },
-        )
-    finally:
-        forger.close()
+    forge_intent(team, key, digest="0" * 64, approvers=["alice", "bob"])
     team.ws.login(softhsm_token.halves)
     report = team.ws.reconciler.run()
     assert not [c for c in report.completed if c["key_id"] == key_id]
@@ -291,16 +271,15 @@ def test_an_intent_forged_into_the_file_is_never_finished_by_reconciliation(
     assert closing.outcome == "failure" and closing.params["error"] == "Unsealed"
 
 
-def forge_intent(team: Team, key_id: str, **params: object) -> int:
-    """A correctly chained `key.create` intent appended by the file's holder."""
-    key = team.ws.get_key(key_id)
+def forge_intent(team: Team, key: Key, **params: object) -> int:
+    """A correctly chained `key.create` intent for `key` appended by the file's holder."""
     forger = Store.open(file_of(team))  # kmtui's own chaining code stands in for the forger's
     try:
         event = AuditLog(forger).append(
             "key.create",
             actor="alice+bob",
             outcome="intent",
-            key_id=key_id,
+            key_id=key.id,
             params={
                 "label": key.label,
                 "algorithm": key.algorithm,
@@ -336,7 +315,7 @@ def test_an_intent_forged_during_a_live_session_is_anchored_yet_never_finished(
     by the session's next sync, so being anchored proves nothing; only kmtui's own intent seal
     does."""
     key_id = revoked_key(team)
-    forged = forge_intent(team, key_id)
+    forged = forge_intent(team, team.ws.get_key(key_id))
     team.ws.anchors.sync()  # what the session's next operation or log-out does
     delete_key_rows(team, key_id)
     report = team.ws.reconciler.run()
