@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.e2e.helpers import kmtui
+from tests.forgery import rechain
 
 SYSLOG = re.compile(
     r"^<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>\S+) kmtui - (?P<msgid>\S+) "
@@ -176,34 +177,6 @@ def test_transcript_is_written_as_text_or_html_with_a_signed_checkpoint(
     assert page.returncode == 0 and out.read_text().startswith("<!doctype html>")
 
 
-def _rechain_from(conn: sqlite3.Connection, start: int) -> None:
-    """Recompute every hash from `start` on, as an attacker who knows the format would."""
-    from kmtui.core.audit.log import GENESIS_HASH, event_hash
-
-    row = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (start - 1,)).fetchone()
-    prev = row[0] if row else GENESIS_HASH
-    rows = conn.execute(
-        "SELECT seq, ts, actor, action, key_id, params, outcome FROM audit_events "
-        "WHERE seq >= ? ORDER BY seq",
-        (start,),
-    ).fetchall()
-    for seq, ts, actor, action, key_id, params, outcome in rows:
-        digest = event_hash(
-            seq=seq,
-            ts=ts,
-            actor=actor,
-            action=action,
-            key_id=key_id,
-            params=json.loads(params),
-            outcome=outcome,
-            prev_hash=prev,
-        )
-        conn.execute(
-            "UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq)
-        )
-        prev = digest
-
-
 def test_an_edited_rechained_trail_without_its_checkpoints_fails_offline_verification(
     demo_home: Path, tmp_path: Path
 ) -> None:
@@ -217,7 +190,7 @@ def test_an_edited_rechained_trail_without_its_checkpoints_fails_offline_verific
         "SELECT min(seq) FROM audit_events WHERE action = 'key.create' AND outcome = 'intent'"
     ).fetchone()[0]
     conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = ?", (edited,))
-    _rechain_from(conn, edited)
+    rechain(conn, edited)
     conn.execute("DELETE FROM audit_checkpoints")
     conn.close()
     proc = kmtui(

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kmtui.core import errors
 from kmtui.core.audit.anchors import Anchors, Checkpoint
-from kmtui.core.audit.log import GENESIS_HASH, AuditLog, canonical_json, event_hash
+from kmtui.core.audit.log import AuditLog, canonical_json
 from kmtui.core.audit.seals import Seals
 from kmtui.core.audit.verify import verify_database
 from kmtui.core.control.pin import PinHalves
@@ -24,6 +24,7 @@ from kmtui.core.registry.db import Store
 from kmtui.core.token.session import Hsm
 from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm
+from tests.forgery import rechain
 
 
 def trail(
@@ -326,37 +327,6 @@ MUTATIONS = [
 ]
 
 
-def _rechain(conn: sqlite3.Connection, start: int = 1) -> None:
-    """Recompute every hash from `start` on, as an attacker who knows the format would."""
-    prev = (
-        GENESIS_HASH
-        if start == 1
-        else conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (start - 1,)).fetchone()[0]
-    )
-    rows = conn.execute(
-        "SELECT seq, ts, actor, action, key_id, params, outcome FROM audit_events "
-        "WHERE seq >= ? ORDER BY seq",
-        (start,),
-    ).fetchall()
-    import json
-
-    for seq, ts, actor, action, key_id, params, outcome in rows:
-        digest = event_hash(
-            seq=seq,
-            ts=ts,
-            actor=actor,
-            action=action,
-            key_id=key_id,
-            params=json.loads(params),
-            outcome=outcome,
-            prev_hash=prev,
-        )
-        conn.execute(
-            "UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq)
-        )
-        prev = digest
-
-
 def _mutate(kind: str, conn: sqlite3.Connection, n: int, data: Any) -> None:
     pick = data.draw(st.integers(1, n), label="row")
     if kind == "modify":
@@ -394,7 +364,7 @@ def _mutate(kind: str, conn: sqlite3.Connection, n: int, data: Any) -> None:
         )
         values[0] = pick
         conn.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-        _rechain(conn, pick)
+        rechain(conn, pick)
     elif kind == "swap":
         other = data.draw(st.integers(1, n).filter(lambda x: x != pick), label="other")
         a = conn.execute(
@@ -413,7 +383,7 @@ def _mutate(kind: str, conn: sqlite3.Connection, n: int, data: Any) -> None:
         conn.execute("UPDATE audit_events SET seq = seq + 1000")
     elif kind == "rechain":
         conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = ?", (pick,))
-        _rechain(conn, pick)
+        rechain(conn, pick)
     elif kind == "truncate":
         conn.execute("DELETE FROM audit_events WHERE seq > ?", (n - pick,))
 
