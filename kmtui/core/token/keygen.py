@@ -46,6 +46,14 @@ def create_objects(session: Any, template: KeyTemplate) -> dict[ObjectClass, Any
     return {ObjectClass.PUBLIC_KEY: public, ObjectClass.PRIVATE_KEY: private}
 
 
+def session_probe(session: Any) -> Any:
+    """A throw-away AES-128 session key (never on the token: `templates.session_probe`) that
+    proves what a key-encryption key does with a key it wraps; the caller destroys it."""
+    return session.generate_key(
+        KeyType.AES, 128, capabilities=0, template=templates.session_probe()
+    )
+
+
 class Keygen:
     """Creates keys in the logged-in session and refuses any that read back other than asked."""
 

@@ -8,7 +8,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
 from kmtui.core import errors
-from kmtui.core.token import templates
+from kmtui.core.token import keygen, templates
 from kmtui.core.token.objects import aes_kcv
 from kmtui.core.token.templates import KeyTemplate
 
@@ -83,9 +83,7 @@ class Wrapping:
         if not kek[Attribute.UNWRAP]:
             return True
         session = self._hsm.require_session()
-        probe = session.generate_key(
-            KeyType.AES, 128, capabilities=0, template=templates.session_probe()
-        )
+        probe = keygen.session_probe(session)
         try:
             blob = kek.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)
         except p11.PKCS11Error:
@@ -114,9 +112,7 @@ class Wrapping:
     def probe(self, session: Any, kek: Any) -> bool:
         """Wrap a throw-away session key with the KEK, unwrap it, compare the two KCVs (on the
         PKCS#11 thread)."""
-        probe = session.generate_key(
-            KeyType.AES, 128, capabilities=0, template=templates.session_probe()
-        )
+        probe = keygen.session_probe(session)
         unwrapped = None
         try:
             blob = kek.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)
