@@ -10,6 +10,7 @@ keyed by size and by a digest of this module, and copied for each run with a fre
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ from typing import Any
 from kmtui.core.audit.log import GENESIS_HASH, canonical_json, event_hash
 from kmtui.core.control.policy import DEFAULT_POLICIES
 from kmtui.core.models import KeyState, iso
+from kmtui.core.registry import schema
 from kmtui.core.registry.db import Store
 from kmtui.core.registry.schema import MIGRATIONS
 
@@ -146,8 +148,10 @@ def build(path: Path, keys: int, events: int) -> None:
 
 
 def _fingerprint() -> str:
-    """This generator and kmtui's schema version: a migration would otherwise run on every copy."""
-    source = Path(__file__).read_bytes() + f"schema {len(MIGRATIONS)}".encode()
+    """This generator and kmtui's schema (its migrations' code): a migration would otherwise run
+    on every copy, and a cache built by an earlier schema would be wrong."""
+    source = Path(__file__).read_bytes() + Path(inspect.getfile(schema)).read_bytes()
+    source += f"schema {len(MIGRATIONS)}".encode()
     return hashlib.sha256(source).hexdigest()[:12]
 
 

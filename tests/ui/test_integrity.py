@@ -21,8 +21,8 @@ from tests.ui.helpers import SIZE, app_for, main_ready, until
 def damaged_index(path: Path) -> None:
     """An index that no longer matches its table: quick_check passes it, integrity_check not."""
     store = Store.open(path)
-    for actor in ("carol", "alice", "bob"):
-        AuditLog(store).append("test.event", actor=actor, outcome="success")
+    for actor in ("carol", "alice", "bob"):  # refusals: what kmtui writes with no one logged in
+        AuditLog(store).append("test.event", actor=actor, outcome="refused")
     store.close()
     raw = sqlite3.connect(path)
     raw.execute("PRAGMA writable_schema=ON")

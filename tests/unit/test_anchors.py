@@ -254,7 +254,8 @@ def test_a_session_end_written_but_never_signed_is_a_finding(
 
 def test_two_sessions_ending_at_once_each_sign_their_own_end(hsm: Hsm, tmp_path: Path) -> None:
     store, anchors = trail(hsm, tmp_path / "t.db", 3)
-    audit = AuditLog(store)
+    audit = AuditLog(store)  # another kmtui process's log, sealed as kmtui seals its events
+    Seals(store, hsm, audit)
     first = audit.append("token.logout", actor="a", outcome="success")
     second = audit.append("token.logout", actor="b", outcome="success")
     signed = [anchors.checkpoint("session end", at=e.seq) for e in (first, second)]
@@ -407,9 +408,11 @@ def test_every_mutation_is_detected(
         cut = data.draw(st.integers(1, events), label="older")
         older = path.with_name("older.db")
         store.backup(older)  # the copy as it is now; then the trail goes on without it
+        later = AuditLog(store)  # the workstation's own log goes on, sealed as kmtui seals
+        Seals(store, hsm, later)
         for n in range(cut):
             store.conn.execute("SELECT 1")
-            AuditLog(store).append("test.later", actor="x", outcome="success", params={"n": n})
+            later.append("test.later", actor="x", outcome="success", params={"n": n})
         anchors.sync()
         head = token_head(hsm, anchors)
         store.close()

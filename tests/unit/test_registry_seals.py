@@ -15,6 +15,7 @@ import pytest
 from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.audit.seals import unbound
+from kmtui.core.audit.verify import verify_database
 from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.keys.findings import FindingKind
 from kmtui.core.models import Key, KeyState, OperatorState
@@ -251,7 +252,8 @@ def test_an_intent_forged_into_the_file_is_never_finished_by_reconciliation(
 ) -> None:
     """The red team's attack: the file's holder deletes a revoked key's rows and seal, then
     appends a correctly chained `key.create` intent naming its token object; reconciliation
-    after the next log-in must not bring the key back (it did, active and sealed)."""
+    after the next log-in must not bring the key back (it did, active and sealed). Now the
+    log-in itself refuses: the intent carries no seal from the token."""
     key_id = create(team, "revoked-one")
     prepared = team.ws.prepare(OpKind.KEY_REVOKE, key_id, reason="key-compromise")
     team.ws.run(prepared, team.codes("alice", "bob"))
@@ -260,15 +262,65 @@ def test_an_intent_forged_into_the_file_is_never_finished_by_reconciliation(
     edit(team, "DELETE FROM key_versions WHERE key_id = ?", (key_id,))
     edit(team, "DELETE FROM keys WHERE id = ?", (key_id,))
     edit(team, "DELETE FROM seals WHERE subject = ?", (f"key:{key_id}",))
-    forge_intent(team, key, digest="0" * 64, approvers=["alice", "bob"])
-    team.ws.login(softhsm_token.halves)
-    report = team.ws.reconciler.run()
-    assert not [c for c in report.completed if c["key_id"] == key_id]
-    assert [f.kind for f in report.findings if f.key_id == key_id] == [FindingKind.UNSEALED]
+    forged = forge_intent(team, key, digest="0" * 64, approvers=["alice", "bob"])
+    with pytest.raises(
+        errors.AuditTampered, match=rf"AUDIT TRAIL FORGED: .*key.create at {forged}"
+    ):
+        team.ws.login(softhsm_token.halves)
+    assert not team.ws.hsm.logged_in
     assert team.ws.store.keys.get(key_id) is None  # not back, and certainly not active
-    assert f"key:{key_id}" in {p.subject for p in team.ws.seals.check_all()}  # still missed
-    closing = team.ws.audit.events(action="key.create", key_id=key_id, limit=1)[0]
-    assert closing.outcome == "failure" and closing.params["error"] == "Unsealed"
+    assert head_seq(team, softhsm_token) < forged  # the token's head never covered it
+
+
+def test_a_two_person_session_forged_into_the_file_is_refused_at_the_next_log_in(
+    team: Team, softhsm_token: SoftHsm
+) -> None:
+    """Red team round three: between sessions the file's holder appends a correctly chained
+    log-in by alice and bob, their approvals and a successful export (no log-out, so no
+    session end lacks its checkpoint). The next log-in anchored them and every verify passed;
+    now the log-in refuses, and offline verification never sees them signed."""
+    key_id = create(team, "exported-one")
+    pem = team.ws.anchors.public_key()[0]
+    team.ws.logout()
+    forger = Store.open(file_of(team))
+    try:
+        log = AuditLog(forger)
+        log.append("token.login", actor="console", outcome="success", params={"via": "console"})
+        for who in ("alice", "bob"):
+            log.append("approval.granted", actor=who, outcome="success", key_id=key_id)
+        export = log.append(
+            "key.export",
+            actor="alice+bob",
+            outcome="success",
+            key_id=key_id,
+            params={"out": "/media/usb/k.key"},
+        )
+    finally:
+        forger.close()
+    with pytest.raises(errors.AuditTampered, match=r"AUDIT TRAIL FORGED: 4 event\(s\)"):
+        team.ws.login(softhsm_token.halves)
+    assert head_seq(team, softhsm_token) < export.seq - 3
+    report = verify_database(file_of(team), pubkey_pem=pem)
+    assert report.unsigned_events >= 4 and report.last_checkpoint < export.seq - 3
+
+
+def head_seq(team: Team, token: SoftHsm) -> int:
+    """The seq of the head the token keeps for this registry (logging in to read it if need be)."""
+    raw = token_head_raw(team, token)
+    return int(json.loads(raw)["seq"]) if raw else 0
+
+
+def token_head_raw(team: Team, token: SoftHsm) -> str:
+    hsm = team.ws.hsm
+    was_in = hsm.logged_in
+    if not was_in:
+        hsm.login(token.halves.pin())
+    try:
+        raw = hsm.signer.read_head(team.ws.anchors.registry_id())
+    finally:
+        if not was_in:
+            hsm.logout()
+    return raw.decode() if isinstance(raw, bytes) else str(raw or "")
 
 
 def forge_intent(team: Team, key: Key, **params: object) -> int:
@@ -308,25 +360,25 @@ def delete_key_rows(team: Team, key_id: str) -> None:
     edit(team, "DELETE FROM keys WHERE id = ?", (key_id,))
 
 
-def test_an_intent_forged_during_a_live_session_is_anchored_yet_never_finished(
-    team: Team,
+def test_an_intent_forged_during_a_live_session_is_never_anchored_nor_finished(
+    team: Team, softhsm_token: SoftHsm
 ) -> None:
-    """Round two of the red team: an intent appended while kmtui runs is mirrored on the token
-    by the session's next sync, so being anchored proves nothing; only kmtui's own intent seal
-    does."""
+    """Round two of the red team: an intent appended while kmtui runs was mirrored on the token
+    by the session's next sync. Now the sync refuses to cover it, and reconciliation (which
+    settles intents before its own sync) closes it untrusted without acting on it."""
     key_id = revoked_key(team)
     forged = forge_intent(team, team.ws.get_key(key_id))
-    team.ws.anchors.sync()  # what the session's next operation or log-out does
+    with pytest.raises(
+        errors.AuditTampered, match=rf"AUDIT TRAIL FORGED: .*key.create at {forged}"
+    ):
+        team.ws.anchors.sync()  # what the session's next operation or log-out does
+    assert head_seq(team, softhsm_token) < forged
     delete_key_rows(team, key_id)
-    report = team.ws.reconciler.run()
-    assert not [c for c in report.completed if c["key_id"] == key_id]
+    with pytest.raises(errors.AuditTampered, match="AUDIT TRAIL FORGED"):
+        team.ws.reconciler.run()
     assert team.ws.store.keys.get(key_id) is None
-    unsealed = [f for f in report.findings if f.kind == FindingKind.UNSEALED]
-    assert [f.key_id for f in unsealed] == [key_id]
-    assert (
-        team.ws.audit.events(action="key.create", key_id=key_id, limit=1)[0].params["intent"]
-        == forged
-    )
+    closing = team.ws.audit.events(action="key.create", key_id=key_id, limit=1)[0]
+    assert closing.params["intent"] == forged and closing.params["error"] == "Unsealed"
 
 
 def test_a_finished_intent_listed_again_as_open_is_not_finished_twice(team: Team) -> None:

@@ -28,14 +28,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kmtui.core import errors
 from kmtui.core.audit.log import AuditLog, canonical_json
-from kmtui.core.audit.seals import Seals
+from kmtui.core.audit.seals import Seals, may_stand_unsealed
 from kmtui.core.models import iso, utcnow
 from kmtui.core.registry.db import Store
 from kmtui.core.registry.seals import subject
+from kmtui.core.safetext import clean
 from kmtui.core.token.session import Hsm
 
 CHECKPOINT_TYPE = "kmtui.audit.checkpoint.v1"
 DEFAULT_EVERY = 100
+_NAMED = 5  # events named in one refusal
+TAMPERED_HINT = (
+    "Nothing else will run on this database. Restore the latest backup made by kmtui, or keep "
+    "the files for investigation and call the security officer."
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Anchors:
         self._store, self._hsm, self._audit, self.every = store, hsm, audit, every
         self._seals = seals
         self._checked = False  # the head is followed only once this database was checked
+        self._vouched = 0  # the last event the token's head, or this process, vouched for
 
     # -- the signing key ----------------------------------------------------------------------
 
@@ -147,6 +154,7 @@ class Anchors:
         seq, head_hash = self._event(at) if at else self._head()
         if not seq:
             return None
+        self._vouch(seq)
         existing = self._at(seq)
         if existing is not None:
             return existing
@@ -191,13 +199,12 @@ class Anchors:
         """
         if not self._checked and (problem := self.check_head()):
             raise errors.AuditTampered(
-                f"AUDIT TRAIL ROLLED BACK OR CUT SHORT: {problem}.",
-                "Nothing else will run on this database. Restore the latest backup made by "
-                "kmtui, or keep the files for investigation and call the security officer.",
+                f"AUDIT TRAIL ROLLED BACK OR CUT SHORT: {problem}.", TAMPERED_HINT
             )
         seq, head_hash = self._head()
         if not seq:
             return
+        self._vouch(seq)
         registry = self.registry_id()
         self._hsm.signer.write_head(
             registry,
@@ -210,7 +217,7 @@ class Anchors:
     def check_head(self) -> str:
         """'' when the database holds the token's head; otherwise why it does not (rollback)."""
         raw = self._hsm.signer.read_head(self.registry_id())
-        problem = ""
+        problem, seq = "", 0
         if raw is None and self._store.rows(
             "SELECT 1 FROM audit_events WHERE action = 'token.login' AND outcome = 'success' "
             "LIMIT 1"
@@ -231,8 +238,40 @@ class Anchors:
                 head_hash,
                 self._head()[0],
             )
+        if raw is None and not problem:
+            # The token's first log-in for this registry (no head, no log-in in the trail): what
+            # the trail holds now is adopted as it is; seals prove what comes after.
+            seq = self._head()[0]
         self._checked = not problem
+        self._vouched = 0 if problem else seq
         return problem
+
+    def forged(self, upto: int = 0) -> str:
+        """'' when every event past the token's head (up to `upto`, the last by default) was
+        written by kmtui while logged in (its seal verifies on the token) or is one kmtui writes
+        with no session; otherwise which events are not: someone wrote them into the file."""
+        upto = upto or self._head()[0]
+        rows = self._store.seals.events_after(self._store.conn, self._vouched, upto)
+        suspects = [r for r in rows if not may_stand_unsealed(r["action"], r["outcome"])]
+        bad = self._seals.unsealed(suspects) if suspects else []
+        if not bad:
+            return ""
+        named = ", ".join(f"{clean(str(r['action']), 40)} at {r['seq']}" for r in bad[:_NAMED])
+        more = f" and {len(bad) - _NAMED} more" if len(bad) > _NAMED else ""
+        return (
+            f"{len(bad)} event(s) after the token's head claim work only a logged-in kmtui does "
+            f"but carry no seal from the token ({named}{more}): they were written into the "
+            "file, not by kmtui"
+        )
+
+    def _vouch(self, upto: int) -> None:
+        """Move what the head may cover up to `upto`, or refuse: the head and checkpoints never
+        cover an event kmtui did not write."""
+        if upto <= self._vouched:
+            return
+        if problem := self.forged(upto):
+            raise errors.AuditTampered(f"AUDIT TRAIL FORGED: {problem}.", TAMPERED_HINT)
+        self._vouched = upto
 
 
 def head_problem(rows: list[dict[str, Any]], seq: int, head_hash: str, db_head: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,6 +212,9 @@ class AuditLog:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self.sealer: Callable[[sqlite3.Connection, int, str], None] | None = None
+        """Called in each event's transaction with (conn, seq, hash): the token's seal of the
+        event (kmtui.core.audit.seals.Seals installs it)."""
 
     def append(
         self,
@@ -242,6 +246,8 @@ class AuditLog:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (seq, ts, actor, action, key_id, text, outcome, prev_hash, digest),
                 )
+                if self.sealer is not None:
+                    self.sealer(conn, seq, digest)
         except StoreError as exc:
             raise AuditError(
                 f"The audit trail could not record {action!r}: {exc.message}",

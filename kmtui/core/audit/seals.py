@@ -31,7 +31,7 @@ from kmtui.core.safetext import clean
 from kmtui.core.token.session import Hsm
 
 SEAL_TYPE = "kmtui.registry.seal.v1"
-INTENT_TYPE = "kmtui.intent.seal.v1"
+EVENT_TYPE = "kmtui.event.seal.v1"
 _SHOWN = 5  # problems named in one refusal
 
 
@@ -69,6 +69,7 @@ class Seals:
         """What the last check found changed outside kmtui (the status line shows it)."""
         self.rows = 0
         """How many rows the last full check covered."""
+        audit.sealer = self.seal_event
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -91,23 +92,45 @@ class Seals:
             conn, [(n, seq, mac.hex()) for n, mac in zip(names, macs, strict=True)]
         )
 
-    def seal_intent(self, conn: sqlite3.Connection, seq: int, event_hash: str) -> None:
-        """The token's HMAC over an intent the gate just wrote (in its transaction): what
-        reconciliation asks before it finishes the operation after a crash."""
-        message = _intent_message(self._records.registry_id(conn), seq, event_hash)
-        self._records.put_intent(conn, seq, self._hsm.sealing.macs([message])[0].hex())
+    # -- events -----------------------------------------------------------------------------
 
-    def intent_sealed(self, seq: int, event_hash: str) -> bool:
-        """Whether kmtui's gate wrote this intent (its seal verifies on the token)."""
-        conn = self._store.conn
+    def seal_event(self, conn: sqlite3.Connection, seq: int, event_hash: str) -> None:
+        """The audit log's sealer: the token's HMAC over an event kmtui just wrote, in its
+        transaction, whenever the token is logged in. With no session (a failed log-in, a
+        refusal before anyone logs in), or a token that stopped answering, the event stays
+        unsealed: `may_stand_unsealed` says which events may."""
+        if not self._hsm.logged_in:
+            return
+        message = _event_message(self._records.registry_id(conn), seq, event_hash)
         try:
-            tag = bytes.fromhex(self._records.intent_mac(conn, seq))
-        except ValueError:
-            return False
-        if not tag:
-            return False
-        message = _intent_message(self._records.registry_id(conn), seq, event_hash)
-        return self._hsm.sealing.macs_ok([(message, tag)])[0]
+            mac = self._hsm.sealing.macs([message])[0]
+        except errors.HsmError:
+            return
+        self._records.put_event(conn, seq, mac.hex())
+
+    def unsealed(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events among `rows` (seq, hash, mac) whose seal is missing or does not verify
+        on the token: events kmtui did not write while logged in."""
+        registry = self._records.registry_id(self._store.conn)
+        tagged, bad = [], []
+        for row in rows:
+            try:
+                tag = bytes.fromhex(str(row["mac"]))
+            except ValueError:
+                tag = b""
+            if tag:
+                tagged.append((row, tag))
+            else:
+                bad.append(row)
+        pairs = [(_event_message(registry, int(r["seq"]), str(r["hash"])), t) for r, t in tagged]
+        verdicts = self._hsm.sealing.macs_ok(pairs) if pairs else []
+        bad.extend(row for (row, _), ok in zip(tagged, verdicts, strict=True) if not ok)
+        return sorted(bad, key=lambda r: int(r["seq"]))
+
+    def event_sealed(self, seq: int) -> bool:
+        """Whether kmtui wrote event `seq` while logged in (its seal verifies on the token)."""
+        rows = self._records.events_after(self._store.conn, seq - 1, seq)
+        return bool(rows) and not self.unsealed(rows)
 
     def write(
         self,
@@ -244,9 +267,16 @@ class Seals:
             self._adopt(adoptable[1:], actor)
 
 
-def _intent_message(registry: str, seq: int, event_hash: str) -> bytes:
+def may_stand_unsealed(action: str, outcome: str) -> bool:
+    """Events kmtui writes with no token session, the only ones the head may cover unsealed: a
+    failure or refusal (a wrong PIN half, an operation refused before anyone logged in, a token
+    that stopped answering) and the PIN set from halves at `kmtui init`."""
+    return outcome in (Outcome.FAILURE, Outcome.REFUSED) or action == "token.set-pin"
+
+
+def _event_message(registry: str, seq: int, event_hash: str) -> bytes:
     return canonical_json(
-        {"type": INTENT_TYPE, "registry": registry, "seq": seq, "hash": event_hash}
+        {"type": EVENT_TYPE, "registry": registry, "seq": seq, "hash": event_hash}
     ).encode("utf-8")
 
 

@@ -191,7 +191,7 @@ class Gate:
         actor = "+".join(approvers) or actor
         params = {**op.params, **context, "digest": op.digest, "approvers": approvers}
         try:
-            with self._store.transaction() as conn:
+            with self._store.transaction():
                 self.approvals.consume(granted, op)
                 intent = self._audit.append(
                     str(op.kind),
@@ -200,7 +200,6 @@ class Gate:
                     key_id=op.key_id,
                     params=params,
                 )
-                self._seals.seal_intent(conn, intent.seq, intent.hash)
         except errors.ApprovalRefused as exc:  # spent or expired: rolled back, so audit it now
             self._refused(op, actor, exc, context)
             raise

@@ -7,7 +7,7 @@ import threading
 from contextlib import suppress
 
 from kmtui.core import errors
-from kmtui.core.audit.anchors import Anchors
+from kmtui.core.audit.anchors import TAMPERED_HINT, Anchors
 from kmtui.core.audit.log import AuditLog
 from kmtui.core.audit.seals import Seals
 from kmtui.core.control.origin import session_context
@@ -58,7 +58,9 @@ class Session:
 
     def _after_login(self, info: TokenInfo, actor: str, who: dict[str, object]) -> TokenInfo:
         rollback = self._anchors.check_head()
-        problem = rollback or self._pin_problem()
+        foreign = "" if rollback else self._pin_problem()
+        forged = "" if rollback or foreign else self._anchors.forged()
+        problem = rollback or foreign or forged
         if problem:
             self._hsm.logout()  # first: nothing may mirror this database's head on the token
             self._audit.append(
@@ -67,12 +69,14 @@ class Session:
                 outcome=Outcome.FAILURE,
                 params={**session_context(), "problem": problem},
             )
-            raise errors.AuditTampered(
-                f"{'AUDIT TRAIL ROLLED BACK OR CUT SHORT' if rollback else 'NOT THIS TOKEN'}: "
-                f"{problem}.",
-                "Nothing else will run on this database. Restore the latest backup made by "
-                "kmtui, or keep the files for investigation and call the security officer.",
+            title = (
+                "AUDIT TRAIL ROLLED BACK OR CUT SHORT"
+                if rollback
+                else "NOT THIS TOKEN"
+                if foreign
+                else "AUDIT TRAIL FORGED"
             )
+            raise errors.AuditTampered(f"{title}: {problem}.", TAMPERED_HINT)
         self._audit.append(
             "token.login",
             actor=actor,

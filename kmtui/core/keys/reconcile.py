@@ -147,7 +147,7 @@ class Reconciler:
                 label=f"intent:{intent['seq']}",
             )
             return
-        if not self._seals.intent_sealed(int(intent["seq"]), str(intent["hash"])):
+        if not self._seals.event_sealed(int(intent["seq"])):
             self._untrusted(intent, params, report, actor)
             return
         key = self._store.keys.get(key_id) if key_id else None

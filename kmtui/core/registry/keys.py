@@ -315,10 +315,10 @@ class Keys:
             )
 
     def open_intents(self) -> list[dict[str, Any]]:
-        """Intent events no outcome refers to, oldest first (seq, action, key_id, params, hash),
-        as the kept table lists them (`closed` tells whether the trail agrees)."""
+        """Intent events no outcome refers to, oldest first (seq, action, key_id, params), as the
+        kept table lists them (`closed` tells whether the trail agrees)."""
         return self._store.rows(
-            "SELECT e.seq, e.action, e.key_id, e.params, e.hash FROM audit_open_intents AS x "
+            "SELECT e.seq, e.action, e.key_id, e.params FROM audit_open_intents AS x "
             "JOIN audit_events AS e ON e.seq = x.seq WHERE e.outcome = 'intent' ORDER BY x.seq"
         )
 

@@ -293,10 +293,10 @@ def _migration_8(conn: sqlite3.Connection) -> None:
 
 
 def _migration_9(conn: sqlite3.Connection) -> None:
-    """Intent seals: the HMAC the token made over each intent event as the gate wrote it, so
-    reconciliation finishes only operations kmtui itself began (never one forged into the file)."""
+    """Event seals: the HMAC the token made over each event kmtui wrote while logged in, so the
+    token's head never moves over, and reconciliation never finishes, work forged into the file."""
     conn.execute(
-        "CREATE TABLE IF NOT EXISTS intent_seals (seq INTEGER PRIMARY KEY, mac TEXT NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS event_seals (seq INTEGER PRIMARY KEY, mac TEXT NOT NULL)"
     )
 
 

@@ -100,13 +100,20 @@ class SealRecords:
         return [_plain(row, names) for row in cursor.fetchall()]
 
     @staticmethod
-    def put_intent(conn: sqlite3.Connection, seq: int, mac: str) -> None:
-        conn.execute("INSERT OR REPLACE INTO intent_seals (seq, mac) VALUES (?, ?)", (seq, mac))
+    def put_event(conn: sqlite3.Connection, seq: int, mac: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO event_seals (seq, mac) VALUES (?, ?)", (seq, mac))
 
     @staticmethod
-    def intent_mac(conn: sqlite3.Connection, seq: int) -> str:
-        row = conn.execute("SELECT mac FROM intent_seals WHERE seq = ?", (seq,)).fetchone()
-        return str(row[0]) if row else ""
+    def events_after(conn: sqlite3.Connection, after: int, upto: int) -> list[dict[str, Any]]:
+        """Events (after, upto] with their seal's MAC ('' when none): what the head would cover."""
+        cursor = conn.execute(
+            "SELECT e.seq, e.action, e.outcome, e.hash, coalesce(s.mac, '') AS mac "
+            "FROM audit_events AS e LEFT JOIN event_seals AS s ON s.seq = e.seq "
+            "WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq",
+            (after, upto),
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     @staticmethod
     def seal_of(conn: sqlite3.Connection, name: str) -> tuple[int, str] | None:
