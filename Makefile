@@ -7,13 +7,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint screenshots softhsm pkcs11-tool sshd venv clean
+.PHONY: demo test test-nss bench lint screenshots softhsm pkcs11-tool sshd p11-kit nss venv clean
 
 demo: softhsm $(STAMP)
 	$(BIN)/kmtui demo $(ARGS)
 
-test: softhsm pkcs11-tool sshd $(STAMP)
+test: softhsm pkcs11-tool sshd p11-kit $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suites adapted so far, again on a second PKCS#11 implementation: NSS softokn through
+# p11-kit-proxy (tests/tokens.py), with the tests a token cannot pass skipped by capability.
+test-nss: nss p11-kit pkcs11-tool $(STAMP)
+	KMTUI_TEST_TOKEN=nss $(BIN)/python -m pytest tests/unit/test_hsm.py tests/unit/test_profile.py $(PYTEST_ARGS)
 
 bench: softhsm $(STAMP)
 	$(BIN)/python -m pytest tests/bench -m bench -s -p no:randomly $(PYTEST_ARGS)
@@ -72,6 +77,28 @@ sshd:
 	  echo "Switching off the system sshd the package started (the test runs its own)."; \
 	  $$SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true; \
 	fi
+
+# $(call apt-need,TEST,PACKAGES,WHY): install PACKAGES from the distribution unless TEST holds.
+define apt-need
+	@if $(1); then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "$(3) needs the package(s) $(2): install them and rerun make." >&2; exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "Installing $(2) needs root: run 'apt-get install $(2)' as root and rerun make." >&2; exit 1; fi; \
+	echo "Installing $(2) from the distribution ($(3))..."; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2) >/dev/null \
+	  || { echo "apt-get could not install $(2); install it by hand and rerun make." >&2; exit 1; }
+endef
+
+# p11-kit-proxy: a module that exports nothing but C_GetFunctionList (the log-in test, and the
+# way NSS softokn is reached).
+p11-kit:
+	$(call apt-need,ls /usr/lib/*/p11-kit-proxy.so /usr/lib64/p11-kit-proxy.so 2>/dev/null | grep -q .,p11-kit-modules p11-kit,the p11-kit-proxy tests)
+
+# NSS softokn and certutil, the second token implementation of `make test-nss`.
+nss:
+	$(call apt-need,command -v certutil >/dev/null 2>&1 && ls /usr/lib/*/libsoftokn3.so /usr/lib64/libsoftokn3.so 2>/dev/null | grep -q .,libnss3 libnss3-tools,make test-nss)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

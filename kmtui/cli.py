@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 refused or failed (the message says why); 2 usage; 3 audit v
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from kmtui import __version__, config, crashlog, demo, paths, process
 from kmtui.commands import audit, common, keys, operators
 from kmtui.core import errors
 from kmtui.core.safetext import clean
+from kmtui.core.token.profile import TokenProfile
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -89,7 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     tsub = token.add_subparsers(
         dest="action", metavar="ACTION", required=True, parser_class=_Parser
     )
-    tsub.add_parser("info", parents=[common, as_json], help="token, slot and mechanisms")
+    info = tsub.add_parser(
+        "info", parents=[common, as_json], help="token, slot, mechanisms and what it can do"
+    )
+    info.add_argument(
+        "--probe",
+        action="store_true",
+        help="log in (two PIN halves) and probe what the token can do now (audited)",
+    )
     return parser
 
 
@@ -114,18 +123,53 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     hsm = hsm_for(cfg, p)
     info = hsm.open()
-    data = {
+    data: dict[str, Any] = {
         **info.__dict__,
         "mechanisms": hsm.mechanisms(),
         "slots": [s.__dict__ for s in hsm.slots()],
     }
+    hsm.close()
+    data["profile"], data["profile_source"] = _profile(args, p, info)
     if args.json:
         common.print_json(data)
-    else:
-        for name in ("label", "serial", "manufacturer", "model", "slot_id", "library"):
-            print(f"{name:<13} {clean(data[name])}")
-        print(f"{'mechanisms':<13} {len(data['mechanisms'])}")
+        return EXIT_OK
+    for name in ("label", "serial", "manufacturer", "model", "slot_id", "library"):
+        print(f"{name:<13} {clean(data[name])}")
+    print(f"{'mechanisms':<13} {len(data['mechanisms'])}")
+    print(f"{'profile':<13} {clean(data['profile_source'])}")
+    if data["profile"] is not None:
+        for capability, verdict, what in TokenProfile(**_fields(data["profile"])).rows():
+            print(f"  {capability:<26} {verdict:<9} {clean(what)}")
     return EXIT_OK
+
+
+def _profile(
+    args: argparse.Namespace, p: paths.Paths, info: Any
+) -> tuple[dict[str, Any] | None, str]:
+    """The profile probed now (--probe: a log-in, audited), else the last one the trail holds
+    for this token."""
+    if args.probe:
+        with common.workstation(args, login=True) as ws:
+            return ws.hsm.profile.as_dict(), "probed now"
+    if not p.database.exists():  # no registry yet: nothing recorded, and none is made here
+        return None, "not probed yet: run `kmtui token info --probe` (two PIN halves)"
+    with common.workstation(args, integrity="quick") as ws:
+        for event in ws.audit.events(action="token.profile", limit=20):
+            if event.params.get("serial") == info.serial and event.params.get("token") == (
+                info.label
+            ):
+                return dict(event.params["profile"]), f"probed at the log-in of {event.ts}"
+    return None, "not probed yet: log in once, or run `kmtui token info --probe`"
+
+
+def _fields(profile: dict[str, Any]) -> dict[str, Any]:
+    """The recorded profile's own fields (not the derived ones `as_dict` adds)."""
+    names = {f.name for f in dataclasses.fields(TokenProfile)}
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in profile.items()
+        if name in names
+    }
 
 
 def cmd_tui(args: argparse.Namespace, *, demo_mode: bool) -> int:

@@ -25,6 +25,9 @@ label = "kmtui"                              # or: serial = "0123456789abcdef"
 login = "split"            # two custodians type PIN halves; "protected-path": the HSM's own
                            # PIN pad / PED / quorum log-in (Luna PED, nShield OCS, CloudHSM)
 pin_half_min_length = 8    # never under 8
+# accept_wrappable_keys = true  # ONLY for a token whose profile (`kmtui token info`) says it
+                                # wraps keys marked non-extractable (NSS softokn): kmtui then
+                                # makes such keys, and every screen says they are not protected
 
 [ui]
 theme = "kmtui-dark"
@@ -40,6 +43,8 @@ class TokenConfig:
     softhsm2_conf: str = ""
     login: str = SPLIT
     pin_half_min_length: int = MIN_HALF_LENGTH
+    accept_wrappable_keys: bool = False
+    """The custodians' acknowledgement that this token wraps keys marked non-extractable."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,11 @@ def load(path: Path, *, demo: bool = False) -> Config:
         minimum = check_minimum(tok.get("pin_half_min_length", MIN_HALF_LENGTH))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
+    accept = tok.get("accept_wrappable_keys", False)
+    if not isinstance(accept, bool):
+        raise ConfigError(f"{where}: accept_wrappable_keys must be true or false.")
     token = TokenConfig(
+        accept_wrappable_keys=accept,
         module=_str(tok, "module", where),
         label=_str(tok, "label", where),
         serial=_str(tok, "serial", where),

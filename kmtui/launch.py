@@ -21,6 +21,7 @@ def hsm_for(cfg: Config, p: paths.Paths) -> Hsm:
         token_label=cfg.token.label,
         token_serial=cfg.token.serial,
         softhsm2_conf=cfg.token.softhsm2_conf,
+        accept_wrappable_keys=cfg.token.accept_wrappable_keys,
     )
 
 

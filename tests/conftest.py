@@ -1,13 +1,15 @@
-"""A real SoftHSM2 token per test run, in a temp dir; nothing here stands in for the HSM."""
+"""Real tokens per test run, in a temp dir: SoftHSM2, or NSS softokn through p11-kit-proxy with
+KMTUI_TEST_TOKEN=nss (tests/tokens.py); nothing here stands in for the HSM."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +23,22 @@ from kmtui.core.control.operations import ApprovalInput, OpKind
 from kmtui.core.control.pin import PinHalves
 from kmtui.core.control.totp import current_code
 from kmtui.core.registry.db import Store
-from kmtui.core.token import softhsm
-from kmtui.core.token.session import Hsm, default_softhsm_module
-from kmtui.core.token.signer import PIN_LABEL
+from kmtui.core.token.profile import TokenProfile
+from kmtui.core.token.session import Hsm
+from kmtui.core.token.signer import PIN_KEY_ID, PIN_LABEL
 from kmtui.service import Workstation
-from tests import origin_tree
+from tests import origin_tree, tokens
 
 Pairs = tuple[tuple[str, str], tuple[str, str]]
 
 
 @dataclass(frozen=True)
 class SoftHsm:
+    """The suite's tokens (SoftHSM2's, or NSS softokn's: `kind`)."""
+
     module: str
-    conf: Path
+    conf: str
+    """SoftHSM2's configuration file ('' for NSS)."""
     label: str
     login_label: str
     pristine_label: str
@@ -42,6 +47,7 @@ class SoftHsm:
     so_pairs: Pairs
     """(holder, half) of the SO PIN: carol holds the first half, bob the second."""
     serial: str
+    kind: str = "softhsm"
 
     @property
     def halves(self) -> PinHalves:
@@ -83,21 +89,25 @@ def at_the_console(console_roots: origin.Roots, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture(scope="session")
 def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     """Three fresh tokens: one shared by the suite, one for login tests (login is per process),
-    and one no kmtui process has touched, for attacks planted before first use (SoftHSM sees only
-    the tokens that existed when the module was loaded)."""
-    module = default_softhsm_module()
-    if not Path(module).exists():
-        pytest.fail(f"SoftHSM2 module not found at {module}: run `make test`, which installs it.")
-    directory = tmp_path_factory.mktemp("softhsm")
-    conf = softhsm.write_conf(directory)
+    and one no kmtui process has touched, for attacks planted before first use (a module sees
+    only the tokens that existed when it was loaded)."""
     pairs, so_pairs = new_pairs("alice", "bob"), new_pairs("carol", "bob")
     pin, so_pin = PinHalves.of(pairs).pin(), PinHalves.of(so_pairs).pin()
-    serial = softhsm.init_token(module, conf, "kmtui-test", so_pin, pin)
-    softhsm.init_token(module, conf, "kmtui-login", so_pin, pin)
-    softhsm.init_token(module, conf, "kmtui-pristine", so_pin, pin)
-    os.environ["SOFTHSM2_CONF"] = str(conf)
+    labels = ["kmtui-test", "kmtui-login", "kmtui-pristine"]
+    try:
+        made = tokens.provision(tmp_path_factory.mktemp(tokens.KIND), labels, so_pin, pin)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"No {tokens.KIND} tokens for the suite: {exc}")
+    if made.softhsm2_conf:
+        os.environ["SOFTHSM2_CONF"] = made.softhsm2_conf
     return SoftHsm(
-        module, conf, "kmtui-test", "kmtui-login", "kmtui-pristine", pairs, so_pairs, serial
+        made.module,
+        made.softhsm2_conf,
+        *labels,
+        pairs,
+        so_pairs,
+        made.serials[labels[0]],
+        made.kind,
     )
 
 
@@ -128,7 +138,8 @@ def shared_hsm(softhsm_token: SoftHsm) -> Iterator[Hsm]:
     token = Hsm(
         softhsm_token.module,
         token_label=softhsm_token.label,
-        softhsm2_conf=str(softhsm_token.conf),
+        softhsm2_conf=softhsm_token.conf,
+        accept_wrappable_keys=softhsm_token.kind == "nss",
     )
     token.login(softhsm_token.pin)
     yield token
@@ -140,11 +151,36 @@ def unpin(hsm: Hsm) -> None:
     brings its own registry to the one token (a workstation's token serves one registry)."""
 
     def run(session: Any) -> None:
-        query = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: PIN_LABEL}
-        for obj in list(session.get_objects(query)):
-            obj.destroy()
+        for query in (
+            {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: PIN_LABEL},
+            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: PIN_KEY_ID},  # NSS's pin
+        ):
+            for obj in list(session.get_objects(query)):
+                obj.destroy()
 
     hsm.call(run)
+
+
+@pytest.fixture(autouse=True)
+def token_capabilities(request: pytest.FixtureRequest) -> None:
+    """Skip, saying why, a test marked `needs(...)` a capability this run's token lacks: one
+    its probed profile says it lacks (a TokenProfile field), or one of `tokens.LACKS`."""
+    marker = request.node.get_closest_marker("needs")
+    if marker is None:
+        return
+    lacking = tokens.LACKS.get(tokens.KIND, {})
+    for capability in marker.args:
+        if capability in lacking:
+            pytest.skip(f"{tokens.KIND} token: {lacking[capability]}")
+        probed = {f.name for f in fields(TokenProfile)} | {
+            name for name, value in vars(TokenProfile).items() if isinstance(value, property)
+        }
+        if capability in probed:
+            profile = request.getfixturevalue("shared_hsm").profile
+            if not getattr(profile, capability):
+                pytest.skip(f"{tokens.KIND} token lacks {capability} (its probed profile)")
+        elif capability not in tokens.CAPABILITIES:
+            pytest.fail(f"needs({capability!r}): no such capability")
 
 
 @pytest.fixture

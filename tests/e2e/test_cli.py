@@ -91,6 +91,21 @@ def test_token_info_reads_the_demo_token(demo_home: Path) -> None:
     info = json.loads(proc.stdout)
     assert info["label"] == "kmtui-demo"
     assert "AES_KEY_GEN" in info["mechanisms"]
+    # What the demo's log-in probed, read from the trail without a PIN.
+    assert info["profile_source"].startswith("probed at the log-in of ")
+    assert info["profile"]["sealing"] == "AES-GCM" and info["profile"]["rejected"] == []
+
+
+def test_token_info_probe_logs_in_and_shows_each_capability_with_what_kmtui_does(
+    demo_home: Path,
+) -> None:
+    proc = kmtui(demo_home, "token", "info", "--probe")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "profile       probed now" in lines
+    rows = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert "used" in rows["seed"] and "AES-GCM" in rows["seed"]
+    assert "the token refuses to wrap them" in rows["non-extractable"]
 
 
 def test_audit_verify_passes_then_fails_with_exit_3_after_tampering(

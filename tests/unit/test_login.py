@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 from kmtui.core import errors
 from kmtui.core.control.pin import PinHalves, ProtectedPath
 from kmtui.core.registry.db import Store
-from kmtui.core.token import officer
+from kmtui.core.token import officer, profile, session
 from kmtui.core.token.session import Hsm, on_hsm_thread
 from kmtui.service import Workstation
 from tests.conftest import Clock, SoftHsm, Team, init_token_in_process
@@ -221,3 +221,24 @@ def test_a_protected_path_so_log_in_on_a_token_without_one_creates_nothing(team:
         team.ws.run(prepared, team.codes("alice", "bob"), so_login=ProtectedPath())
     assert team.ws.store.keys.count() == before
     assert team.ws.hsm.objects.find(bytes.fromhex(prepared.operation.params["cka_id"])) is None
+
+
+def test_the_token_profile_is_in_the_trail_from_the_first_log_in_and_again_when_it_changes(
+    fresh: Fresh,
+) -> None:
+    ws = fresh.ws
+    ws.login(fresh.halves)
+    recorded = ws.audit.events(action="token.profile")
+    assert len(recorded) == 1
+    assert recorded[0].params["profile"] == ws.hsm.profile.as_dict()
+    assert recorded[0].params["token"] == ws.hsm.found_label
+    ws.logout(reason="again")
+    ws.login(fresh.halves)
+    assert len(ws.audit.events(action="token.profile")) == 1  # the same token, the same profile
+    ws.logout(reason="the module was upgraded")
+    key = (ws.hsm.module, ws.hsm.found_serial, ws.hsm.found_label)
+    session._PROFILES[key] = replace(session._PROFILES[key], gcm=False)  # what a new probe finds
+    ws.login(fresh.halves)
+    newest = ws.audit.events(action="token.profile")
+    assert len(newest) == 2 and newest[0].params["profile"]["sealing"] == profile.SEAL_CBC_HMAC
+    assert ws.audit.verify().ok

@@ -83,11 +83,30 @@ class Session:
             outcome=Outcome.SUCCESS,
             params={**session_context(), **who, "token": info.label, "serial": info.serial},
         )
+        self._record_profile(actor, info)
         self._anchors.public_key()
         self._seals.start(actor)
         self._seals.require([REGISTRY], actor=actor)
         self._anchors.sync()
         return info
+
+    def _record_profile(self, actor: str, info: TokenInfo) -> None:
+        """The token's probed profile in the trail, whenever it differs from the last one
+        recorded for this token (its first log-in, a firmware or module change)."""
+        profile = self._hsm.profile.as_dict()
+        for event in self._audit.events(action="token.profile", limit=20):
+            if event.params.get("serial") == info.serial and event.params.get("token") == (
+                info.label
+            ):
+                if event.params.get("profile") == profile:
+                    return
+                break
+        self._audit.append(
+            "token.profile",
+            actor=actor,
+            outcome=Outcome.SUCCESS,
+            params={"token": info.label, "serial": info.serial, "profile": profile},
+        )
 
     def _pin_problem(self) -> str:
         """'' when the token serves this registry (pinning it at the token's first log-in)."""

@@ -13,15 +13,17 @@ from kmtui.core.models import GONE, Key, KeyVersion
 from kmtui.core.registry.db import Store
 from kmtui.core.token import templates
 from kmtui.core.token.records import ObjectInfo
-from kmtui.core.token.sealing import REGISTRY_KEY_ID, SEAL_KEY_ID
+from kmtui.core.token.sealing import REGISTRY_KEY_ID, SEAL_KEY_ID, SEAL_MAC_KEY_ID
 from kmtui.core.token.session import Hsm
-from kmtui.core.token.signer import AUDIT_KEY_ID, HEAD_LABEL, PIN_LABEL
+from kmtui.core.token.signer import AUDIT_KEY_ID, HEAD_LABEL, PIN_KEY_ID, PIN_LABEL
+from kmtui.core.token.templates import SYSTEM_PREFIX
 
-SYSTEM_PREFIX = b"kmtui:sys-"
 SYSTEM_CLASSES: dict[bytes, frozenset[str]] = {
     SEAL_KEY_ID: frozenset({"SECRET_KEY"}),
     AUDIT_KEY_ID: frozenset({"PRIVATE_KEY", "PUBLIC_KEY"}),
     REGISTRY_KEY_ID: frozenset({"SECRET_KEY"}),
+    SEAL_MAC_KEY_ID: frozenset({"SECRET_KEY"}),
+    PIN_KEY_ID: frozenset({"SECRET_KEY"}),
 }
 """The objects kmtui keeps under each of its own system ids (`kmtui:sys-*`)."""
 

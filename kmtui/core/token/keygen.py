@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pkcs11 import Attribute, KeyType, ObjectClass
@@ -10,7 +11,7 @@ from kmtui.core import errors
 from kmtui.core.token import templates
 from kmtui.core.token.objects import PUBLIC_VALUE_ATTRS, aes_kcv, spki_fingerprint
 from kmtui.core.token.records import GeneratedKey
-from kmtui.core.token.templates import KeyTemplate, violations
+from kmtui.core.token.templates import SYSTEM_PREFIX, KeyTemplate, violations
 
 if TYPE_CHECKING:
     from kmtui.core.token.session import Hsm
@@ -46,11 +47,12 @@ def create_objects(session: Any, template: KeyTemplate) -> dict[ObjectClass, Any
     return {ObjectClass.PUBLIC_KEY: public, ObjectClass.PRIVATE_KEY: private}
 
 
-def session_probe(session: Any) -> Any:
-    """A throw-away AES-128 session key (never on the token: `templates.session_probe`) that
-    proves what a key-encryption key does with a key it wraps; the caller destroys it."""
+def session_probe(session: Any, fit: Callable[[dict[Attribute, Any]], dict[Attribute, Any]]) -> Any:
+    """A throw-away AES-128 session key (never on the token: `templates.session_probe`, `fit`
+    to the token) that proves what a key-encryption key does with a key it wraps; the caller
+    destroys it."""
     return session.generate_key(
-        KeyType.AES, 128, capabilities=0, template=templates.session_probe()
+        KeyType.AES, 128, capabilities=0, template=fit(templates.session_probe())
     )
 
 
@@ -73,7 +75,44 @@ class Keygen:
                 f"({template.mechanism.name} is not offered).",
                 "Choose another algorithm; the Token pane lists what this token supports.",
             )
-        return self._prove(template, create_objects(session, template))
+        sent = self.for_token(template)
+        return self._prove(sent, create_objects(session, sent))
+
+    def for_token(self, template: KeyTemplate) -> KeyTemplate:
+        """`template` as this token takes it (the attributes it rejects left out), or a refusal
+        naming the capability when the key would not be what kmtui calls it."""
+        profile = self._hsm.profile
+        name = self._hsm.name
+        if template.exportable and not profile.exportable_keys:
+            why = (
+                "rejects CKA_WRAP_WITH_TRUSTED"
+                if "WRAP_WITH_TRUSTED" in profile.rejected
+                else "wrapped a WRAP_WITH_TRUSTED key under an untrusted key when probed"
+            )
+            raise errors.MechanismNotSupported(
+                f"Token {name} cannot keep an exportable key to trusted wrapping keys: it {why}. "
+                f"Refused: exportable key {template.label!r}.",
+                "Create it non-exportable; `kmtui token info` shows this token's profile.",
+            )
+        if Attribute.UNWRAP_TEMPLATE in template.secret and not profile.unwrap_template:
+            raise errors.MechanismNotSupported(
+                f"Token {name} ignores unwrap templates (its profile proved it): a "
+                f"key-encryption key made there would unwrap keys in the clear. Refused: "
+                f"key-encryption key {template.label!r}.",
+                "Wrapping keys need a token that enforces CKA_UNWRAP_TEMPLATE; "
+                "`kmtui token info` shows this token's profile.",
+            )
+        own = template.cka_id.startswith(SYSTEM_PREFIX)
+        if (template.private or template.secret) and not (
+            own or profile.guards_non_extractable or self._hsm.accept_wrappable_keys
+        ):
+            raise errors.MechanismNotSupported(
+                f"Token {name} wraps keys marked non-extractable (its profile proved it): key "
+                f"{template.label!r} would not be protected as kmtui says. Refused.",
+                "Use a token that refuses (see `kmtui token info`), or, knowingly, set [token] "
+                "accept_wrappable_keys = true in config.toml; kmtui then says so on every screen.",
+            )
+        return templates.without(template, profile.omit())
 
     def adopt(self, template: KeyTemplate) -> GeneratedKey:
         """Prove a key another session made (the security officer's trusted KEK, or a trusted
@@ -81,13 +120,14 @@ class Keygen:
         cls = ObjectClass.PUBLIC_KEY if template.public else ObjectClass.SECRET_KEY
 
         def run() -> GeneratedKey:
+            sent = templates.without(template, self._hsm.profile.omit())
             obj = self._hsm.objects.lookup(template.cka_id, cls)
             if obj is None:
                 raise errors.ObjectGone(
                     f"The security officer's key {template.label!r} is not on the token.",
                     "Run the creation again.",
                 )
-            return self._prove(template, {cls: obj})
+            return self._prove(sent, {cls: obj})
 
         return self._hsm.run(run)
 
@@ -95,21 +135,26 @@ class Keygen:
         """A public key given by value (a recipient's, from PEM), created and proved."""
 
         def run() -> GeneratedKey:
-            return self._prove(template, create_objects(self._hsm.require_session(), template))
+            sent = templates.without(template, self._hsm.profile.omit())
+            return self._prove(sent, create_objects(self._hsm.require_session(), sent))
 
         return self._hsm.run(run)
 
     def create_from_value(self, value: bytes, template: KeyTemplate) -> str:
         """A key entered from components: created on the token, its KCV computed there."""
 
+        sent = self.for_token(template)
+        omit = self._hsm.profile.omit()
+
         def run() -> str:
             session = self._hsm.require_session()
-            probe = session.create_object({**templates.kcv_probe(template), Attribute.VALUE: value})
+            twin = {a: v for a, v in templates.kcv_probe(sent).items() if a not in omit}
+            probe = session.create_object({**twin, Attribute.VALUE: value})
             try:
                 kcv = aes_kcv(probe)
             finally:
                 probe.destroy()
-            key = session.create_object(templates.with_value(template, value))
+            key = session.create_object(templates.with_value(sent, value))
             self._hsm.objects.remember(template.cka_id, ObjectClass.SECRET_KEY, key)
             return kcv
 
@@ -126,9 +171,12 @@ class Keygen:
             ObjectClass.PRIVATE_KEY: [],
         }
         values: dict[ObjectClass, dict[Attribute, Any]] = {}
+        profile = self._hsm.profile
         for cls, obj in objects.items():
             self._hsm.objects.remember(template.cka_id, cls, obj)
-            expected = template.expected(cls)
+            expected = template.expected(cls, local=profile.reports_local)
+            if not profile.modulus_bits:  # not readable there: the modulus's length is checked
+                expected.pop(Attribute.MODULUS_BITS, None)
             actual = self._hsm.objects.read_attributes(obj, list(expected) + extra[cls])
             values[cls] = actual
             read_back[cls.name] = {a.name: actual.get(a) for a in expected}
@@ -146,6 +194,11 @@ class Keygen:
                     )
             if problems := violations(cls, actual):
                 differences[f"{cls.name}.invariants"] = ("none", "; ".join(problems))
+            modulus = actual.get(Attribute.MODULUS)
+            if cls == ObjectClass.PUBLIC_KEY and spec.key_type == KeyType.RSA and modulus:
+                bits = int.from_bytes(bytes(modulus), "big").bit_length()
+                if bits != spec.bits and template.private:  # a recipient's key has its own size
+                    differences["PUBLIC_KEY.MODULUS"] = (f"{spec.bits} bits", f"{bits} bits")
         if differences:
             raise errors.TemplateMismatch(
                 f"Token {self._hsm.name} created key {template.label!r} with attributes other than "

@@ -207,16 +207,26 @@ class Objects:
         return self.read_attributes(public, PUBLIC_VALUE_ATTRS[key_type])
 
     def kcv_of(self, key: Any) -> str:
-        """The key's CKA_CHECK_VALUE, or the AES KCV computed on the token when it has none."""
-        value = key[Attribute.CHECK_VALUE] or b""
+        """The key's CKA_CHECK_VALUE where the token gives one; else the KCV computed on the
+        token by the rule for its kind (`computed_kcv`)."""
+        attrs = key.get_attributes(
+            [
+                Attribute.CHECK_VALUE,
+                Attribute.KEY_TYPE,
+                Attribute.ENCRYPT,
+                Attribute.SIGN,
+                Attribute.WRAP,
+            ]
+        )
+        value = attrs.get(Attribute.CHECK_VALUE) or b""
         if value:
             return bytes(value[:3]).hex().upper()
-        attrs = key.get_attributes([Attribute.KEY_TYPE, Attribute.ENCRYPT])
-        if attrs.get(Attribute.KEY_TYPE) == KeyType.AES and attrs.get(Attribute.ENCRYPT):
-            # SoftHSM leaves CKA_CHECK_VALUE empty on unwrapped keys: compute the standard AES KCV.
-            return aes_kcv(key)
+        kcv = computed_kcv(self._hsm.require_session(), key, attrs)
+        if kcv:
+            return kcv
         raise errors.HsmError(
-            f"Token {self._hsm.name} gives no check value for this key, and it cannot encrypt one.",
+            f"Token {self._hsm.name} gives no check value for this key, and it can neither "
+            "encrypt, MAC nor wrap one.",
             "Compare keys by their fingerprint in the registry instead.",
         )
 
@@ -279,6 +289,34 @@ class Objects:
             private=raw.get(Attribute.PRIVATE) is True,
             trusted=raw.get(Attribute.TRUSTED) is True,
         )
+
+
+def computed_kcv(session: Any, key: Any, attrs: dict[Any, Any]) -> str:
+    """A KCV computed on the token, first 3 bytes of: AES key that may encrypt, AES-ECB of a
+    zero block; HMAC key, HMAC-SHA256 of a zero block; key-encryption key, AES key wrap
+    (RFC 3394) of an all-zero AES-128 key. '' for a key that can do none of these."""
+    kind = attrs.get(Attribute.KEY_TYPE)
+    if kind == KeyType.AES and attrs.get(Attribute.ENCRYPT):
+        return aes_kcv(key)
+    if kind == KeyType.GENERIC_SECRET and attrs.get(Attribute.SIGN):
+        return bytes(key.sign(bytes(16), mechanism=Mechanism.SHA256_HMAC)[:3]).hex().upper()
+    if kind == KeyType.AES and attrs.get(Attribute.WRAP):
+        zero = session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.TOKEN: False,
+                Attribute.SENSITIVE: False,
+                Attribute.EXTRACTABLE: True,
+                Attribute.VALUE: bytes(16),
+                Attribute.LABEL: "kmtui KCV zero key",
+            }
+        )
+        try:
+            return bytes(key.wrap_key(zero, mechanism=Mechanism.AES_KEY_WRAP)[:3]).hex().upper()
+        finally:
+            zero.destroy()
+    return ""
 
 
 def aes_kcv(key: Any) -> str:

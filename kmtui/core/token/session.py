@@ -9,7 +9,6 @@ hang off the `Hsm` and run through its `run`, so they share that thread and its 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable
@@ -25,10 +24,11 @@ from pkcs11.attributes import AttributeMapper
 
 from kmtui.core import errors
 from kmtui.core.models import TokenInfo
-from kmtui.core.token import arrays
+from kmtui.core.token import arrays, funclist
 from kmtui.core.token.errors import CKR_ERRORS, CKR_OK, CKR_USER_ALREADY_LOGGED_IN, translate
 from kmtui.core.token.keygen import Keygen
 from kmtui.core.token.objects import Objects
+from kmtui.core.token.profile import TokenProfile, probe
 from kmtui.core.token.records import SlotInfo
 from kmtui.core.token.sealing import Sealing
 from kmtui.core.token.selftest import SelfTest
@@ -39,6 +39,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _hsm_thread: threading.Thread | None = None
+_PROFILES: dict[tuple[str, str, str], TokenProfile] = {}
+"""Each token's profile, probed once per process (module, serial, label)."""
 _CKU_USER = 1
 
 
@@ -116,6 +118,7 @@ class Hsm:
         token_label: str = "",
         token_serial: str = "",
         softhsm2_conf: str = "",
+        accept_wrappable_keys: bool = False,
     ) -> None:
         if not token_label and not token_serial:
             raise errors.ConfigError(
@@ -128,11 +131,13 @@ class Hsm:
         self.found_serial = token_serial
         self.token_serial = token_serial
         self.softhsm2_conf = softhsm2_conf
+        self.accept_wrappable_keys = accept_wrappable_keys
+        """config.toml's acknowledgement that this token wraps keys marked non-extractable."""
         self._lib: Any = None
         self._token: Any = None
         self._session: Any = None
         self._mechanisms: frozenset[Mechanism] | None = None
-        self._cdll: Any = None
+        self._profile: TokenProfile | None = None
         self.objects = Objects(self)
         self.keygen = Keygen(self)
         self.wrapping = Wrapping(self)
@@ -142,6 +147,8 @@ class Hsm:
 
     @property
     def name(self) -> str:
+        if self.token_label and self.token_serial:
+            return f"{self.token_label!r} (serial {self.token_serial})"
         return repr(self.token_label) if self.token_label else f"serial {self.token_serial}"
 
     # -- running on the PKCS#11 thread ------------------------------------------------------
@@ -199,18 +206,28 @@ class Hsm:
         return self._info()
 
     def _find_token(self) -> Any:
+        matches = []
         for slot in self._lib.get_slots(token_present=True):
             try:
                 token = slot.get_token()
                 label, serial = _text(token.label), token.serial.decode("ascii", "replace").strip()
             except (p11.PKCS11Error, UnicodeDecodeError):
                 continue
-            if (self.token_label and label == self.token_label) or (
-                self.token_serial and serial == self.token_serial
-            ):
-                self.found_label = label  # when configured by serial, the label is learnt here
-                self.found_serial = serial
-                return token
+            if self.token_label and label != self.token_label:
+                continue
+            if self.token_serial and serial != self.token_serial:
+                continue
+            matches.append((token, label, serial))
+        if len(matches) > 1:  # NSS gives every slot the same serial: never pick one at random
+            raise errors.TokenNotFound(
+                f"{len(matches)} tokens through {self.module} answer to {self.name}: "
+                + ", ".join(f"{label!r} (serial {serial})" for _, label, serial in matches)
+                + ".",
+                "Name the token by label (and serial) in [token] in config.toml.",
+            )
+        if matches:
+            token, self.found_label, self.found_serial = matches[0]
+            return token
         seen = (
             ", ".join(f"{s.token_label!r} (serial {s.token_serial})" for s in self._slots())
             or "none"
@@ -301,6 +318,22 @@ class Hsm:
             self._open()
         return self._token
 
+    # -- what the token can do ---------------------------------------------------------------
+
+    @property
+    def profile(self) -> TokenProfile:
+        """What this token can do, probed at the first log-in of this process (`profile.py`)."""
+        if self._profile is None:
+            self.run(self._probe)
+        assert self._profile is not None
+        return self._profile
+
+    def _probe(self) -> None:
+        key = (self.module, self.found_serial, self.found_label)
+        if key not in _PROFILES:
+            _PROFILES[key] = probe(self.require_session(), self._mechs())
+        self._profile = _PROFILES[key]
+
     # -- login --------------------------------------------------------------------------------
 
     @property
@@ -317,15 +350,24 @@ class Hsm:
             return self._info()
         if TokenFlag.USER_PIN_LOCKED.name in self._pin_flags():
             raise translate(p11.PinLocked(), self.name) or errors.PinLocked("PIN locked.")
-        # Open first, then C_Login on that session: python-pkcs11's open(user_pin=...) leaks the
-        # session whose login failed, which would later block SO login. This one is closed.
-        session = token.open(rw=True, attribute_mapper=_LenientMapper())
-        try:
-            self._c_login(session.handle, pin)
-        except p11.PKCS11Error as exc:
-            session.close()
-            raise self._refused(exc) from None
-        self._session = session
+        if funclist.entry(self.module) is None:  # p11-kit-proxy: python-pkcs11's own log-in
+            try:
+                self._session = token.open(rw=True, user_pin=pin, attribute_mapper=_LenientMapper())
+            except p11.UserAlreadyLoggedIn:  # by another holder in this process: a session
+                self._session = token.open(rw=True, attribute_mapper=_LenientMapper())
+            except p11.PKCS11Error as exc:  # python-pkcs11 keeps that session open (no handle)
+                raise self._refused(exc) from None
+        else:
+            # Open first, then C_Login on that session: python-pkcs11's open(user_pin=...) leaks
+            # the session whose login failed, which would later block SO login. This one is closed.
+            session = token.open(rw=True, attribute_mapper=_LenientMapper())
+            try:
+                self._c_login(session.handle, pin)
+            except p11.PKCS11Error as exc:
+                session.close()
+                raise self._refused(exc) from None
+            self._session = session
+        self._probe()
         return self._info()
 
     def _refused(self, exc: p11.PKCS11Error) -> errors.KmtuiError:
@@ -364,6 +406,7 @@ class Hsm:
             )
         except p11.PKCS11Error as exc:
             raise self._refused(exc) from None
+        self._probe()
         return self._info()
 
     def pin_flags(self) -> tuple[str, ...]:
@@ -412,22 +455,12 @@ class Hsm:
             session.close()
 
     def _c_login(self, handle: int, pin: str) -> None:
-        """C_Login(CKU_USER) through the same loaded module; already logged in counts as success."""
-        if self._cdll is None:
-            cdll = ctypes.CDLL(self.module)
-            cdll.C_Login.argtypes = [
-                ctypes.c_ulong,
-                ctypes.c_ulong,
-                ctypes.c_char_p,
-                ctypes.c_ulong,
-            ]
-            cdll.C_Login.restype = ctypes.c_ulong
-            self._cdll = cdll
-        data = pin.encode("utf-8")
-        rv = int(self._cdll.C_Login(handle, _CKU_USER, data, len(data)))
+        """C_Login(CKU_USER) on an open session, through the module's function list;
+        already logged in counts as success."""
+        rv = funclist.login(self.module, handle, _CKU_USER, pin)
         if rv in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN):
             return
-        raise CKR_ERRORS.get(rv, p11.GeneralError)()
+        raise CKR_ERRORS.get(rv or 0, p11.GeneralError)()
 
     def logout(self) -> None:
         self.run(self._logout)

@@ -29,6 +29,12 @@ HEAD_LABEL = "kmtui-audit-head"
 """CKA_LABEL of the data object mirroring the audit head (data objects refuse CKA_ID)."""
 PIN_LABEL = "kmtui-registry"
 """CKA_LABEL of the data object naming the one registry this token serves (its registry id)."""
+HEAD_KEY_PREFIX = b"kmtui:sys-head:"
+"""CKA_ID prefix (then the registry id) of the key whose label holds the head, on tokens that
+keep no private data objects (NSS softokn): a private key object, which no one makes without
+the PIN, that can do nothing (every usage false)."""
+PIN_KEY_ID = b"kmtui:sys-pin:1"
+"""CKA_ID of the key whose label pins the token to its registry, on the same tokens."""
 
 
 class AuditSigner:
@@ -126,7 +132,10 @@ class AuditSigner:
         or beside one written by an older kmtui)."""
 
         def run() -> bytes | None:
-            values = [_head_value(obj) for obj in self._head_objects(registry)]
+            if not self._hsm.profile.private_data:
+                values = [_head_value(obj) for obj in self._label_keys(_head_id(registry))]
+            else:
+                values = [_head_value(obj) for obj in self._head_objects(registry)]
             found = [v for v in values if v is not None]
             return max(found, key=_head_seq) if found else None
 
@@ -147,8 +156,11 @@ class AuditSigner:
                 with suppress(*GONE):  # else another process removed it: search again
                     cached[Attribute.LABEL] = label
                     return
-            found = list(self._head_objects(registry))
-            moving = [o for o in found if _moves(o, registry)]
+            if self._hsm.profile.private_data:
+                found = list(self._head_objects(registry))
+                moving = [o for o in found if _moves(o, registry)]
+            else:
+                found = moving = list(self._label_keys(_head_id(registry)))
             head = moving[0] if moving else self._new_head(registry, label)
             head[Attribute.LABEL] = label
             self._heads[registry] = head
@@ -160,6 +172,8 @@ class AuditSigner:
         self._hsm.run(run)
 
     def _new_head(self, registry: str, label: str) -> Any:
+        if not self._hsm.profile.private_data:
+            return self._label_key(_head_id(registry), label, modifiable=True)
         return self._hsm.require_session().create_object(
             {
                 Attribute.CLASS: ObjectClass.DATA,
@@ -176,6 +190,10 @@ class AuditSigner:
         """The registry ids this token is pinned to (one, unless someone planted more)."""
 
         def run() -> list[str]:
+            if not self._hsm.profile.private_data:
+                prefix = PIN_LABEL + ":"
+                labels = [str(o[Attribute.LABEL]) for o in self._label_keys(PIN_KEY_ID)]
+                return sorted({x[len(prefix) :] for x in labels if x.startswith(prefix)})
             found = self._hsm.require_session().get_objects(
                 {
                     Attribute.CLASS: ObjectClass.DATA,
@@ -191,6 +209,9 @@ class AuditSigner:
         """Pin the token to a registry (at its first log-in; never changed by kmtui after)."""
 
         def run() -> None:
+            if not self._hsm.profile.private_data:
+                self._label_key(PIN_KEY_ID, f"{PIN_LABEL}:{registry}", modifiable=False)
+                return
             self._hsm.require_session().create_object(
                 {
                     Attribute.CLASS: ObjectClass.DATA,
@@ -205,6 +226,39 @@ class AuditSigner:
 
         self._hsm.run(run)
 
+    def _label_keys(self, cka_id: bytes) -> list[Any]:
+        """The private key objects under `cka_id` whose labels hold a value (no data objects)."""
+        query = {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.ID: cka_id,
+            Attribute.PRIVATE: True,
+        }
+        return list(self._hsm.require_session().get_objects(query))
+
+    def _label_key(self, cka_id: bytes, label: str, *, modifiable: bool) -> Any:
+        """A private generic secret that can do nothing: only its label (a value) matters."""
+        template = {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+            Attribute.ID: cka_id,
+            Attribute.LABEL: label,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.MODIFIABLE: modifiable,
+            Attribute.COPYABLE: False,
+            Attribute.DESTROYABLE: True,
+            **{usage: False for usage in templates.USAGE},
+        }
+        return self._hsm.require_session().generate_key(
+            KeyType.GENERIC_SECRET,
+            128,
+            capabilities=0,
+            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+            template=self._hsm.profile.fit(template),
+        )
+
     def _head_objects(self, registry: str) -> Iterator[Any]:
         """This registry's heads: private ones only, which no one makes without the PIN (any
         token user can create a public object under the same label): those an older kmtui made
@@ -215,6 +269,10 @@ class AuditSigner:
         yield from session.get_objects(
             {**private, Attribute.APPLICATION: _head_application(registry)}
         )
+
+
+def _head_id(registry: str) -> bytes:
+    return HEAD_KEY_PREFIX + registry.encode("ascii", "replace")
 
 
 def _head_application(registry: str) -> str:

@@ -9,7 +9,7 @@ a template is sent and on the attributes read back from the token.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -94,6 +94,8 @@ _USAGE_FOR_PURPOSE: dict[Purpose, frozenset[Attribute]] = {
     Purpose.MAC: frozenset({Attribute.SIGN, Attribute.VERIFY}),
 }
 MAX_LABEL_BYTES = 128
+SYSTEM_PREFIX = b"kmtui:sys-"
+"""CKA_IDs of kmtui's own objects (its sealing, registry and audit keys), never a user's key."""
 KEK_UNWRAP: dict[Attribute, bool] = {
     Attribute.SENSITIVE: True,
     Attribute.EXTRACTABLE: False,
@@ -120,19 +122,35 @@ class KeyTemplate:
     public: dict[Attribute, Any] = field(default_factory=dict)
     private: dict[Attribute, Any] = field(default_factory=dict)
 
-    def expected(self, object_class: ObjectClass) -> dict[Attribute, Any]:
+    def expected(self, object_class: ObjectClass, *, local: bool = True) -> dict[Attribute, Any]:
         """The attributes the created object must carry and that can be read back, including
-        the token-derived ones (an unwrap template is proved by its effect instead)."""
+        the token-derived ones (an unwrap template is proved by its effect instead; CKA_LOCAL
+        only where the token reports it: `local`)."""
         if object_class == ObjectClass.PUBLIC_KEY:
             return dict(self.public)
         base = self.secret if object_class == ObjectClass.SECRET_KEY else self.private
         expected: dict[Attribute, Any] = {
             a: v for a, v in base.items() if a != Attribute.UNWRAP_TEMPLATE
         }
-        expected[Attribute.LOCAL] = True
+        if local:
+            expected[Attribute.LOCAL] = True
         expected[Attribute.ALWAYS_SENSITIVE] = True
         expected[Attribute.NEVER_EXTRACTABLE] = not self.exportable
         return expected
+
+
+def without(template: KeyTemplate, omit: frozenset[Attribute]) -> KeyTemplate:
+    """`template` as sent to a token that rejects the attributes in `omit` (its profile's
+    `rejected`: v2.40 additions, or CKA_TRUSTED where there is no SO). Only attributes whose
+    absence leaves the section 4 invariants intact may be omitted; callers refuse the rest."""
+    if not omit:
+        return template
+    return replace(
+        template,
+        secret={a: v for a, v in template.secret.items() if a not in omit},
+        public={a: v for a, v in template.public.items() if a not in omit},
+        private={a: v for a, v in template.private.items() if a not in omit},
+    )
 
 
 def algorithm(name: str) -> AlgorithmSpec:

@@ -83,7 +83,7 @@ class Wrapping:
         if not kek[Attribute.UNWRAP]:
             return True
         session = self._hsm.require_session()
-        probe = keygen.session_probe(session)
+        probe = keygen.session_probe(session, self._hsm.profile.fit)
         try:
             blob = kek.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)
         except p11.PKCS11Error:
@@ -97,7 +97,7 @@ class Wrapping:
                 blob,
                 mechanism=Mechanism.AES_KEY_WRAP,
                 capabilities=0,
-                template=templates.clear_unwrap(),
+                template=self._hsm.profile.fit(templates.clear_unwrap()),
             )
         except p11.PKCS11Error:
             return True
@@ -112,7 +112,7 @@ class Wrapping:
     def probe(self, session: Any, kek: Any) -> bool:
         """Wrap a throw-away session key with the KEK, unwrap it, compare the two KCVs (on the
         PKCS#11 thread)."""
-        probe = keygen.session_probe(session)
+        probe = keygen.session_probe(session, self._hsm.profile.fit)
         unwrapped = None
         try:
             blob = kek.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)
@@ -122,7 +122,7 @@ class Wrapping:
                 blob,
                 mechanism=Mechanism.AES_KEY_WRAP,
                 capabilities=0,
-                template=templates.unwrapped_probe(),
+                template=self._hsm.profile.fit(templates.unwrapped_probe()),
             )
             zero = bytes(16)
             return bytes(probe.encrypt(zero, mechanism=Mechanism.AES_ECB)) == bytes(
@@ -159,7 +159,7 @@ class Wrapping:
                 blob,
                 mechanism=mechanism,
                 capabilities=0,
-                template=attrs,
+                template=self._hsm.profile.fit(attrs),
             )
         except p11.PKCS11Error:
             raise _bad_blob() from None
