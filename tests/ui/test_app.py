@@ -128,6 +128,7 @@ async def test_a_wrong_half_shows_an_error_and_two_right_halves_open_the_main_sc
         assert [a for a in actions if a.startswith(("token.", "reconcile."))] == [
             "token.login",
             "token.login",
+            "token.profile",  # this registry's first log-in on the token records its profile
             "reconcile.run",
             "token.logout",
         ]
