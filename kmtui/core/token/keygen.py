@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from kmtui.core import errors
 from kmtui.core.token import templates
@@ -139,6 +139,16 @@ class Keygen:
             return self._prove(sent, create_objects(self._hsm.require_session(), sent))
 
         return self._hsm.run(run)
+
+    def label_holder(self, template: dict[Attribute, Any]) -> Any:
+        """A `templates.label_holder` key, made in the logged-in session (on the PKCS#11 thread)."""
+        return self._hsm.require_session().generate_key(
+            KeyType.GENERIC_SECRET,
+            128,
+            capabilities=0,
+            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+            template=self._hsm.profile.fit(template),
+        )
 
     def create_from_value(self, value: bytes, template: KeyTemplate) -> str:
         """A key entered from components: created on the token, its KCV computed there."""

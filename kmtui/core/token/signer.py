@@ -236,28 +236,7 @@ class AuditSigner:
         return list(self._hsm.require_session().get_objects(query))
 
     def _label_key(self, cka_id: bytes, label: str, *, modifiable: bool) -> Any:
-        """A private generic secret that can do nothing: only its label (a value) matters."""
-        template = {
-            Attribute.CLASS: ObjectClass.SECRET_KEY,
-            Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-            Attribute.ID: cka_id,
-            Attribute.LABEL: label,
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.MODIFIABLE: modifiable,
-            Attribute.COPYABLE: False,
-            Attribute.DESTROYABLE: True,
-            **{usage: False for usage in templates.USAGE},
-        }
-        return self._hsm.require_session().generate_key(
-            KeyType.GENERIC_SECRET,
-            128,
-            capabilities=0,
-            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
-            template=self._hsm.profile.fit(template),
-        )
+        return self._hsm.keygen.label_holder(templates.label_holder(cka_id, label, modifiable))
 
     def _head_objects(self, registry: str) -> Iterator[Any]:
         """This registry's heads: private ones only, which no one makes without the PIN (any

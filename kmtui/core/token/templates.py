@@ -341,6 +341,25 @@ def recipient(
     )
 
 
+def label_holder(cka_id: bytes, label: str, modifiable: bool) -> dict[Attribute, Any]:
+    """A private generic secret that can do nothing: only its label (a value) matters. Holds the
+    audit head and the registry pin on tokens that keep no private data objects."""
+    return {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+        Attribute.ID: cka_id,
+        Attribute.LABEL: label,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.MODIFIABLE: modifiable,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: True,
+        **dict.fromkeys(USAGE, False),
+    }
+
+
 def unwrap_target(template: KeyTemplate) -> dict[Attribute, Any]:
     """What an imported (unwrapped) key becomes: the generation template less what the blob
     fixes (CKA_VALUE_LEN) and what SoftHSM 2.6 refuses on unwrap (CKA_MODIFIABLE)."""
